@@ -1,0 +1,49 @@
+"""Argument types shared by the subcommands, with errors that say what to pass instead."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def size(text: str) -> int:
+    """``64MiB``, ``16K``, ``2097152`` -> bytes (binary units)."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size; use bytes or a binary unit, e.g. 64MiB, 16KiB, 1GiB")
+    return int(match[1]) * _UNITS[match[2].upper()]
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def add_repro_options(parser: argparse.ArgumentParser) -> None:
+    """The reproducer's knobs, shared by ``repro`` and ``check``."""
+    from thpcheck.host.repro import DEFAULT_APPEND_SIZE, DEFAULT_BASE_SIZE, DEFAULT_ITERATIONS
+
+    parser.add_argument("--base-size", type=size, default=DEFAULT_BASE_SIZE,
+                        help="size of the clean base file (default 64MiB; at least 2MiB)")
+    parser.add_argument("--append-size", type=size, default=DEFAULT_APPEND_SIZE,
+                        help="bytes appended per iteration (default 16KiB)")
+    parser.add_argument("--iterations", type=positive_int, default=DEFAULT_ITERATIONS,
+                        help="iterations before concluding 'not reproduced' (default 200)")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="do not stop at the first loss; count losses over all iterations")
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    from thpcheck.logs import LEVELS
+
+    parser.add_argument("--log-format", choices=("console", "json"), default="console")
+    parser.add_argument("--log-level", choices=LEVELS, default="warning")

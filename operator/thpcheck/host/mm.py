@@ -1,0 +1,120 @@
+"""Memory-management syscalls through ctypes: mmap at 2 MiB alignment, madvise, prctl.
+
+Python's ``mmap`` module cannot place a mapping at a chosen address, and the collapse needs
+the virtual address and the file offset congruent modulo the PMD size. So the agent reserves
+an anonymous region, then maps the file over an aligned part of it with ``MAP_FIXED``.
+Nothing here is compiled at run time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from dataclasses import dataclass
+
+PROT_NONE, PROT_READ, PROT_WRITE, PROT_EXEC = 0x0, 0x1, 0x2, 0x4
+MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_NORESERVE = 0x1, 0x2, 0x10, 0x20, 0x4000
+MADV_HUGEPAGE = 14
+MADV_COLLAPSE = 25
+PR_SET_THP_DISABLE, PR_GET_THP_DISABLE = 41, 42
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+PMD_SIZE = 2 * 1024 * 1024
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.mmap.restype = ctypes.c_void_p
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.munmap.restype = ctypes.c_int
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.madvise.restype = ctypes.c_int
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                        ctypes.c_ulong]
+_libc.prctl.restype = ctypes.c_int
+
+
+def errno_name(code: int) -> str:
+    """``EINVAL`` for 22, ``E?123`` for codes Python does not name."""
+    return errno.errorcode.get(code, f"E?{code}")
+
+
+def _mmap(addr: int | None, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
+    result = _libc.mmap(addr, length, prot, flags, fd, offset)
+    if result is None or result == MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(result)
+
+
+def munmap(addr: int, length: int) -> None:
+    if length and _libc.munmap(addr, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def madvise(addr: int, length: int, advice: int) -> int:
+    """0 on success, else the errno (the caller decides what each errno means)."""
+    if _libc.madvise(addr, length, advice) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+@dataclass
+class Mapping:
+    """A mapped range we must unmap; ``length`` is the aligned part only."""
+
+    addr: int
+    length: int
+
+    def touch(self) -> None:
+        """Read every byte, so every page is in the page cache and mapped (needed on 6.1)."""
+        ctypes.string_at(self.addr, self.length)
+
+    def fill(self, value: int) -> None:
+        """Write every byte (anonymous probe memory only)."""
+        ctypes.memset(self.addr, value, self.length)
+
+    def unmap(self) -> None:
+        if self.length:
+            munmap(self.addr, self.length)
+            self.length = 0
+
+
+def _aligned_mapping(length: int, prot: int, flags: int, fd: int, offset: int) -> Mapping:
+    """Reserve ``length + PMD`` bytes, map over the aligned part, release the rest."""
+    span = length + PMD_SIZE
+    base = _mmap(None, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+    aligned = (base + PMD_SIZE - 1) & ~(PMD_SIZE - 1)
+    try:
+        _mmap(aligned, length, prot, flags | MAP_FIXED, fd, offset)
+    except OSError:
+        munmap(base, span)
+        raise
+    munmap(base, aligned - base)
+    munmap(aligned + length, base + span - (aligned + length))
+    return Mapping(aligned, length)
+
+
+def map_file(fd: int, offset: int, length: int, prot: int) -> Mapping:
+    """Map ``length`` bytes of ``fd`` at ``offset`` to a PMD-aligned address (shared)."""
+    if offset % PMD_SIZE:
+        raise ValueError("file offset must be PMD aligned")
+    return _aligned_mapping(length, prot, MAP_SHARED, fd, offset)
+
+
+def map_anonymous(length: int) -> Mapping:
+    """A PMD-aligned private anonymous read-write mapping."""
+    return _aligned_mapping(length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+
+
+def thp_disabled_for_process() -> bool:
+    """``PR_GET_THP_DISABLE``: a container runtime may have disabled THP for us."""
+    return bool(_libc.prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) > 0)
+
+
+def enable_thp_for_process() -> bool:
+    """Clear ``PR_SET_THP_DISABLE`` so a refused collapse means the kernel, not our process."""
+    return bool(_libc.prctl(PR_SET_THP_DISABLE, 0, 0, 0, 0) == 0)

@@ -1,0 +1,306 @@
+"""The reproducer: the report's seven steps, run for real against a scratch directory.
+
+1. create a regular file with non-zero data (base size) and make it clean (fsync);
+2. map a PMD-aligned 2 MiB range read-only (fd ``O_RDONLY``, no writer open), touch it,
+   ``madvise(MADV_COLLAPSE)``;
+3. open for write and append non-zero data at the end (``write(2)``, no fsync): dirty pages;
+4. close the write fd;
+5. re-collapse a read-only 2 MiB range away from the dirty tail;
+6. open for write again: on an affected kernel this runs the purge and cancels the dirty tail;
+7. read the appended bytes back with ``read(2)`` on a fresh fd and compare.
+
+Steps 2-7 repeat per iteration with a new append; the run stops at the first loss unless
+``keep_going``. Before step 1, ``MADV_COLLAPSE`` is probed on anonymous memory: EINVAL there
+means the kernel does not know the advice (< 6.1), which is not the same as refusing file
+collapse. Kernels 5.14-6.7 collapse only executable file mappings, so a ``PROT_READ`` mapping
+that gets EINVAL is retried as ``PROT_READ|PROT_EXEC`` before concluding anything.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from thpcheck.host import mm
+from thpcheck.host.scratch import Scratch
+from thpcheck.model.repro import Loss, ReproOutcome, ReproResult
+
+log = structlog.get_logger("thpcheck.repro")
+
+MiB = 1024 * 1024
+DEFAULT_BASE_SIZE = 64 * MiB
+DEFAULT_APPEND_SIZE = 16 * 1024
+DEFAULT_ITERATIONS = 200
+COLLAPSE_OFFSET = 0  # the head of the file: always away from the appended tail
+PATTERN_BLOCK = 1 * MiB
+DATA_FILE = "data"
+PROBE_FILE = "probe"
+HEAD_BYTES = 64
+
+# Errnos after which a collapse is worth retrying: page locks, LRU isolation, writeback in
+# flight, allocation; btrfs on 6.1 also returned transient EINVAL at step 5.
+_TRANSIENT = {errno.EAGAIN, errno.EBUSY, errno.ENOMEM}
+_NO_ZERO = bytes(range(256)).replace(b"\x00", b"\xa5", 1)
+
+
+@dataclass(frozen=True)
+class ReproConfig:
+    base_size: int = DEFAULT_BASE_SIZE
+    append_size: int = DEFAULT_APPEND_SIZE
+    iterations: int = DEFAULT_ITERATIONS
+    keep_going: bool = False
+    seed: int = 0x7C0FFEE
+    collapse_retries: int = 5
+    retry_delay_s: float = 0.01
+
+
+class ReproFailure(Exception):
+    """A step failed for a reason other than data loss; carries the step and errno."""
+
+    def __init__(self, step: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.step = step
+        self.code = code
+
+
+def pattern(seed: int, size: int) -> bytes:
+    """Deterministic non-zero bytes: a lost page reads back as zeros, never as data."""
+    return random.Random(seed).randbytes(size).translate(_NO_ZERO)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> int:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    return len(data)
+
+
+def _read_exact(fd: int, size: int, offset: int) -> bytes:
+    chunks: list[bytes] = []
+    while size:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def probe_anonymous_collapse() -> int:
+    """errno of MADV_COLLAPSE on touched anonymous memory (0: the kernel knows the advice)."""
+    mapping = mm.map_anonymous(mm.PMD_SIZE)
+    try:
+        mapping.fill(0x5A)
+        return mm.madvise(mapping.addr, mapping.length, mm.MADV_COLLAPSE)
+    finally:
+        mapping.unmap()
+
+
+class Collapser:
+    """Collapses the head of the data file, remembering which mapping the kernel accepts."""
+
+    def __init__(self, scratch: Scratch, config: ReproConfig) -> None:
+        self.scratch = scratch
+        self.config = config
+        self.mapping_kind: str | None = None  # "read" or "read-exec" once one worked
+        self.noexec = False
+
+    def _attempt(self, prot: int, name: str) -> int:
+        fd = self.scratch.open(name, os.O_RDONLY)
+        try:
+            mapping = mm.map_file(fd, COLLAPSE_OFFSET, mm.PMD_SIZE, prot)
+        finally:
+            os.close(fd)  # the mapping keeps the file; no writer is ever open here
+        try:
+            mapping.touch()
+            return mm.madvise(mapping.addr, mapping.length, mm.MADV_COLLAPSE)
+        finally:
+            mapping.unmap()
+
+    def _try_kind(self, kind: str, name: str) -> int:
+        prot = mm.PROT_READ | (mm.PROT_EXEC if kind == "read-exec" else 0)
+        try:
+            return self._attempt(prot, name)
+        except PermissionError:
+            if kind == "read-exec":
+                self.noexec = True  # a noexec mount refuses PROT_EXEC file mappings
+                return errno.EPERM
+            raise
+
+    def collapse(self, attempts: int, name: str = DATA_FILE) -> int:
+        """0 when the file's head collapsed, else the last errno after ``attempts`` tries."""
+        kinds = [self.mapping_kind] if self.mapping_kind else ["read", "read-exec"]
+        result = errno.EINVAL
+        for attempt in range(attempts):
+            for kind in kinds:
+                result = self._try_kind(kind, name)
+                if result == 0:
+                    self.mapping_kind = kind
+                    return 0
+                if result != errno.EINVAL:
+                    break  # EINVAL means "try the exec mapping"; anything else is not that
+            retryable = result in _TRANSIENT or (result == errno.EINVAL and not self.noexec)
+            if not retryable or attempt + 1 == attempts:
+                return result
+            time.sleep(self.config.retry_delay_s * (attempt + 1))
+        return result
+
+
+def _compare(got: bytes, want: bytes, iteration: int, append_off: int) -> Loss | None:
+    if got == want:
+        return None
+    got = got.ljust(len(want), b"\x00")  # a short read (truncated file) counts as zeros
+    diff = (int.from_bytes(got, "big") ^ int.from_bytes(want, "big")).to_bytes(len(want), "big")
+    return Loss(
+        iteration=iteration,
+        bad_bytes=len(diff) - diff.count(0),
+        first_bad=len(diff) - len(diff.lstrip(b"\x00")),
+        zero_count=got.count(0),
+        append_off=append_off,
+        got_head=got[:HEAD_BYTES],
+        want_head=want[:HEAD_BYTES],
+    )
+
+
+def _create_base(scratch: Scratch, config: ReproConfig) -> int:
+    """Step 1: the base file, written and fsynced so every collapse target is clean."""
+    block = pattern(config.seed, min(PATTERN_BLOCK, config.base_size))
+    fd = scratch.create(DATA_FILE)
+    try:
+        remaining = config.base_size
+        while remaining:
+            remaining -= _write_all(fd, memoryview(block)[: min(len(block), remaining)])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return config.base_size
+
+
+def _probe_file_collapse(scratch: Scratch, collapser: Collapser, result: ReproResult) -> None:
+    """Step 2's collapse on a 2 MiB probe file before the base file is written.
+
+    The kernel's eligibility checks see the same thing as step 2 (a clean, fully cached,
+    PMD-aligned range of a regular file nobody has open for write), so a refusal here is the
+    step-2 answer, reached without writing the whole base file on kernels that refuse.
+    """
+    data = pattern(collapser.config.seed, mm.PMD_SIZE)
+    fd = scratch.create(PROBE_FILE)
+    try:
+        result.bytes_written += _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        code = collapser.collapse(2, PROBE_FILE)
+    finally:
+        scratch.remove(PROBE_FILE)
+    if code:
+        raise ReproFailure(2, code, f"MADV_COLLAPSE failed: {mm.errno_name(code)}")
+
+
+def _iteration(scratch: Scratch, collapser: Collapser, config: ReproConfig, iteration: int,
+               result: ReproResult) -> tuple[Loss | None, bool]:
+    """Steps 2-7 once: (the loss if any, whether the iteration could test at all)."""
+    # Step 2. On the first iteration a refusal is the answer for a config-off kernel, so it is
+    # retried once only (cheap); later, EINVAL is treated as transient (btrfs on 6.1).
+    code = collapser.collapse(2 if iteration == 0 else config.collapse_retries)
+    if code:
+        if iteration == 0:
+            raise ReproFailure(2, code, f"MADV_COLLAPSE failed: {mm.errno_name(code)}")
+        log.debug("step2_collapse_failed", iteration=iteration, errno=mm.errno_name(code))
+    want = pattern(config.seed + 1 + iteration, config.append_size)
+    fd = scratch.open(DATA_FILE, os.O_WRONLY | os.O_APPEND)  # step 3
+    try:
+        append_off = os.fstat(fd).st_size
+        result.bytes_written += _write_all(fd, want)
+    finally:
+        os.close(fd)  # step 4
+    recollapsed = collapser.collapse(config.collapse_retries)  # step 5
+    fd = scratch.open(DATA_FILE, os.O_WRONLY)  # step 6: the purge runs here
+    os.close(fd)
+    fd = scratch.open(DATA_FILE, os.O_RDONLY)  # step 7
+    try:
+        got = _read_exact(fd, config.append_size, append_off)
+    finally:
+        os.close(fd)
+    loss = _compare(got, want, iteration, append_off)
+    if loss is None and recollapsed:
+        log.debug("step5_collapse_failed", iteration=iteration,
+                  errno=mm.errno_name(recollapsed))
+        return None, False  # no THP at step 6: this iteration proves nothing
+    return loss, True
+
+
+def run(scratch: Scratch, config: ReproConfig,
+        on_loss: Callable[[Loss], None] | None = None) -> ReproResult:
+    """Run the reproducer in ``scratch``; never raises for kernel behaviour, only for bugs."""
+    started = time.monotonic()
+    result = ReproResult(outcome=ReproOutcome.NOT_REPRODUCED)
+    if mm.thp_disabled_for_process() and not mm.enable_thp_for_process():
+        result.outcome, result.message = ReproOutcome.ERROR, "THP is disabled for this process"
+        return result
+    collapser = Collapser(scratch, config)
+    try:
+        code = probe_anonymous_collapse()
+        result.madv_collapse_known = code != errno.EINVAL
+        if code == errno.EINVAL:
+            result.outcome, result.errno, result.step = (
+                ReproOutcome.COLLAPSE_UNSUPPORTED, "EINVAL", 0)
+            result.message = ("MADV_COLLAPSE is unknown to this kernel (< 6.1, or THP off): only "
+                              "khugepaged can make file THPs here")
+            return result
+        _probe_file_collapse(scratch, collapser, result)
+        result.bytes_written += _create_base(scratch, config)
+        for iteration in range(config.iterations):
+            loss, usable = _iteration(scratch, collapser, config, iteration, result)
+            result.iterations_run += 1
+            result.mapping = collapser.mapping_kind
+            if not usable:
+                result.skipped_iterations += 1
+            elif loss is not None:
+                result.losses.append(loss)
+                result.outcome = ReproOutcome.REPRODUCED
+                if on_loss:
+                    on_loss(loss)
+                if not config.keep_going:
+                    break
+        if result.outcome is ReproOutcome.NOT_REPRODUCED and (
+            result.skipped_iterations == result.iterations_run
+        ):
+            result.outcome = ReproOutcome.ERROR
+            result.step, result.errno = 5, "EINVAL"
+            result.message = "the step-5 collapse never succeeded, so no iteration could test"
+    except ReproFailure as failure:
+        _record_failure(result, failure, collapser.noexec)
+    except OSError as exc:
+        result.outcome = ReproOutcome.ERROR
+        result.errno = mm.errno_name(exc.errno or 0)
+        result.message = f"{exc.strerror or exc}"
+    finally:
+        result.duration_s = time.monotonic() - started
+    return result
+
+
+def _record_failure(result: ReproResult, failure: ReproFailure, noexec: bool) -> None:
+    result.step = failure.step
+    result.errno = mm.errno_name(failure.code)
+    if failure.code == errno.EINVAL and not noexec:
+        result.outcome = ReproOutcome.COLLAPSE_UNSUPPORTED
+        result.message = ("MADV_COLLAPSE refused a touched read-only file mapping (PROT_READ and "
+                          "PROT_READ|PROT_EXEC): file THPs are not available here")
+    elif noexec:
+        result.outcome = ReproOutcome.ERROR
+        result.message = ("PROT_READ collapse got EINVAL and the mount refuses PROT_EXEC "
+                          "mappings (noexec); kernels 5.14-6.7 collapse only executable file "
+                          "mappings: use a scratch dir on a mount without noexec")
+    else:
+        result.outcome = ReproOutcome.ERROR
+        result.message = f"step {failure.step}: {failure}"

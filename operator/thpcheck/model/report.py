@@ -1,0 +1,215 @@
+"""The check report: one JSON document per run, a compact form for termination messages, and
+the human table. Pure: built from facts, predictions and reproducer results.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from thpcheck import __version__
+from thpcheck.model.facts import NodeFacts, PathFacts
+from thpcheck.model.predict import ConfigKnowledge, Prediction
+from thpcheck.model.repro import ReproResult
+from thpcheck.model.verdict import PathVerdict, Verdict, worst
+
+SCHEMA = "thpcheck.io/report/v1"
+COMPACT_SCHEMA = "thpcheck.io/result/v1"
+TERMINATION_LIMIT = 4096
+REASON_LIMIT = 240
+
+
+@dataclass
+class PathReport:
+    """Everything known about one scratch path."""
+
+    path: str
+    facts: PathFacts | None
+    prediction: Prediction | None
+    repro: ReproResult | None
+    verdict: PathVerdict
+
+
+@dataclass
+class CheckReport:
+    """A whole ``thpcheck check`` run on one node."""
+
+    facts: NodeFacts
+    config: ConfigKnowledge
+    node_prediction: Prediction
+    paths: list[PathReport] = field(default_factory=list)
+    checked_at: str = ""
+    madv_collapse: bool | None = None
+
+    @property
+    def verdict(self) -> Verdict:
+        return worst(p.verdict.verdict for p in self.paths)
+
+    @property
+    def mitigated(self) -> bool:
+        return self.facts.thp.khugepaged_stopped
+
+    @property
+    def disagreements(self) -> list[str]:
+        return [f"{p.path}: {p.verdict.disagreement}" for p in self.paths
+                if p.verdict.disagreement]
+
+
+def _prediction_dict(prediction: Prediction | None) -> dict[str, Any] | None:
+    if prediction is None:
+        return None
+    return {
+        "verdict": prediction.outcome.value,
+        "rule": prediction.rule,
+        "reason": prediction.reason,
+        "evidence": prediction.evidence.value,
+        "sources": list(prediction.sources),
+        "grade": prediction.grade,
+    }
+
+
+def _path_dict(entry: PathReport) -> dict[str, Any]:
+    facts = entry.facts
+    resolved = facts.resolved if facts else None
+    return {
+        "path": entry.path,
+        "fstype": facts.fstype if facts else None,
+        "mount_point": resolved.backing.mount_point if resolved else None,
+        "mount_options": ",".join(resolved.backing.mount_options) if resolved else None,
+        "super_options": ",".join(resolved.backing.super_options) if resolved else None,
+        "via_overlay": resolved.via_overlay if resolved else False,
+        "verdict": entry.verdict.verdict.value,
+        "reason": entry.verdict.reason,
+        "rule": entry.verdict.rule,
+        "disagreement": entry.verdict.disagreement,
+        "prediction": _prediction_dict(entry.prediction),
+        "repro": entry.repro.to_dict() if entry.repro else {"outcome": "skipped"},
+    }
+
+
+def to_document(report: CheckReport) -> dict[str, Any]:
+    """The full JSON document of ``thpcheck check --json``."""
+    facts = report.facts
+    kernel = facts.kernel
+    thp = facts.thp
+    return {
+        "schema": SCHEMA,
+        "agent_version": __version__,
+        "checked_at": report.checked_at,
+        "hostname": facts.hostname,
+        "verdict": report.verdict.value,
+        "mitigated": report.mitigated,
+        "disagreements": report.disagreements,
+        "kernel": {
+            "release": kernel.release,
+            "version": str(kernel.version) if kernel.version else None,
+            "read_only_thp_for_fs": report.config.read_only_thp,
+            "btrfs_experimental": report.config.btrfs_experimental,
+            "config_source": report.config.source,
+            "config_confidence": report.config.confidence,
+            "config_error": kernel.config_error,
+            "boot_id": kernel.boot_id,
+            "madv_collapse": report.madv_collapse,
+        },
+        "node_prediction": _prediction_dict(report.node_prediction),
+        "thp": {
+            "enabled": thp.enabled,
+            "defrag": thp.defrag,
+            "shmem_enabled": thp.shmem_enabled,
+            "khugepaged": dict(thp.khugepaged),
+        },
+        "writeback": dict(facts.writeback),
+        "evidence": dict(facts.evidence),
+        "os": {
+            "id": facts.os_release.id,
+            "version_id": facts.os_release.version_id,
+            "pretty_name": facts.os_release.pretty_name,
+        } if facts.os_release else None,
+        "mountinfo_source": facts.mountinfo_source,
+        "paths": [_path_dict(p) for p in report.paths],
+    }
+
+
+def _clip(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "\u2026"
+
+
+def compact(document: dict[str, Any], limit: int = TERMINATION_LIMIT) -> str:
+    """The result the operator reads from a pod's termination message, within ``limit`` bytes.
+
+    Shortens reasons first, then drops per-path detail beyond the verdict, and finally keeps
+    only the node verdict and counts; the output is always valid JSON.
+    """
+    kernel = document.get("kernel", {})
+    paths = [
+        {
+            "path": p.get("path"),
+            "fstype": p.get("fstype"),
+            "verdict": p.get("verdict"),
+            "rule": p.get("rule"),
+            "reason": _clip(p.get("reason"), REASON_LIMIT),
+            "repro": p.get("repro", {}).get("outcome"),
+            "iteration": p.get("repro", {}).get("iteration"),
+            "badBytes": p.get("repro", {}).get("bad_bytes"),
+            "durationS": p.get("repro", {}).get("duration_s"),
+            "disagreement": _clip(p.get("disagreement"), REASON_LIMIT),
+        }
+        for p in document.get("paths", [])
+    ]
+    result: dict[str, Any] = {
+        "schema": COMPACT_SCHEMA,
+        "agentVersion": document.get("agent_version"),
+        "checkedAt": document.get("checked_at"),
+        "verdict": document.get("verdict"),
+        "mitigated": document.get("mitigated"),
+        "kernelRelease": kernel.get("release"),
+        "bootID": kernel.get("boot_id"),
+        "readOnlyThpForFs": kernel.get("read_only_thp_for_fs"),
+        "configSource": kernel.get("config_source"),
+        "paths": paths,
+    }
+    text = json.dumps(result, separators=(",", ":"))
+    for shrink in (60, 0):
+        if len(text.encode()) <= limit:
+            return text
+        for entry in paths:
+            entry["reason"] = _clip(entry["reason"], shrink) if shrink else None
+            entry["disagreement"] = _clip(entry["disagreement"], shrink) if shrink else None
+        text = json.dumps(result, separators=(",", ":"))
+    while len(text.encode()) > limit and paths:
+        paths.pop()
+        result["truncated"] = True
+        text = json.dumps(result, separators=(",", ":"))
+    return text
+
+
+def render_table(report: CheckReport) -> str:
+    """The human-readable summary ``thpcheck check`` prints by default."""
+    kernel = report.facts.kernel
+    lines = [
+        f"kernel {kernel.release or '?'}  CONFIG_READ_ONLY_THP_FOR_FS="
+        f"{ {True: 'y', False: 'n', None: '?'}[report.config.read_only_thp] }"
+        f" ({report.config.source or 'no config'}, {report.config.confidence})",
+        f"THP enabled={report.facts.thp.enabled or '?'}  khugepaged scan_sleep_millisecs="
+        f"{report.facts.thp.scan_sleep_millisecs}  mitigated={'yes' if report.mitigated else 'no'}",
+        "",
+    ]
+    rows = [("PATH", "FS", "VERDICT", "RULE", "REPRO", "REASON")]
+    for entry in report.paths:
+        repro = entry.repro.outcome.value if entry.repro else "skipped"
+        rows.append((entry.path, (entry.facts.fstype if entry.facts else None) or "?",
+                     entry.verdict.verdict.value, entry.verdict.rule or "-", repro,
+                     entry.verdict.reason))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5]))
+                     + "  " + row[5])
+    lines.append("")
+    lines.append(f"node verdict: {report.verdict.value}"
+                 + ("  (mitigated: khugepaged stopped; MADV_COLLAPSE still works)"
+                    if report.mitigated else ""))
+    lines.extend(f"DISAGREEMENT {text}" for text in report.disagreements)
+    return "\n".join(lines)
