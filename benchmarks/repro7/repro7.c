@@ -1,0 +1,252 @@
+// repro7: minimal C reproducer of the write-open purge of read-only file THPs.
+//
+// Seven steps per iteration (see docs / issue 2):
+//  1. create a regular file of non-zero data (base size), fsync it (clean);
+//  2. map a 2 MiB aligned range read-only (fd O_RDONLY, no writer), touch it,
+//     MADV_COLLAPSE; EINVAL with PROT_READ -> retry PROT_READ|PROT_EXEC; munmap;
+//  3. open O_WRONLY|O_APPEND, append non-zero data (write(2), no fsync);
+//  4. close the write fd;
+//  5. re-collapse a read-only 2 MiB range away from the dirty tail (offset 0),
+//     retrying transient EINVAL/EAGAIN; munmap;
+//  6. open for write again (runs the kernel's purge), close;
+//  7. read the appended bytes back with read(2) on a fresh fd and compare.
+// Exit codes: 0 not reproduced, 1 reproduced, 2 bad input, 3 collapse
+// unsupported, 4 other error.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
+#define HPAGE (2UL << 20)
+#define STEP5_TRIES 5
+
+enum { EXIT_NOT_REPRO = 0, EXIT_REPRO = 1, EXIT_BADINPUT = 2, EXIT_UNSUPPORTED = 3,
+       EXIT_ERROR = 4 };
+
+static const char *g_file;
+static unsigned char *g_buf;  // scratch for base/append data and read-back
+
+// Report an errno-carrying failure and exit 4 (other error), removing the file.
+static void die(const char *what) {
+    int e = errno;
+    fprintf(stderr, "ERROR %s: errno=%s (%s)\n", what, strerrorname_np(e) ? strerrorname_np(e)
+            : "?", strerror(e));
+    if (g_file)
+        unlink(g_file);
+    exit(EXIT_ERROR);
+}
+
+// Deterministic non-zero bytes; the seed makes each iteration's append distinct.
+static void fill(unsigned char *p, size_t n, uint32_t seed) {
+    uint32_t x = seed * 2654435761u + 0x9e3779b9u;
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13; x ^= x >> 17; x ^= x << 5;
+        p[i] = (unsigned char)(x >> 24) | 1;  // never zero
+    }
+}
+
+static void write_all(int fd, const unsigned char *p, size_t n, const char *what) {
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            die(what);
+        }
+        p += w; n -= (size_t)w;
+    }
+}
+
+// Map 2 MiB of `path` at file offset `off` (2 MiB aligned) at a 2 MiB aligned
+// address, read every page, MADV_COLLAPSE, munmap. Returns 0 or the errno.
+static int collapse_at(const char *path, off_t off, int prot) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) die("open O_RDONLY");
+    // Reserve twice the size anonymously, then place the file mapping at an
+    // aligned address inside it with MAP_FIXED.
+    unsigned char *res = mmap(NULL, 2 * HPAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (res == MAP_FAILED) die("mmap reserve");
+    uintptr_t aligned = ((uintptr_t)res + HPAGE - 1) & ~(HPAGE - 1);
+    unsigned char *p = mmap((void *)aligned, HPAGE, prot, MAP_SHARED | MAP_FIXED, fd, off);
+    if (p == MAP_FAILED) die("mmap file");
+    volatile unsigned char sink = 0;
+    long pg = sysconf(_SC_PAGESIZE);
+    for (size_t i = 0; i < HPAGE; i += (size_t)pg) sink ^= p[i];
+    (void)sink;
+    int rc = madvise(p, HPAGE, MADV_COLLAPSE) ? errno : 0;
+    munmap(res, 2 * HPAGE);
+    close(fd);
+    return rc;
+}
+
+static int parse_size(const char *s, unsigned long long *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s) return -1;
+    switch (*end) {
+    case 'K': case 'k': v <<= 10; end++; break;
+    case 'M': case 'm': v <<= 20; end++; break;
+    case 'G': case 'g': v <<= 30; end++; break;
+    }
+    if (*end == 'i') end++;
+    if (*end == 'B' || *end == 'b') end++;
+    if (*end) return -1;
+    *out = v;
+    return 0;
+}
+
+static void usage(void) {
+    fprintf(stderr, "usage: repro7 DIR [--base-size B] [--append-size B] [--iterations N]"
+                    " [--keep-going]\n");
+    exit(EXIT_BADINPUT);
+}
+
+int main(int argc, char **argv) {
+    const char *dir = NULL;
+    unsigned long long base = 64ULL << 20, app = 16ULL << 10, iters = 200;
+    int keep_going = 0;
+    for (int i = 1; i < argc; i++) {
+        unsigned long long *dst = NULL;
+        if (!strcmp(argv[i], "--keep-going")) { keep_going = 1; continue; }
+        if (!strcmp(argv[i], "--base-size")) dst = &base;
+        else if (!strcmp(argv[i], "--append-size")) dst = &app;
+        else if (!strcmp(argv[i], "--iterations")) dst = &iters;
+        else if (argv[i][0] == '-' || dir) usage();
+        else { dir = argv[i]; continue; }
+        if (++i >= argc || parse_size(argv[i], dst)) usage();
+    }
+    struct stat st;
+    if (!dir || stat(dir, &st) || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "repro7: %s: not an existing directory\n", dir ? dir : "(none)");
+        return EXIT_BADINPUT;
+    }
+    if (base < 2 * HPAGE || base % HPAGE || app == 0 || app > (64ULL << 20) || iters == 0) {
+        fprintf(stderr, "repro7: base-size must be a multiple of 2 MiB >= 4 MiB, "
+                        "append-size 1..64 MiB, iterations >= 1\n");
+        return EXIT_BADINPUT;
+    }
+
+    // Probe: EINVAL on touched, aligned anonymous memory means the kernel does
+    // not know MADV_COLLAPSE (< 6.1), which is not the same as refusing files.
+    unsigned char *anon = mmap(NULL, 2 * HPAGE, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (anon == MAP_FAILED) die("mmap anon");
+    unsigned char *a2 = (unsigned char *)(((uintptr_t)anon + HPAGE - 1) & ~(HPAGE - 1));
+    memset(a2, 1, HPAGE);
+    if (madvise(a2, HPAGE, MADV_COLLAPSE) && errno == EINVAL) {
+        printf("COLLAPSE_UNSUPPORTED errno=EINVAL step=0\n");
+        return EXIT_UNSUPPORTED;
+    }
+    munmap(anon, 2 * HPAGE);
+
+    static char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/repro7.%d.dat", dir, (int)getpid());
+    size_t chunk = 1 << 20;
+    unsigned char *base_chunk = malloc(chunk), *want = malloc(app);
+    g_buf = malloc(app);
+    if (!base_chunk || !want || !g_buf) die("malloc");
+    fill(base_chunk, chunk, 1);
+    printf("path=%s base_size=%llu append_size=%llu iters=%llu\n", path, base, app, iters);
+    fflush(stdout);
+
+    int prot = PROT_READ, losses = 0;
+    unsigned long long it;
+    for (it = 0; it < iters; it++) {
+        // 1. base file: non-zero data, fsync'd so it is clean.
+        g_file = path;
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0) die("create");
+        for (unsigned long long off = 0; off < base; off += chunk)
+            write_all(fd, base_chunk, chunk, "write base");
+        if (fsync(fd)) die("fsync");
+        close(fd);
+
+        // 2. collapse a read-only range (the middle of the file), no writer open.
+        off_t coff = (off_t)((base / 2) & ~(HPAGE - 1));
+        int rc = collapse_at(path, coff, prot);
+        if (rc == EINVAL && prot == PROT_READ) {
+            prot = PROT_READ | PROT_EXEC;  // 5.14-6.7 collapse only exec file mappings
+            rc = collapse_at(path, coff, prot);
+        }
+        if (rc == EINVAL) {
+            unlink(path);
+            printf("COLLAPSE_UNSUPPORTED errno=EINVAL step=2\n");
+            return EXIT_UNSUPPORTED;
+        }
+        if (rc) { errno = rc; die("madvise collapse step 2"); }
+
+        // 3-4. append non-zero data, leave it dirty, close.
+        fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+        if (fd < 0) die("open append");
+        fill(want, app, 0x10000u + (uint32_t)it);
+        write_all(fd, want, app, "append");
+        close(fd);
+
+        // 5. re-collapse at offset 0, away from the dirty tail.
+        for (int t = 0; t < STEP5_TRIES; t++) {
+            rc = collapse_at(path, 0, prot);
+            if (rc != EINVAL && rc != EAGAIN) break;
+        }
+        if (rc && rc != EINVAL && rc != EAGAIN) { errno = rc; die("madvise collapse step 5"); }
+        if (rc)
+            fprintf(stderr, "note: iter=%llu step 5 collapse gave %s %d times\n", it,
+                    strerrorname_np(rc), STEP5_TRIES);
+
+        // 6. open for write: the kernel's purge runs here.
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0) die("open write step 6");
+        close(fd);
+
+        // 7. read the appended bytes back on a fresh fd and compare.
+        unsigned char *got = g_buf;
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) die("open read");
+        size_t n = 0;
+        while (n < app) {
+            ssize_t r = pread(fd, got + n, app - n, (off_t)(base + n));
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0) die("read back");
+            if (r == 0) break;
+            n += (size_t)r;
+        }
+        close(fd);
+        memset(got + n, 0, app - n);  // a short file counts as lost bytes
+        unsigned long long bad = 0, zeros = 0, first = ULLONG_MAX;
+        for (size_t i = 0; i < app; i++) {
+            if (got[i] != want[i]) { bad++; if (first == ULLONG_MAX) first = i; }
+            if (got[i] == 0) zeros++;
+        }
+        if (unlink(path)) die("unlink");
+        g_file = NULL;
+        if (bad) {
+            losses++;
+            printf("REPRODUCED iter=%llu bad_bytes=%llu first_bad=%llu zero_count=%llu "
+                   "append_off=%llu\n", it, bad, first, zeros, base);
+            size_t k = app < 64 ? app : 64, s0 = first + k > app ? app - k : first;
+            printf("first 64 got:");
+            for (size_t i = 0; i < k; i++) printf(" %02x", got[s0 + i]);
+            printf("\nfirst 64 want:");
+            for (size_t i = 0; i < k; i++) printf(" %02x", want[s0 + i]);
+            printf("\n");
+            fflush(stdout);
+        }
+        if (bad && !keep_going) return EXIT_REPRO;
+    }
+    if (losses) {
+        printf("SUMMARY lost_iterations=%d iters=%llu\n", losses, iters);
+        return EXIT_REPRO;
+    }
+    printf("NOT_REPRODUCED iters=%llu\n", iters);
+    return EXIT_NOT_REPRO;
+}
