@@ -1,8 +1,9 @@
 // repro7: minimal C reproducer of the write-open purge of read-only file THPs.
 //
-// Seven steps per iteration (see docs / issue 2):
+// Step 1 once, then steps 2-7 per iteration with a new append (as the agent):
 //  1. create a regular file of non-zero data (base size), fsync it (clean);
-//  2. map a 2 MiB aligned range read-only (fd O_RDONLY, no writer), touch it,
+//  2. map the file's first 2 MiB read-only at a 2 MiB aligned address (fd
+//     O_RDONLY, no writer), touch it,
 //     MADV_COLLAPSE; EINVAL with PROT_READ -> retry PROT_READ|PROT_EXEC; munmap;
 //  3. open O_WRONLY|O_APPEND, append non-zero data (write(2), no fsync);
 //  4. close the write fd;
@@ -131,9 +132,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "repro7: %s: not an existing directory\n", dir ? dir : "(none)");
         return EXIT_BADINPUT;
     }
-    if (base < 2 * HPAGE || base % HPAGE || app == 0 || app > (64ULL << 20) || iters == 0) {
-        fprintf(stderr, "repro7: base-size must be a multiple of 2 MiB >= 4 MiB, "
-                        "append-size 1..64 MiB, iterations >= 1\n");
+    if (base < HPAGE || app == 0 || app > (64ULL << 20) || iters == 0) {
+        fprintf(stderr, "repro7: base-size must be >= 2 MiB, append-size 1..64 MiB, "
+                        "iterations >= 1\n");
         return EXIT_BADINPUT;
     }
 
@@ -160,31 +161,38 @@ int main(int argc, char **argv) {
     printf("path=%s base_size=%llu append_size=%llu iters=%llu\n", path, base, app, iters);
     fflush(stdout);
 
-    int prot = PROT_READ, losses = 0;
-    unsigned long long it;
-    for (it = 0; it < iters; it++) {
-        // 1. base file: non-zero data, fsync'd so it is clean.
-        g_file = path;
-        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0) die("create");
-        for (unsigned long long off = 0; off < base; off += chunk)
-            write_all(fd, base_chunk, chunk, "write base");
-        if (fsync(fd)) die("fsync");
-        close(fd);
+    // 1. base file: non-zero data, fsync'd so it is clean (once; each iteration
+    //    then appends anew at the current end of file).
+    g_file = path;
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) die("create");
+    for (unsigned long long off = 0; off < base; off += chunk) {
+        size_t n = base - off < chunk ? (size_t)(base - off) : chunk;
+        write_all(fd, base_chunk, n, "write base");
+    }
+    if (fsync(fd)) die("fsync");
+    close(fd);
 
-        // 2. collapse a read-only range (the middle of the file), no writer open.
-        off_t coff = (off_t)((base / 2) & ~(HPAGE - 1));
-        int rc = collapse_at(path, coff, prot);
-        if (rc == EINVAL && prot == PROT_READ) {
-            prot = PROT_READ | PROT_EXEC;  // 5.14-6.7 collapse only exec file mappings
-            rc = collapse_at(path, coff, prot);
+    int prot = PROT_READ, losses = 0;
+    unsigned long long it, end = base;
+    for (it = 0; it < iters; it++) {
+        // 2. collapse the file's head read-only, no writer open. The first time,
+        //    EINVAL with PROT_READ is retried with PROT_READ|PROT_EXEC (5.14-6.7
+        //    collapse only exec file mappings); EINVAL then means unsupported.
+        //    Later iterations retry transient errors like step 5.
+        int rc = collapse_at(path, 0, prot);
+        if (it == 0 && rc == EINVAL && prot == PROT_READ) {
+            prot = PROT_READ | PROT_EXEC;
+            rc = collapse_at(path, 0, prot);
         }
-        if (rc == EINVAL) {
+        if (it == 0 && rc == EINVAL) {
             unlink(path);
             printf("COLLAPSE_UNSUPPORTED errno=EINVAL step=2\n");
             return EXIT_UNSUPPORTED;
         }
-        if (rc) { errno = rc; die("madvise collapse step 2"); }
+        for (int t = 1; t < STEP5_TRIES && (rc == EINVAL || rc == EAGAIN); t++)
+            rc = collapse_at(path, 0, prot);
+        if (rc && rc != EINVAL && rc != EAGAIN) { errno = rc; die("madvise collapse step 2"); }
 
         // 3-4. append non-zero data, leave it dirty, close.
         fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
@@ -192,12 +200,13 @@ int main(int argc, char **argv) {
         fill(want, app, 0x10000u + (uint32_t)it);
         write_all(fd, want, app, "append");
         close(fd);
+        unsigned long long append_off = end;
+        end += app;
 
-        // 5. re-collapse at offset 0, away from the dirty tail.
-        for (int t = 0; t < STEP5_TRIES; t++) {
+        // 5. re-collapse the head, away from the dirty tail.
+        rc = EINVAL;
+        for (int t = 0; t < STEP5_TRIES && (rc == EINVAL || rc == EAGAIN); t++)
             rc = collapse_at(path, 0, prot);
-            if (rc != EINVAL && rc != EAGAIN) break;
-        }
         if (rc && rc != EINVAL && rc != EAGAIN) { errno = rc; die("madvise collapse step 5"); }
         if (rc)
             fprintf(stderr, "note: iter=%llu step 5 collapse gave %s %d times\n", it,
@@ -214,7 +223,7 @@ int main(int argc, char **argv) {
         if (fd < 0) die("open read");
         size_t n = 0;
         while (n < app) {
-            ssize_t r = pread(fd, got + n, app - n, (off_t)(base + n));
+            ssize_t r = pread(fd, got + n, app - n, (off_t)(append_off + n));
             if (r < 0 && errno == EINTR) continue;
             if (r < 0) die("read back");
             if (r == 0) break;
@@ -227,24 +236,26 @@ int main(int argc, char **argv) {
             if (got[i] != want[i]) { bad++; if (first == ULLONG_MAX) first = i; }
             if (got[i] == 0) zeros++;
         }
-        if (unlink(path)) die("unlink");
-        g_file = NULL;
         if (bad) {
-            losses++;
             printf("REPRODUCED iter=%llu bad_bytes=%llu first_bad=%llu zero_count=%llu "
-                   "append_off=%llu\n", it, bad, first, zeros, base);
-            size_t k = app < 64 ? app : 64, s0 = first + k > app ? app - k : first;
-            printf("first 64 got:");
-            for (size_t i = 0; i < k; i++) printf(" %02x", got[s0 + i]);
-            printf("\nfirst 64 want:");
-            for (size_t i = 0; i < k; i++) printf(" %02x", want[s0 + i]);
-            printf("\n");
+                   "append_off=%llu\n", it, bad, first, zeros, append_off);
+            if (!losses++) {
+                size_t k = app < 64 ? app : 64;
+                printf("first 64 got:");
+                for (size_t i = 0; i < k; i++) printf(" %02x", got[i]);
+                printf("\nfirst 64 want:");
+                for (size_t i = 0; i < k; i++) printf(" %02x", want[i]);
+                printf("\n");
+            }
             fflush(stdout);
+            if (!keep_going) break;
         }
-        if (bad && !keep_going) return EXIT_REPRO;
     }
+    if (unlink(path)) die("unlink");
+    g_file = NULL;
     if (losses) {
-        printf("SUMMARY lost_iterations=%d iters=%llu\n", losses, iters);
+        if (keep_going)
+            printf("SUMMARY lost_iterations=%d iters=%llu\n", losses, iters);
         return EXIT_REPRO;
     }
     printf("NOT_REPRODUCED iters=%llu\n", iters);
