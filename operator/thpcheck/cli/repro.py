@@ -84,6 +84,9 @@ def main(args: argparse.Namespace) -> int:
         seen.append(loss)
 
     with Scratch(visible) as scratch:
+        if scratch.reaped:
+            print(f"note: removed scratch dirs left by killed runs: {' '.join(scratch.reaped)}",
+                  file=sys.stderr)
         result = run(scratch, config, on_loss)
     _print_outcome(result, config)
     return result.exit_code

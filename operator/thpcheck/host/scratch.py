@@ -18,7 +18,11 @@ import stat
 from collections.abc import Iterator
 from types import TracebackType
 
+import structlog
+
 from thpcheck.host.hostroot import HostRoot
+
+log = structlog.get_logger("thpcheck.scratch")
 
 PREFIX = "thpcheck-scratch."
 MARKER = "owner"
@@ -217,8 +221,12 @@ class Scratch:
                 self._created.clear()
                 os.close(self._fd)
                 self._fd = -1
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     os.rmdir(self.name, dir_fd=self._parent_fd)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:  # something we did not create appeared: leave it
+                    log.warning("scratch_not_removed", path=self.path, error=exc.strerror)
             if self._marker_fd >= 0:
                 os.close(self._marker_fd)
                 self._marker_fd = -1

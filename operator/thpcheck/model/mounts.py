@@ -74,7 +74,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
                     mount_options=tuple(fields[5].split(",")),
                     fstype=fields[separator + 1],
                     source=_unescape(fields[separator + 2]),
-                    super_options=tuple(fields[separator + 3].split(","))
+                    super_options=tuple(_unescape(o) for o in fields[separator + 3].split(","))
                     if len(fields) > separator + 3
                     else (),
                 )

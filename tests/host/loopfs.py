@@ -1,0 +1,64 @@
+"""Loop-mounted ext4, btrfs and xfs filesystems on this machine's own kernel, for real tests.
+
+Every mount is undone in ``finally``: unmount, detach the loop device, delete the image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.support.require import skip_or_fail
+
+MKFS = {
+    "ext4": ["mkfs.ext4", "-q", "-F"],
+    "btrfs": ["mkfs.btrfs", "-q", "-f"],
+    "xfs": ["mkfs.xfs", "-q", "-f"],
+}
+
+
+def _run(*args: str) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def require_loop_devices() -> None:
+    """Skip (or fail under CI) when loop devices cannot be used here, saying which part lacks."""
+    if os.geteuid() != 0:
+        skip_or_fail("host", "loop-mounted filesystems need root")
+    if not os.path.exists("/dev/loop-control"):
+        skip_or_fail("host", "this machine has no loop devices (/dev/loop-control missing)")
+    for tool in ("losetup", "mount", "umount", *(cmd[0] for cmd in MKFS.values())):
+        if shutil.which(tool) is None:
+            skip_or_fail("host", f"{tool} is not installed (apt-get install btrfs-progs xfsprogs)")
+
+
+@contextlib.contextmanager
+def loop_mount(workdir: Path, fstype: str, size_mib: int = 512,
+               options: str = "") -> Iterator[Path]:
+    """A fresh ``fstype`` filesystem on a sparse image, mounted; removed afterwards."""
+    image = workdir / f"{fstype}.img"
+    mountpoint = workdir / f"{fstype}-mnt"
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    with open(image, "wb") as handle:
+        handle.truncate(size_mib * 1024 * 1024)
+    device = ""
+    mounted = False
+    try:
+        _run(*MKFS[fstype], str(image))
+        device = _run("losetup", "--find", "--show", str(image))
+        _run("mount", "-t", fstype, *(["-o", options] if options else []), device,
+             str(mountpoint))
+        mounted = True
+        yield mountpoint
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(mountpoint)], check=False)
+        if device:
+            subprocess.run(["losetup", "-d", device], check=False)
+        image.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            mountpoint.rmdir()

@@ -1,0 +1,36 @@
+"""The folders show the architecture: pure logic never imports I/O."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "thpcheck"
+PURE = ("model", "specs")
+FORBIDDEN = ("thpcheck.host", "thpcheck.controller", "thpcheck.cli", "ctypes", "subprocess",
+             "socket", "kopf", "kubernetes", "os", "fcntl", "signal")
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("module", sorted(p for d in PURE for p in (PACKAGE / d).glob("*.py")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_pure_modules_import_no_io(module: Path) -> None:
+    bad = {name for name in _imports(module)
+           if any(name == f or name.startswith(f + ".") for f in FORBIDDEN)}
+    assert not bad, f"{module.name} imports {sorted(bad)}"
+
+
+def test_there_is_no_package_named_operator() -> None:
+    assert not (PACKAGE.parent / "operator").exists()
+    assert not (PACKAGE.parent / "__init__.py").exists()
