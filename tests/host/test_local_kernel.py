@@ -73,3 +73,14 @@ def test_no_repro_writes_nothing(scratch_dirs: dict[str, Path]) -> None:
     assert code == 0
     assert report["paths"][0]["repro"]["outcome"] == "skipped"
     assert report["paths"][0]["rule"] == "G1"
+
+
+def test_discover_tests_every_local_filesystem_and_cleans_up(loopfs: dict[str, Path]) -> None:
+    code, report = check_json("--discover")
+    assert code == 0
+    by_path = {p["path"]: p for p in report["paths"]}
+    for fs, mountpoint in loopfs.items():
+        entry = by_path[f"{mountpoint}/.thpcheck"]
+        assert (entry["fstype"], entry["verdict"]) == (fs, "not-affected")
+        assert entry["repro"]["outcome"] == "collapse_unsupported"
+        assert not (mountpoint / ".thpcheck").exists()

@@ -83,3 +83,20 @@ def test_overlay_resolves_to_upper_layer() -> None:
 def test_malformed_mountinfo_names_the_line() -> None:
     with pytest.raises(MountinfoError, match="line 2"):
         parse_mountinfo("22 1 254:0 / / rw - ext4 /dev/vda rw\ngarbage\n")
+
+
+def test_discover_one_scratch_dir_per_local_writable_filesystem() -> None:
+    from thpcheck.model.mounts import discover
+
+    text = """\
+22 1 254:0 / / rw - ext4 /dev/vda rw
+23 22 254:0 /var/lib/kubelet /var/lib/kubelet rw - ext4 /dev/vda rw
+24 22 0:30 / /srv rw - btrfs /dev/vdb rw,subvol=/
+25 22 0:31 /home /home rw - btrfs /dev/vdb rw,subvol=/home
+26 22 254:16 / /data ro - xfs /dev/vdc ro
+27 22 0:5 / /dev rw - devtmpfs udev rw
+28 22 0:40 / /run/k3s rw - ext4 /dev/vdd rw
+29 22 254:32 / /var/lib/kubelet/pods/x/volumes/v rw - ext4 /dev/vde rw
+30 22 0:41 / /tmp rw - tmpfs tmpfs rw
+"""
+    assert discover(parse_mountinfo(text)) == ["/.thpcheck", "/srv/.thpcheck"]

@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--no-repro", action="store_true",
                         help="predict only; do not write anything")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--discover", action="store_true",
+                        help="also test <mountpoint>/.thpcheck on every local writable "
+                        "filesystem in the host's mountinfo (created and removed by the run)")
     parser.add_argument("--result-file", metavar="FILE",
                         help="also write the compact result (<= 4 KiB) here, e.g. "
                         "/dev/termination-log")
@@ -47,12 +50,13 @@ def main(args: argparse.Namespace) -> int:
               "range; pass at least 2MiB", file=sys.stderr)
         return CheckExit.BAD_INPUT
     options = CheckOptions(
-        paths=args.paths or [tempfile.gettempdir()],
+        paths=args.paths or ([] if args.discover else [tempfile.gettempdir()]),
         host_root=args.host_root,
         run_repro=not args.no_repro,
         repro=ReproConfig(base_size=args.base_size, append_size=args.append_size,
                           iterations=args.iterations, keep_going=args.keep_going),
         bad_paths_are_errors=args.exit_zero,
+        discover=args.discover,
     )
     try:
         report = check(options)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import posixpath
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
 from thpcheck.host import facts as host_facts
 from thpcheck.host import repro as reproducer
+from thpcheck.host.discovery import scratch_roots
 from thpcheck.host.hostroot import HostRoot
 from thpcheck.host.scratch import BadInput, Scratch, required_bytes, validate
 from thpcheck.model.distro import lookup
 from thpcheck.model.facts import NodeFacts
+from thpcheck.model.mounts import discover
 from thpcheck.model.predict import (
     ConfigKnowledge,
     knowledge_from_config,
@@ -37,6 +40,8 @@ class CheckOptions:
     # In a pod a bad path must become an error verdict (the run always yields a result);
     # on the command line it is bad input (exit 2) before anything is written.
     bad_paths_are_errors: bool = False
+    # Also test <mountpoint>/.thpcheck on every local writable filesystem of the host.
+    discover: bool = False
 
 
 def config_knowledge(facts: NodeFacts) -> ConfigKnowledge:
@@ -55,7 +60,7 @@ def validate_paths(root: HostRoot, options: CheckOptions) -> dict[str, str | Bad
     results: dict[str, str | BadInput] = {}
     for path in options.paths:
         try:
-            results[path] = validate(root, path, need)
+            results[path] = validate(root, path, need, will_write=options.run_repro)
         except BadInput as exc:
             if not options.bad_paths_are_errors:
                 raise
@@ -73,8 +78,20 @@ def _run_repro(visible: str, config: reproducer.ReproConfig) -> ReproResult:
 def check(options: CheckOptions) -> CheckReport:
     """Run the whole check. Raises BadInput (CLI mode) before writing anything."""
     root = HostRoot(options.host_root)
-    validated = validate_paths(root, options)
+    if not options.discover:
+        return _check(root, options, host_facts.collect(root))
     facts = host_facts.collect(root)
+    discovered = [p for p in discover(list(facts.mounts)) if p not in options.paths]
+    if not options.run_repro:  # nothing is written: classify the mount points themselves
+        discovered = [posixpath.dirname(p) for p in discovered]
+    log.info("discovered_filesystems", paths=discovered)
+    options = replace(options, paths=[*options.paths, *discovered])
+    with scratch_roots(root, discovered if options.run_repro else []):
+        return _check(root, options, facts)
+
+
+def _check(root: HostRoot, options: CheckOptions, facts: NodeFacts) -> CheckReport:
+    validated = validate_paths(root, options)
     knowledge = config_knowledge(facts)
     kernel = facts.kernel.version
     report = CheckReport(

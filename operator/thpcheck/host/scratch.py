@@ -56,13 +56,16 @@ def _human(size: int) -> str:
     return f"{size} B"  # pragma: no cover
 
 
-def validate(root: HostRoot, host_path: str, need_bytes: int) -> str:
-    """Check a scratch path; returns where it is visible. Raises BadInput naming the fix."""
+def validate(root: HostRoot, host_path: str, need_bytes: int, will_write: bool = True) -> str:
+    """Check a scratch path; returns where it is visible. Raises BadInput naming the fix.
+
+    With ``will_write=False`` (prediction only) the path just has to be a real directory.
+    """
     if not host_path.startswith("/"):
         raise BadInput(f"{host_path}: not an absolute host path; pass a path such as "
                        "/var/lib/thpcheck")
     normal = posixpath.normpath(host_path)
-    if normal == "/" or any(_under(normal, forbidden) for forbidden in FORBIDDEN_ROOTS):
+    if will_write and (normal == "/" or any(_under(normal, f) for f in FORBIDDEN_ROOTS)):
         raise BadInput(f"{host_path}: refusing to write under /, /proc, /sys or /dev; pass a "
                        "directory on a real filesystem, such as /var/lib/thpcheck")
     visible = root.path(normal)
@@ -79,6 +82,8 @@ def validate(root: HostRoot, host_path: str, need_bytes: int) -> str:
                        f"({os.path.realpath(visible)}) instead")
     if not stat.S_ISDIR(info.st_mode):
         raise BadInput(f"{host_path}: is not a directory; pass a directory")
+    if not will_write:
+        return visible
     real = os.path.realpath(visible)
     real_host = "/" + posixpath.relpath(real, root.root) if _under(real, root.root) else real
     if any(_under(real_host, forbidden) for forbidden in FORBIDDEN_ROOTS):

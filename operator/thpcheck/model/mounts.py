@@ -131,3 +131,28 @@ def resolve(path: str, mounts: list[Mount]) -> ResolvedMount | None:
         seen.add(nxt.mount_id)
         backing = nxt
     return ResolvedMount(mount, backing)
+
+
+# Local, block-backed filesystems worth a scratch dir each when discovering (`--discover`).
+DISCOVERABLE = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "bcachefs"})
+DISCOVERY_SKIP = ("/proc", "/sys", "/dev", "/run", "/var/lib/kubelet/pods")
+DISCOVERY_DIR = ".thpcheck"
+
+
+def discover(mounts: list[Mount]) -> list[str]:
+    """One scratch path (``<mountpoint>/.thpcheck``) per local writable filesystem.
+
+    Bind mounts and btrfs subvolumes of one device are tested once, at the shortest mount
+    point; pod volumes and pseudo filesystems are skipped.
+    """
+    chosen: dict[str, Mount] = {}
+    for mount in mounts:
+        if mount.fstype not in DISCOVERABLE or mount.read_only:
+            continue
+        if any(_is_under(mount.mount_point, skip) for skip in DISCOVERY_SKIP):
+            continue
+        key = mount.source if mount.fstype == "btrfs" else mount.device
+        best = chosen.get(key)
+        if best is None or len(mount.mount_point) < len(best.mount_point):
+            chosen[key] = mount
+    return sorted(posixpath.join(m.mount_point, DISCOVERY_DIR) for m in chosen.values())
