@@ -1,0 +1,3 @@
+"""Shared pytest configuration: registers the project's fixture plugins."""
+
+pytest_plugins = ["tests.cluster.fixtures"]
