@@ -197,7 +197,10 @@ def qemu_argv(kernel: Kernel, initrd: Path, job_disk: Path, disks: Mapping[str, 
               console: Path, *, smp: int, mem_mb: int, accel: str) -> list[str]:
     """The qemu command line: no display, serial to a file, disks copy-on-write."""
     cpu = "host" if accel == "kvm" else "max"
-    argv = [QEMU, "-accel", accel, "-machine", "pc", "-cpu", cpu, "-smp", str(smp),
+    # One socket per vCPU: SeaBIOS's MP table lists one CPU per package, and our
+    # tinyconfig kernels (no ACPI) would otherwise bring up a single CPU.
+    topology = f"{smp},sockets={smp},cores=1,threads=1"
+    argv = [QEMU, "-accel", accel, "-machine", "pc", "-cpu", cpu, "-smp", topology,
             "-m", str(mem_mb), "-nodefaults", "-display", "none", "-monitor", "none",
             "-serial", f"file:{console}", "-no-reboot",
             "-kernel", str(kernel.bzimage), "-initrd", str(initrd),

@@ -125,9 +125,9 @@ class Plan:
 
     base_size: str = os.environ.get("THPCHECK_VM_BASE_SIZE", "64M")
     append_size: str = os.environ.get("THPCHECK_VM_APPEND_SIZE", "16K")
-    iterations: int = int(os.environ.get("THPCHECK_VM_ITERATIONS", "20"))
+    iterations: int = int(os.environ.get("THPCHECK_VM_ITERATIONS", "200"))
     keep_going_base: str = "8M"
-    keep_going_iterations: int = int(os.environ.get("THPCHECK_VM_KEEPGOING_ITERATIONS", "20"))
+    keep_going_iterations: int = int(os.environ.get("THPCHECK_VM_KEEPGOING_ITERATIONS", "200"))
 
     def args(self) -> tuple[str, ...]:
         return ("--base-size", self.base_size, "--append-size", self.append_size,
