@@ -114,6 +114,24 @@ def fix_evidence(khugepaged_c: str) -> dict[str, Any]:
             "function_lines": [start + 1, end + 1], "evidence": evidence}
 
 
+FIX_TITLE = "mm/khugepaged: write all dirty file folios when collapsing"
+
+
+def changelog_evidence(deb: Path) -> dict[str, Any]:
+    """Secondary evidence: does Debian's changelog list the fix, and under which upload?"""
+    script = ("set -euo pipefail; dpkg-deb --fsys-tarfile \"$1\" "
+              "| tar -xO --wildcards '*/usr/share/doc/linux-source-*/changelog.Debian.gz' | zcat")
+    text = subprocess.run(["bash", "-c", script, "changelog", str(deb)], check=True,
+                          capture_output=True, text=True).stdout
+    upload = None
+    for line in text.splitlines():
+        if line.startswith("linux "):
+            upload = line.strip()
+        elif FIX_TITLE in line:
+            return {"mentions_fix": True, "upload": upload, "line": line.strip()}
+    return {"mentions_fix": False, "upload": None, "line": None}
+
+
 def _run(cmd: list[str], log: Path, cwd: Path | None = None) -> None:
     """Run a build step, appending output to a log; on failure show its tail."""
     with log.open("a") as fh:
@@ -168,6 +186,7 @@ def build_source_kernel(spec: KernelSpec, deb: Path, version: str, cache: Path,
     tree = extract_source(deb, work, log)
     t_extract = time.monotonic() - t0
     fix = fix_evidence((tree / "mm" / "khugepaged.c").read_text())
+    fix["changelog"] = changelog_evidence(deb)
     if spec.require_fix is False and fix["present"]:
         raise KernelBuildError(
             f"{spec.name}: {spec.package} {version} ({spec.suite}) already carries the fix; "
