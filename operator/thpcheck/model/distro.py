@@ -4,6 +4,12 @@ When a node's kernel config cannot be read (no ``/proc/config.gz``, no ``/boot/c
 model looks the distribution up here, by OS image text (``node.status.nodeInfo.osImage`` or
 os-release ``PRETTY_NAME``), kernel release and architecture. Rows whose value was read in a
 shipped config are ``VERIFIED``; rows extrapolated from sibling configs are ``INFERRED``.
+
+A row speaks only for the kernels its vendor builds, so most rows also match the release string
+(``6.8.0-45-generic``, ``…el9uek.x86_64``, ``6.1.100+``) and a verified row covers only the
+kernel branches that were read. An OS image with a foreign kernel (a kind node: Debian image,
+host kernel) falls through to the kernel-signature rows at the end (inferred), or to no row
+(unknown). The first matching row wins.
 """
 
 from __future__ import annotations
@@ -56,82 +62,162 @@ class DistroRow:
 KC = "oracle/kconfigs gh-pages fa0a490 (2026-01-30)"
 NR = "nyrahul/linux-kernel-configs 76bbb04 (2025-07-26)"
 
+# Kernel release shapes. An OS image row only speaks for the kernel its vendor builds: a kind or
+# k3d node reports its container's os-release (e.g. "Debian GNU/Linux 12 (bookworm)") next to
+# the host's kernel (e.g. "6.5.0-1020-aws", "6.11.4-301.fc41.x86_64", "5.15.49-linuxkit-pr"),
+# and RHEL images can boot Oracle's UEK. A row whose kernel pattern does not match falls
+# through to the kernel-signature rows at the end of the table, or to no row at all (unknown).
+UBUNTU_KERNEL = (r"^\d+\.\d+\.0-\d+-(generic|lowlatency|aws|azure|gcp|gke|gkeop|kvm|oracle|oem|"
+                 r"nvidia|ibm|raspi|realtime|fips|intel|virtual)\b")
+UBUNTU_CLOUD_KERNEL = r"^\d+\.\d+\.0-\d+-(aws|azure|gcp|gke|gkeop|oracle|nvidia|ibm)\b"
+DEBIAN_KERNEL = (r"^\d+\.\d+\.(0-\d+|\d+\+(deb\d+|bpo)[\w.~+]*)-((cloud|rt)-)?(amd64|arm64|"
+                 r"686|686-pae|armmp|armmp-lpae|powerpc64le|s390x|marvell|rpi|loong64|riscv64|"
+                 r"mips\w*|octeon|loongson-3)$")
+# RHEL, AlmaLinux, Rocky, CentOS Stream, Oracle RHCK, RHCOS: X.Y.0-<build>.elN[_M].<arch>.
+RHEL_KERNEL = r"^\d+\.\d+\.0-\d+\S*\.el\d+(_\d+)?\.(x86_64|aarch64|ppc64le|s390x)\b"
+RHEL_KERNEL_READ = r"^(4\.18|5\.14|6\.12)\.0-\d+\S*\.el\d+(_\d+)?\.(x86_64|aarch64|ppc64le|s390x)\b"
+UEK_KERNEL = r"\.el\d+uek\b"
+FEDORA_KERNEL = r"\.fc\d+\.(x86_64|aarch64|ppc64le|s390x)\b"
+ARCH_KERNEL = r"-arch\d+-\d+$"
+AL2_KERNEL = r"\.amzn2\.(x86_64|aarch64)$"
+AL2023_KERNEL = r"\.amzn2023\.(x86_64|aarch64)$"
+SUSE_DEFAULT_KERNEL = r"-default$"
+ANY_OS = r""  # kernel-signature rows: the kernel release alone identifies the build
+
 DISTROS: tuple[DistroRow, ...] = (
     # Ubuntu: not set in every generic and cloud config read; newer cloud flavours inferred.
     DistroRow("ubuntu-cloud-6.8+", "Ubuntu cloud kernels (aws/gcp/azure/gke/oracle) 6.8+",
               r"^Ubuntu\b", False, INF, "madvise", False,
               "same annotations base as generic; not read (§5)",
-              kernel_pattern=r"-(aws|gcp|gke|azure|oracle|nvidia)", kernel_min=(6, 8)),
+              kernel_pattern=UBUNTU_CLOUD_KERNEL, kernel_min=(6, 8)),
     DistroRow("ubuntu", "Ubuntu", r"^Ubuntu\b", False, V, "madvise", False,
-              f"{KC}; {NR}; CriticalShift/linux-ubuntu-resolute annotations"),
-    DistroRow("debian", "Debian", r"^Debian\b", False, V, "always", False, f"{KC}; {NR}"),
+              f"{KC}; {NR}; CriticalShift/linux-ubuntu-resolute annotations",
+              kernel_pattern=UBUNTU_KERNEL, kernel_min=(5, 4)),
+    DistroRow("debian", "Debian", r"^Debian\b", False, V, "always", False, f"{KC}; {NR}",
+              kernel_pattern=DEBIAN_KERNEL),
     DistroRow("rhcos-5.x+", "Red Hat Enterprise Linux CoreOS (RHEL 9 based)",
               r"CoreOS|^OpenShift", False, INF, "always", False,
               "RHCOS 4.12 verified; later RHCOS inherits RHEL 9 (inferred)",
-              kernel_min=(5, 0), kernel_pattern=r"\.el\d"),
+              kernel_min=(5, 0), kernel_pattern=RHEL_KERNEL),
     DistroRow("rhcos", "Red Hat Enterprise Linux CoreOS", r"Red Hat Enterprise Linux CoreOS",
-              False, V, "always", False, NR),
+              False, V, "always", False, NR, kernel_pattern=RHEL_KERNEL),
     DistroRow("rhel10", "Red Hat Enterprise Linux 10", r"^Red Hat Enterprise Linux 10\b",
-              False, INF, "always", False, f"inferred from AlmaLinux 10 / CentOS Stream 10 ({KC})"),
+              False, INF, "always", False, f"inferred from AlmaLinux 10 / CentOS Stream 10 ({KC})",
+              kernel_pattern=RHEL_KERNEL),
+    DistroRow("rocky10", "Rocky Linux 10", r"^Rocky Linux 10\b", False, INF, "always", False,
+              f"not read; inferred from AlmaLinux 10 / CentOS Stream 10 ({KC})",
+              kernel_pattern=RHEL_KERNEL),
     DistroRow("centos-hyperscale", "CentOS Stream Hyperscale", r"^CentOS", False, V, "always",
               False, KC, kernel_pattern=r"\.hs"),
     DistroRow("rhel-family", "RHEL / AlmaLinux / Rocky / CentOS Stream",
               r"^(Red Hat Enterprise Linux|AlmaLinux|Rocky Linux|CentOS)", False, V, "always",
-              False, f"{KC}; {NR}"),
+              False, f"{KC}; {NR} (4.18, 5.14, 6.12 builds)", kernel_pattern=RHEL_KERNEL_READ),
     DistroRow("oracle-uek", "Oracle Linux with UEK 7/8/NEXT", r"^Oracle Linux", True, V,
-              "always", False, KC, kernel_pattern=r"uek", kernel_min=(5, 15)),
+              "always", False, KC, kernel_pattern=UEK_KERNEL, kernel_min=(5, 15)),
     DistroRow("oracle-uek6", "Oracle Linux with UEK6", r"^Oracle Linux", False, V, "always",
-              False, KC, kernel_pattern=r"uek", kernel_below=(5, 15)),
+              False, KC, kernel_pattern=UEK_KERNEL, kernel_below=(5, 15)),
     DistroRow("oracle-rhck", "Oracle Linux with the RHEL-compatible kernel", r"^Oracle Linux",
-              False, V, "always", False, KC),
+              False, V, "always", False, KC, kernel_pattern=RHEL_KERNEL_READ),
     DistroRow("amazon-linux-2", "Amazon Linux 2", r"^Amazon Linux 2(?!0\d\d)", False, V,
-              "madvise", False, NR),
+              "madvise", False, NR, kernel_pattern=AL2_KERNEL),
     DistroRow("amazon-linux-2023-6.1", "Amazon Linux 2023 (6.1)", r"^Amazon Linux 20(22|23)",
-              False, V, "madvise", False, NR, kernel_below=(6, 2)),
+              False, V, "madvise", False, f"{NR}: 6.1.19, 6.1.141",
+              kernel_pattern=r"^6\.1\.\d+-\S*" + AL2023_KERNEL),
     DistroRow("amazon-linux-2023", "Amazon Linux 2023 (6.12+)", r"^Amazon Linux 20(22|23)",
-              False, INF, "madvise", False, "not read; inferred from AL2023 6.1 (§5)"),
+              False, INF, "madvise", False, "not read; inferred from AL2023 6.1 (§5, §10)",
+              kernel_pattern=r"\.amzn202[23]\.(x86_64|aarch64)$"),
     DistroRow("bottlerocket", "Bottlerocket", r"^Bottlerocket", False, INF, "madvise", True,
               "bottlerocket-kernel-kit 2f50162: AL2023 config + fragment without RO_THP"),
-    DistroRow("cos-6.1", "Container-Optimized OS (<= 6.1)", r"^Container-Optimized OS", False,
-              V, "madvise", True, NR, kernel_below=(6, 2)),
-    DistroRow("cos", "Container-Optimized OS (6.6+)", r"^Container-Optimized OS", False, INF,
-              "madvise", True, "COS 6.6/6.12 not read; inferred"),
-    DistroRow("flatcar-6.1", "Flatcar (<= 6.1)", r"^Flatcar", False, V, "always", True, NR,
-              kernel_below=(6, 2)),
-    DistroRow("flatcar", "Flatcar (6.6+)", r"^Flatcar", False, INF, "always", True,
-              "commonconfig-6.12 does not set it (inferred)"),
-    DistroRow("talos", "Talos", r"^Talos", False, V, "madvise", True,
-              f"{NR}; siderolabs/pkgs 28f5f23 kernel/build/config-amd64"),
-    DistroRow("azure-linux", "Azure Linux / CBL-Mariner", r"(Azure Linux|CBL-Mariner)", False, V,
-              "madvise", True, f"microsoft/azurelinux SPECS/kernel/config; {NR}"),
+    DistroRow("cos-read", "Container-Optimized OS (5.4, 5.10, 6.1)", r"^Container-Optimized OS",
+              False, V, "madvise", True, f"{NR}: 5.4.144+, 5.10.90+, 6.1.85+",
+              kernel_pattern=r"^(5\.4|5\.10|6\.1)\.\d+\+$"),
+    DistroRow("cos", "Container-Optimized OS (5.15, 6.6, 6.12, ...)", r"^Container-Optimized OS",
+              False, INF, "madvise", True, "COS 5.15/6.6/6.12 milestones not read; inferred from "
+              "5.4/5.10/6.1 (§5, §10)", kernel_pattern=r"^\d+\.\d+\.\d+\+$"),
+    DistroRow("flatcar-read", "Flatcar (5.10, 6.1)", r"^Flatcar", False, V, "always", True,
+              f"{NR}: 5.10.84, 6.1.96", kernel_pattern=r"^(5\.10|6\.1)\.\d+-flatcar$"),
+    DistroRow("flatcar", "Flatcar (5.15, 6.6, 6.12, ...)", r"^Flatcar", False, INF, "always",
+              True, "commonconfig-6.12 does not set it (inferred)",
+              kernel_pattern=r"-flatcar$"),
+    DistroRow("talos-read", "Talos (6.12, 6.18)", r"^Talos\b", False, V, "madvise", True,
+              f"{NR}: 6.12.6 (v1.9.1); siderolabs/pkgs 28f5f23 kernel/build/config-amd64, "
+              "config-arm64 (6.18.45)", kernel_pattern=r"^(6\.12|6\.18)\.\d+-talos$"),
+    DistroRow("talos", "Talos (other kernels)", r"^Talos\b", False, INF, "madvise", True,
+              "not read; inferred from Talos 6.12/6.18", kernel_pattern=r"-talos$"),
+    DistroRow("azure-linux-read", "Azure Linux 3.0 (6.6) / CBL-Mariner 2 (5.15)",
+              r"(Azure Linux|CBL-Mariner)", False, V, "madvise", True,
+              f"microsoft/azurelinux SPECS/kernel/config (3.0, 6.6.57.1); {NR} (5.15.138.1)",
+              kernel_pattern=r"^(6\.6\.\d+\.\d+-\d+\.azl3|5\.15\.\d+\.\d+-\d+\.cm2)$"),
+    DistroRow("azure-linux", "Azure Linux / CBL-Mariner (other kernels)",
+              r"(Azure Linux|CBL-Mariner)", False, INF, "madvise", True,
+              "not read; inferred from Azure Linux 3.0 6.6 and CBL-Mariner 2 5.15",
+              kernel_pattern=r"\.(azl|cm)\d+$"),
     DistroRow("fedora-coreos", "Fedora CoreOS (6.8+)", r"^Fedora CoreOS", True, INF, "madvise",
-              False, "FCOS inherits Fedora's config (inferred)", kernel_min=(6, 8)),
-    DistroRow("fedora", "Fedora (kernel 6.8+)", r"^Fedora", True, V, "madvise", False,
-              "Fedora dist-git 69f6e97d76ae 'Turn on CONFIG_READ_ONLY_THP_FOR_FS' (6.8.2-300)",
+              False, "FCOS inherits Fedora's config (inferred)", kernel_pattern=FEDORA_KERNEL,
               kernel_min=(6, 8)),
+    DistroRow("fedora", "Fedora (kernel 6.8+)", r"^Fedora", True, V, "madvise", False,
+              "Fedora dist-git 69f6e97d76ae 'Turn on CONFIG_READ_ONLY_THP_FOR_FS' (6.8.2-300); "
+              f"{KC} F42/F43/Rawhide", kernel_pattern=FEDORA_KERNEL, kernel_min=(6, 8)),
     DistroRow("fedora-old", "Fedora (kernel < 6.8)", r"^Fedora", False, V, "madvise", False,
-              NR),
-    DistroRow("arch", "Arch Linux", r"^Arch Linux", True, V, "always", True, f"{KC}; {NR}"),
+              f"{NR}: F39 6.7.7, FCOS 35 5.15.6", kernel_pattern=FEDORA_KERNEL),
+    DistroRow("arch", "Arch Linux (linux package)", r"^Arch Linux", True, V, "always", True,
+              f"{KC}; {NR}", kernel_pattern=ARCH_KERNEL),
     DistroRow("tumbleweed-aarch64", "openSUSE Tumbleweed (aarch64)", r"^openSUSE Tumbleweed",
-              False, V, "always", True, KC, arch_pattern=r"^(aarch64|arm64)$"),
+              False, V, "always", True, KC, arch_pattern=r"^(aarch64|arm64)$",
+              kernel_pattern=SUSE_DEFAULT_KERNEL),
     DistroRow("tumbleweed", "openSUSE Tumbleweed", r"^openSUSE Tumbleweed", True, V, "always",
-              True, KC),
+              True, KC, kernel_pattern=SUSE_DEFAULT_KERNEL),
     DistroRow("sle16", "openSUSE Leap 16 / SLES 16",
               r"^(openSUSE Leap 16|SUSE Linux Enterprise Server 16|SLES 16)", True, V, "always",
-              True, KC),
+              True, f"{KC}: 6.12.0-160000.8.1, all four architectures",
+              kernel_pattern=SUSE_DEFAULT_KERNEL),
     DistroRow("sles15-sp3", "SLES 15 SP3 / Leap 15.3 (5.3)",
               r"^(SUSE Linux Enterprise Server 15|SLES 15|openSUSE Leap 15)", False, V, "always",
               True, NR, kernel_below=(5, 4)),
-    DistroRow("sles15-sp4+", "SLES 15 SP4-SP7 (5.14.21)",
+    DistroRow("sles15-sp4+", "SLES 15 SP4-SP7 / Leap 15.4-15.6 / SLE Micro (5.14.21, 6.4)",
               r"^(SUSE Linux Enterprise Server 15|SLES 15|openSUSE Leap 15|SUSE Linux Enterprise"
-              r" Micro)", None, INF, "always", True, "config not found (§5, §10)"),
-    DistroRow("alinux3", "Alibaba Cloud Linux 3", r"^Alibaba Cloud Linux.*\b3\b", True, V,
-              "always", True, NR),
+              r" Micro|SUSE Linux Micro)", None, INF, "always", True,
+              "config not found (§5, §10)"),
+    DistroRow("alinux3", "Alibaba Cloud Linux 3 (5.10)", r"^Alibaba Cloud Linux.*\b3\b", True, V,
+              "always", True, f"{NR}: 5.10.134-16.1", kernel_pattern=r"^5\.10\.\d+-\S*\.al8\b"),
     DistroRow("alinux2", "Alibaba Cloud Linux 2 (4.19 backport)", r"^Alibaba Cloud Linux", True,
-              V, "always", True, NR),
-    DistroRow("others-not-set", "Photon OS, Deepin, Pop!_OS, k3OS, Proxmox, RancherOS",
-              r"^(VMware Photon|Photon OS|Deepin|Pop!_OS|k3OS|Proxmox|RancherOS)", False, V,
+              V, "always", True, f"{NR}: 4.19.91-27.7", kernel_pattern=r"^4\.19\.\d+-\S*\.al7\b"),
+    DistroRow("others-not-set", "Photon OS, Deepin, Pop!_OS, k3OS, RancherOS",
+              r"^(VMware Photon|Photon OS|Deepin|Pop!_OS|k3OS|RancherOS)", False, V,
               None, None, NR),
+    # Kernel-signature rows: the OS image did not identify the kernel's builder (a kind node's
+    # container image, an unusual image name), but the release string names a vendor build
+    # whose config is in the table. Inferred: that the release string is that vendor's build.
+    DistroRow("ubuntu-kernel", "Ubuntu kernel build under another OS image", ANY_OS,
+              False, INF, "madvise", False, "Ubuntu rows above; release string shape",
+              kernel_pattern=UBUNTU_KERNEL),
+    DistroRow("debian-kernel", "Debian kernel build under another OS image", ANY_OS,
+              False, INF, "always", False, "Debian row above; release string shape",
+              kernel_pattern=DEBIAN_KERNEL),
+    DistroRow("uek-kernel", "Oracle UEK 7/8 build under another OS image", ANY_OS, True,
+              INF, "always", False, "Oracle UEK rows above; release string shape",
+              kernel_pattern=UEK_KERNEL, kernel_min=(5, 15)),
+    DistroRow("uek6-kernel", "Oracle UEK6 build under another OS image", ANY_OS, False,
+              INF, "always", False, "Oracle UEK6 row above; release string shape",
+              kernel_pattern=UEK_KERNEL),
+    DistroRow("rhel-kernel", "RHEL-family kernel build under another OS image",
+              ANY_OS, False, INF, "always", False, "RHEL-family rows above; release string shape",
+              kernel_pattern=RHEL_KERNEL, kernel_min=(4, 18)),  # RHEL 7's 3.10 was not read
+    DistroRow("fedora-kernel", "Fedora kernel 6.8+ under another OS image", ANY_OS, True, INF,
+              "madvise", False, "Fedora row above; release string shape",
+              kernel_pattern=FEDORA_KERNEL, kernel_min=(6, 8)),
+    DistroRow("fedora-old-kernel", "Fedora kernel < 6.8 under another OS image", ANY_OS, False,
+              INF, "madvise", False, "Fedora row above; release string shape",
+              kernel_pattern=FEDORA_KERNEL),
+    DistroRow("amazon-kernel", "Amazon Linux kernel build under another OS image",
+              ANY_OS, False, INF, "madvise", False, "Amazon Linux rows above; release string "
+              "shape", kernel_pattern=r"\.amzn(2|2022|2023)\.(x86_64|aarch64)$"),
+    DistroRow("arch-kernel", "Arch Linux kernel build under another OS image", ANY_OS, True, INF,
+              "always", True, "Arch row above; release string shape", kernel_pattern=ARCH_KERNEL),
+    DistroRow("proxmox-6.8", "Proxmox VE kernel 6.8", ANY_OS, False, V,
+              None, False, f"{NR}: 6.8.12-pve", kernel_pattern=r"^6\.8\.\d+-\d+-pve$"),
+    DistroRow("proxmox", "Proxmox VE kernel (other versions)", ANY_OS, False, INF, None, False,
+              "not read; inferred from Proxmox 6.8.12-pve", kernel_pattern=r"-pve$"),
 )
 
 
