@@ -1,0 +1,168 @@
+"""``thpcheck preflight``: predict every node from the API alone (no pods, no privileges).
+
+Reads ``status.nodeInfo`` (kernel release, OS image, architecture) of the nodes matching a
+label selector and predicts each from the model (``thpcheck.model.preflight``). Needs only
+``list`` on nodes. The Kubernetes client is imported here, lazily, so the other subcommands
+(``check`` runs in every agent pod) never pay for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from typing import Any
+
+from thpcheck.cli.args import add_common_options
+from thpcheck.model.preflight import (
+    NodeInfo,
+    predict_nodes,
+    preflight_exit_code,
+    render_table,
+    to_document,
+)
+from thpcheck.model.verdict import CheckExit
+
+PAGE_SIZE = 500
+REQUEST_TIMEOUT = (10, 60)  # connect, read (seconds)
+
+
+class PreflightError(Exception):
+    """The nodes could not be read; ``exit`` says whether it was bad input or an error."""
+
+    def __init__(self, message: str, exit: CheckExit = CheckExit.BAD_INPUT) -> None:
+        super().__init__(message)
+        self.exit = exit
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "preflight", help="predict every node's exposure from the API alone (no pods)",
+        description="Read the nodes' kernel release and OS image from the Kubernetes API and "
+        "predict each node from the distro table, the fixed stable releases and the 7.2 "
+        "removal, without running anything on the nodes. Needs only 'list nodes'. Exit 0 "
+        "nothing susceptible or unknown, 1 some susceptible, 2 bad input (kubeconfig, "
+        "selector), 3 some unknown (or no node matched) and nothing susceptible.")
+    parser.add_argument("--kubeconfig", metavar="FILE",
+                        help="kubeconfig to use (default: $KUBECONFIG or ~/.kube/config, then "
+                        "the in-cluster service account)")
+    parser.add_argument("--selector", "-l", metavar="SELECTOR",
+                        help="label selector for the nodes, e.g. 'node-role.kubernetes.io/"
+                        "worker' or 'pool in (a,b)'")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    add_common_options(parser)
+    parser.set_defaults(func=main)
+
+
+def _api_client(kubeconfig: str | None) -> Any:
+    """An ApiClient from the kubeconfig (or in-cluster config); PreflightError if unusable."""
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    configuration = client.Configuration()
+    if kubeconfig is not None:
+        if not os.path.isfile(kubeconfig):
+            raise PreflightError(f"--kubeconfig {kubeconfig}: no such file")
+        try:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, client_configuration=configuration)
+        except Exception as exc:  # the loader raises ConfigException, TypeError, YAML errors
+            raise PreflightError(f"--kubeconfig {kubeconfig}: not a usable kubeconfig: "
+                                 f"{_one_line(exc)}") from exc
+    else:
+        try:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration)
+        except Exception as kube_exc:
+            try:
+                config.load_incluster_config(  # type: ignore[no-untyped-call]
+                    client_configuration=configuration)
+            except ConfigException:
+                raise PreflightError(
+                    "no Kubernetes configuration: pass --kubeconfig FILE, set KUBECONFIG, or "
+                    f"run in a pod ({_one_line(kube_exc)})") from kube_exc
+    configuration.retries = 1  # fail fast on a wrong server address
+    return client.ApiClient(configuration)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] or type(exc).__name__
+
+
+def _api_message(body: str | bytes | None) -> str:
+    try:
+        return str(json.loads(body or "")["message"])
+    except (ValueError, KeyError, TypeError):
+        return _one_line(Exception(body.decode() if isinstance(body, bytes) else body or ""))
+
+
+def list_nodes(kubeconfig: str | None, selector: str | None) -> list[NodeInfo]:
+    """The nodes matching ``selector`` (all pages), as the prediction's input."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    api_client = _api_client(kubeconfig)
+    host = api_client.configuration.host
+    api = client.CoreV1Api(api_client)
+    items: list[dict[str, Any]] = []
+    token: str | None = None
+    try:
+        while True:
+            kwargs: dict[str, Any] = {"limit": PAGE_SIZE, "_preload_content": False,
+                                      "_request_timeout": REQUEST_TIMEOUT}
+            if selector:
+                kwargs["label_selector"] = selector
+            if token:
+                kwargs["_continue"] = token
+            response: Any = api.list_node(**kwargs)  # a urllib3 response: no preload
+            page = json.loads(response.data)
+            items.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                break
+    except ApiException as exc:
+        message = _api_message(exc.body)
+        if exc.status == 400 and selector:
+            raise PreflightError(f"--selector {selector!r}: {message}") from exc
+        if exc.status in (401, 403):
+            raise PreflightError(f"the API server at {host} refused to list nodes "
+                                 f"(HTTP {exc.status}): {message}") from exc
+        raise PreflightError(f"listing nodes at {host} failed (HTTP {exc.status}): {message}",
+                             CheckExit.INCONCLUSIVE) from exc
+    except (HTTPError, OSError) as exc:
+        raise PreflightError(f"cannot reach the API server at {host}: {_one_line(exc)}") from exc
+    finally:
+        api_client.close()
+    return [_node_info(item) for item in items]
+
+
+def _node_info(node: dict[str, Any]) -> NodeInfo:
+    info = (node.get("status") or {}).get("nodeInfo") or {}
+    return NodeInfo(
+        name=str((node.get("metadata") or {}).get("name", "")),
+        kernel_version=str(info.get("kernelVersion") or ""),
+        os_image=str(info.get("osImage") or ""),
+        architecture=str(info["architecture"]) if info.get("architecture") else None,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        nodes = list_nodes(args.kubeconfig, args.selector)
+    except PreflightError as exc:
+        print(f"thpcheck preflight: {exc}", file=sys.stderr)
+        return exc.exit
+    predictions = predict_nodes(nodes)
+    if args.json:
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(json.dumps(to_document(predictions, now, args.selector), indent=2))
+    else:
+        print(render_table(predictions))
+    if not predictions:
+        where = f" match --selector {args.selector!r}" if args.selector else " exist"
+        print(f"thpcheck preflight: no nodes{where}; nothing was predicted", file=sys.stderr)
+    return preflight_exit_code(predictions)
