@@ -48,6 +48,7 @@ LOOPBACK = "127.0.0.1"
 KWOK_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 FAKE_NODE_PREFIX = "kwok-node-"
 STATE_FILE = "state.json"
+PORT_ATTEMPTS = 3
 
 
 class ClusterError(RuntimeError):
@@ -314,6 +315,20 @@ class Cluster:
         if missing:
             raise BinariesMissing(f"missing in {self.bin_dir}: {', '.join(missing)}")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._start_once()
+                break
+            except ClusterError as exc:
+                # Free ports are picked then released, so another process can take one in
+                # between; only that race is worth a retry with fresh ports.
+                if attempt == PORT_ATTEMPTS or "address already in use" not in str(exc):
+                    raise
+                shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
+        self.save_state()
+        return self
+
+    def _start_once(self) -> None:
         try:
             self._prepare()
             self._start_etcd()
@@ -325,8 +340,6 @@ class Cluster:
         except BaseException:
             self.stop()
             raise
-        self.save_state()
-        return self
 
     def stop(self) -> None:
         """Stop every server this cluster started (TERM, then KILL), newest first."""

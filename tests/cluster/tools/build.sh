@@ -13,7 +13,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=pins.env
+# shellcheck source-path=SCRIPTDIR source=pins.env
 source "$here/pins.env"
 
 with_node="${THPCHECK_BUILD_NODE:-0}"

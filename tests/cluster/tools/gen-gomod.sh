@@ -6,9 +6,11 @@
 # the .mod file the Go module proxy serves, never hard-coded.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=pins.env
+# shellcheck source-path=SCRIPTDIR source=pins.env
 source "$here/pins.env"
-export GOTOOLCHAIN=local GOFLAGS=-mod=mod
+export GOTOOLCHAIN=local GOFLAGS="-mod=mod -modcacherw"
+# The same module cache as build.sh, so regenerating go.mod also warms the build.
+export GOMODCACHE="${GOMODCACHE:-${THPCHECK_CACHE:-$HOME/.cache/thp-checker}/go/mod}"
 cd "$here"
 
 staging_version="v0.${K8S_VERSION#v1.}"

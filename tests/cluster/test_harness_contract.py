@@ -1,0 +1,87 @@
+"""How the harness and fixture behave when things are missing or broken.
+
+The missing-binaries cases need no cluster binaries; the failing-start case needs etcd.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.harness import REPO_ROOT, BinariesMissing, Cluster, ClusterError
+
+TARGET = "tests/cluster/test_control_plane.py::test_kubectl_reports_pinned_server_version"
+
+
+def _nested_pytest(tmp_path: Path, require: bool) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "THPCHECK_REQUIRE_CLUSTER"}
+    env["THPCHECK_K8S_BIN"] = str(tmp_path / "no-such-bin")
+    if require:
+        env["THPCHECK_REQUIRE_CLUSTER"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", TARGET, "-rs", "-p", "no:cacheprovider",
+         f"--basetemp={tmp_path / 'nested'}"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_missing_binaries_skip_with_build_hint(tmp_path: Path) -> None:
+    result = _nested_pytest(tmp_path, require=False)
+    assert result.returncode == 0, result.stdout
+    assert "1 skipped" in result.stdout
+    assert "tests/cluster/tools/build.sh" in result.stdout
+
+
+def test_missing_binaries_fail_when_cluster_required(tmp_path: Path) -> None:
+    result = _nested_pytest(tmp_path, require=True)
+    assert result.returncode == 1, result.stdout
+    assert "THPCHECK_REQUIRE_CLUSTER=1 but real-cluster tests need" in result.stdout
+    assert "kube-apiserver" in result.stdout
+
+
+def test_start_refuses_incomplete_bin_dir(tmp_path: Path) -> None:
+    with pytest.raises(BinariesMissing, match="kube-apiserver"):
+        Cluster(tmp_path / "c", bin_dir=tmp_path).start()
+
+
+@pytest.mark.cluster
+def test_failing_server_start_raises_with_its_log_and_cleans_up(k8s_bin_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """A broken kube-apiserver: the error names it and shows its log; etcd is stopped."""
+    bins = tmp_path / "bin"
+    bins.mkdir()
+    for item in k8s_bin_dir.iterdir():
+        (bins / item.name).symlink_to(item)
+    (tmp_path / "share").symlink_to(k8s_bin_dir.parent / "share")
+    (bins / "kube-apiserver").unlink()
+    fake = bins / "kube-apiserver"
+    fake.write_text("#!/bin/sh\necho 'boom: cannot serve' >&2\nexit 3\n")
+    fake.chmod(0o755)
+
+    cluster = Cluster(tmp_path / "c", bin_dir=bins, nodes=1, timeout=30)
+    with pytest.raises(ClusterError) as err:
+        cluster.start()
+    message = str(err.value)
+    assert "kube-apiserver" in message
+    assert "exited with code 3" in message
+    assert "boom: cannot serve" in message
+    assert cluster.servers == []
+    assert _processes_mentioning(str(tmp_path / "c")) == []
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes whose argv contains `text` (e.g. a work dir)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in argv:
+            found.append(f"{proc.name}: {argv[:120]}")
+    return found
