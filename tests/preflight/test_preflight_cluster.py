@@ -1,0 +1,305 @@
+"""``thpcheck preflight`` against the real control plane, with kwok nodes carrying real nodeInfo.
+
+Every case of the unit corpus (``tests/unit/test_preflight.py``) becomes a kwok node whose
+``status.nodeInfo`` holds that case's kernelVersion, osImage and architecture. kwok's
+node-initialize stage keeps nodeInfo fields that are already set and its heartbeat does not
+touch them; the fixture checks that anyway, patches ``/status`` back if kwok changed a field,
+and every test re-reads the values after running the command, so a prediction is never
+compared with values that changed underneath it.
+
+The command runs as users run it: ``python -m thpcheck preflight`` in a child process with the
+cluster's kubeconfig (or a token kubeconfig for a ServiceAccount that may only list nodes).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.harness import Cluster, ClusterError, wait_until
+from tests.unit.test_preflight import CORPUS, Case
+from thpcheck.model.preflight import NodeInfo, predict_nodes, render_table
+from thpcheck.model.verdict import CheckExit
+
+pytestmark = pytest.mark.cluster
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_LABEL = "thpcheck.io/preflight-run"
+POOL_LABEL = "thpcheck.io/preflight-pool"
+EXPECT_LABEL = "thpcheck.io/preflight-expect"
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The kwok nodes made from the corpus: node name -> case, and the run's selector."""
+
+    run: str
+    nodes: dict[str, Case]
+    pools: dict[str, str]
+
+    @property
+    def selector(self) -> str:
+        return f"{RUN_LABEL}={self.run}"
+
+    def infos(self, names: set[str] | None = None) -> list[NodeInfo]:
+        return [NodeInfo(name, case.kernel, case.os_image, case.arch)
+                for name, case in self.nodes.items() if names is None or name in names]
+
+
+def _node_name(index: int, case: Case) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", case.id.lower()).strip("-")[:40].strip("-")
+    return f"pf-{index:02d}-{slug}"
+
+
+def _node_info(case: Case) -> dict[str, str]:
+    return {"kernelVersion": case.kernel, "osImage": case.os_image, "architecture": case.arch}
+
+
+def _keep_node_info(cluster: Cluster, name: str, want: dict[str, str]) -> None:
+    """Make sure the node reports exactly `want` (patching /status if kwok changed it)."""
+    got = cluster.api("GET", f"/api/v1/nodes/{name}")["status"]["nodeInfo"]
+    if any(got.get(k) != v for k, v in want.items()):
+        cluster.api("PATCH", f"/api/v1/nodes/{name}/status",
+                    {"status": {"nodeInfo": want}}, "application/merge-patch+json")
+        got = cluster.api("GET", f"/api/v1/nodes/{name}")["status"]["nodeInfo"]
+    assert {k: got.get(k) for k in want} == want, name
+
+
+def _current_node_infos(cluster: Cluster, fleet: Fleet) -> dict[str, dict[str, str]]:
+    items = cluster.api("GET", f"/api/v1/nodes?labelSelector={fleet.selector}")["items"]
+    return {n["metadata"]["name"]: {k: n["status"]["nodeInfo"].get(k) for k in
+                                    ("kernelVersion", "osImage", "architecture")}
+            for n in items}
+
+
+def _assert_node_info_unchanged(cluster: Cluster, fleet: Fleet) -> None:
+    assert _current_node_infos(cluster, fleet) == {
+        name: _node_info(case) for name, case in fleet.nodes.items()}
+
+
+@pytest.fixture(scope="module")
+def fleet(cluster: Cluster) -> Iterator[Fleet]:
+    run = uuid.uuid4().hex[:8]
+    nodes = {_node_name(i, case): case for i, case in enumerate(CORPUS)}
+    pools = {name: "a" if i % 2 == 0 else "b" for i, name in enumerate(nodes)}
+    try:
+        for name, case in nodes.items():
+            cluster.add_node(name, wait=False, node_info=_node_info(case), labels={
+                RUN_LABEL: run, POOL_LABEL: pools[name], EXPECT_LABEL: case.verdict,
+                "kubernetes.io/arch": case.arch})
+        cluster.wait_nodes_ready(sorted(nodes), timeout=180)
+        for name, case in nodes.items():
+            _keep_node_info(cluster, name, _node_info(case))
+        yield Fleet(run, nodes, pools)
+    finally:
+        for name in nodes:
+            with contextlib.suppress(ClusterError):  # never created, or already gone
+                cluster.api("DELETE", f"/api/v1/nodes/{name}")
+        wait_until(lambda: not cluster.api(
+            "GET", f"/api/v1/nodes?labelSelector={RUN_LABEL}={run}")["items"],
+            120, "the preflight test nodes to go away", cluster.servers)
+
+
+def preflight(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(kubeconfig.parent),
+           "PYTHONPATH": str(REPO / "operator")}
+    return subprocess.run([sys.executable, "-m", "thpcheck", "preflight", "--kubeconfig",
+                           str(kubeconfig), *args], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=REPO, check=False)
+
+
+def _json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert result.stdout, result.stderr
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def test_json_predictions_match_the_corpus(cluster: Cluster, kubeconfig: Path,
+                                           fleet: Fleet) -> None:
+    result = preflight(kubeconfig, "--selector", fleet.selector, "--json")
+    _assert_node_info_unchanged(cluster, fleet)
+    assert result.returncode == CheckExit.AT_RISK, result.stderr
+    document = _json(result)
+    assert document["schema"] == "thpcheck.io/preflight/v1"
+    assert document["selector"] == fleet.selector
+    nodes = {n["node"]: n for n in document["nodes"]}
+    assert set(nodes) == set(fleet.nodes)
+    for name, case in fleet.nodes.items():
+        node = nodes[name]
+        assert (node["os_image"], node["kernel_version"], node["architecture"]) == \
+            (case.os_image, case.kernel, case.arch)
+        got = (node["verdict"], node["rule"], node["confidence"],
+               node["distro"]["id"] if node["distro"] else None)
+        assert got == (case.verdict, case.rule, case.confidence, case.row), (name, node["reason"])
+        assert [f["filesystem"] for f in node["filesystems"]["at_risk"]] == list(case.at_risk)
+        assert node["grade"] == case.grade
+        assert node["predicted"] is True
+    verdicts = {v: sum(c.verdict == v for c in CORPUS)
+                for v in ("susceptible", "not-affected", "unknown")}
+    confidence = {c: sum(k.confidence == c for k in CORPUS)
+                  for c in ("config-known", "inferred", "unknown")}
+    assert document["summary"] == {"nodes": len(CORPUS), "verdicts": verdicts,
+                                   "confidence": confidence}
+
+
+def test_table_prints_the_expected_rows(cluster: Cluster, kubeconfig: Path,
+                                        fleet: Fleet) -> None:
+    result = preflight(kubeconfig, "--selector", fleet.selector)
+    _assert_node_info_unchanged(cluster, fleet)
+    assert result.returncode == CheckExit.AT_RISK, result.stderr
+    # Byte for byte what the model renders from the values the nodes were given: the API
+    # round trip loses nothing.
+    assert result.stdout == render_table(predict_nodes(fleet.infos())) + "\n"
+    lines = result.stdout.splitlines()
+    assert re.split(r"\s{2,}", lines[0]) == ["NODE", "OS IMAGE", "KERNEL", "PREDICTED",
+                                             "REASON", "CONFIDENCE"]
+    starts = [lines[0].index(h) for h in ("OS IMAGE", "KERNEL", "PREDICTED", "REASON",
+                                          "CONFIDENCE")]
+    rows = lines[1:1 + len(fleet.nodes)]
+    assert [r.split(" ", 1)[0] for r in rows] == sorted(fleet.nodes)
+    for row in rows:
+        name = row.split(" ", 1)[0]
+        case = fleet.nodes[name]
+        cells = [row[:starts[0]], *(row[a:b] for a, b in itertools.pairwise(starts)),
+                 row[starts[-1]:]]
+        assert [c.strip() for c in cells[:4]] == [name, case.os_image or "-", case.kernel,
+                                                  case.verdict]
+        assert cells[5].strip() == case.confidence
+        if case.verdict == "susceptible":
+            assert cells[4].startswith(f"at risk on {', '.join(case.at_risk)}")
+    counts = {v: sum(c.verdict == v for c in CORPUS) for v in ("susceptible", "not-affected",
+                                                              "unknown")}
+    assert lines[-1].startswith(
+        f"summary: {len(CORPUS)} nodes: {counts['susceptible']} susceptible, "
+        f"{counts['not-affected']} not-affected, {counts['unknown']} unknown; confidence: ")
+
+
+def test_selector_filters_the_nodes(cluster: Cluster, kubeconfig: Path, fleet: Fleet) -> None:
+    pool_b = {n for n, p in fleet.pools.items() if p == "b"}
+    result = preflight(kubeconfig, "--selector", f"{fleet.selector},{POOL_LABEL}=b", "--json")
+    assert {n["node"] for n in _json(result)["nodes"]} == pool_b
+
+    set_based = preflight(kubeconfig, "--selector",
+                          f"{fleet.selector},{POOL_LABEL} in (a),{POOL_LABEL} notin (b)")
+    names = {line.split(" ", 1)[0] for line in set_based.stdout.splitlines()[1:]
+             if line.startswith("pf-")}
+    assert names == set(fleet.nodes) - pool_b
+    assert set_based.stdout.splitlines()[-1].startswith(
+        f"summary: {len(fleet.nodes) - len(pool_b)} nodes: ")
+
+
+@pytest.mark.parametrize(("expect", "code"), [
+    ("susceptible", CheckExit.AT_RISK),
+    ("not-affected", CheckExit.CLEAN),
+    ("unknown", CheckExit.INCONCLUSIVE),
+    ("not-affected,unknown", CheckExit.INCONCLUSIVE),
+    ("not-affected,susceptible,unknown", CheckExit.AT_RISK),
+])
+def test_exit_codes_follow_the_worst_prediction(kubeconfig: Path, fleet: Fleet, expect: str,
+                                               code: CheckExit) -> None:
+    result = preflight(kubeconfig, "--selector", f"{fleet.selector},{EXPECT_LABEL} in ({expect})",
+                       "--json")
+    assert result.returncode == code, result.stderr
+    wanted = set(expect.split(","))
+    verdicts = {n["verdict"] for n in _json(result)["nodes"]}
+    assert verdicts == wanted
+
+
+def test_no_matching_node_is_inconclusive(kubeconfig: Path, fleet: Fleet) -> None:
+    result = preflight(kubeconfig, "--selector", f"{fleet.selector},{POOL_LABEL}=nowhere")
+    assert result.returncode == CheckExit.INCONCLUSIVE
+    assert result.stdout.splitlines()[-1] == ("summary: 0 nodes: 0 susceptible, 0 not-affected, "
+                                              "0 unknown; confidence: 0 config-known, 0 "
+                                              "inferred, 0 unknown")
+    assert result.stderr.strip() == (f"thpcheck preflight: no nodes match --selector "
+                                     f"'{fleet.selector},{POOL_LABEL}=nowhere'; nothing was "
+                                     "predicted")
+
+
+def test_without_a_selector_every_node_is_predicted(cluster: Cluster, kubeconfig: Path,
+                                                    fleet: Fleet) -> None:
+    document = _json(preflight(kubeconfig, "--json"))
+    everything = {n["metadata"]["name"] for n in cluster.api("GET", "/api/v1/nodes")["items"]}
+    assert {n["node"] for n in document["nodes"]} == everything
+    assert set(fleet.nodes) <= everything
+    # The harness's generic kwok nodes report kwok's own version as their kernel.
+    for node in document["nodes"]:
+        if node["node"].startswith("kwok-node-"):
+            assert (node["verdict"], node["rule"]) == ("unknown", "G0")
+
+
+@pytest.mark.parametrize("selector", ["pool in (a", "=b", "a==b==c", "!!x"])
+def test_bad_selector_is_bad_input(kubeconfig: Path, selector: str) -> None:
+    result = preflight(kubeconfig, "--selector", selector)
+    assert result.returncode == CheckExit.BAD_INPUT
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"thpcheck preflight: --selector {selector!r}: ")
+
+
+def _token_kubeconfig(cluster: Cluster, namespace: str, account: str, path: Path) -> Path:
+    cluster.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
+                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account}})
+    token = cluster.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
+                        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                         "spec": {"expirationSeconds": 600}})["status"]["token"]
+    ca = base64.b64encode(cluster.pki.ca_crt.read_bytes()).decode()
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "c", "cluster": {"server": cluster.server_url,
+                                               "certificate-authority-data": ca}}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": account}}],
+    }))
+    return path
+
+
+def test_list_nodes_is_the_only_permission_needed(cluster: Cluster, namespace: str,
+                                                  fleet: Fleet, tmp_path: Path) -> None:
+    role = f"thpcheck-preflight-{namespace}"
+    cluster.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": role},
+        "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}]})
+    try:
+        cluster.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": role},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": "preflight",
+                          "namespace": namespace}]})
+        allowed = _token_kubeconfig(cluster, namespace, "preflight", tmp_path / "allowed")
+        denied = _token_kubeconfig(cluster, namespace, "nobody", tmp_path / "denied")
+
+        def listed() -> bool:
+            result = preflight(allowed, "--selector", fleet.selector, "--json")
+            return result.returncode == CheckExit.AT_RISK and \
+                {n["node"] for n in _json(result)["nodes"]} == set(fleet.nodes)
+
+        wait_until(listed, 30, "the RBAC binding to take effect")  # the authorizer's cache
+
+        refused = preflight(denied, "--selector", fleet.selector)
+        assert refused.returncode == CheckExit.BAD_INPUT
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1
+        assert lines[0].startswith(f"thpcheck preflight: the API server at "
+                                   f"{cluster.server_url} refused to list nodes (HTTP 403): ")
+        assert "cannot list resource \"nodes\"" in lines[0]
+    finally:
+        for kind in ("clusterrolebindings", "clusterroles"):
+            cluster.api("DELETE", f"/apis/rbac.authorization.k8s.io/v1/{kind}/{role}")
