@@ -206,7 +206,7 @@ CORPUS: tuple[Case, ...] = (
     Case("tumbleweed-aarch64", "openSUSE Tumbleweed", "6.18.7-1-default",
          NA, "G1", KNOWN, "tumbleweed-aarch64", arch="arm64"),
     Case("tumbleweed-7.2 (purge removed)", "openSUSE Tumbleweed", "7.2.3-1-default",
-         NA, "G3", KNOWN, "tumbleweed"),
+         NA, "G3", INF, "tumbleweed"),
     Case("leap-16.0 (sublevel hidden)", "openSUSE Leap 16.0", "6.12.0-160000.33-default",  # seen
          SUS, "G10", KNOWN, "sle16", BELOW_6_16, "high"),
     Case("sles-16.0", "SUSE Linux Enterprise Server 16.0", "6.12.0-160000.5-default",
@@ -228,7 +228,7 @@ CORPUS: tuple[Case, ...] = (
          SUS, "G10", KNOWN, "arch", BELOW_6_16, "high"),
     Case("arch-6.18.7", "Arch Linux", "6.18.7-arch1-1",
          SUS, "G12", KNOWN, "arch", FROM_6_16, "high"),
-    Case("arch-7.2", "Arch Linux", "7.2.1-arch1-1", NA, "G3", KNOWN, "arch"),
+    Case("arch-7.2", "Arch Linux", "7.2.1-arch1-1", NA, "G3", INF, "arch"),
     Case("arch linux-lts 6.12.96 (fixed whatever the config)", "Arch Linux", "6.12.96-1-lts",
          NA, "G4", KNOWN, None),
     Case("arch linux-lts 6.12.90 (lts config not read)", "Arch Linux", "6.12.90-1-lts",
@@ -261,7 +261,7 @@ CORPUS: tuple[Case, ...] = (
     Case("kind on Docker Desktop (linuxkit)", "Debian GNU/Linux 12 (bookworm)",
          "5.15.49-linuxkit-pr", UNK, "G18", UNKNOWN, None),  # seen
     Case("unknown image on 7.2 (Bluefin)", "Bluefin Server 26.09.678", "7.2.2",  # seen
-         NA, "G3", KNOWN, None),
+         NA, "G3", INF, None),
     Case("unparsable kernel (a bare kwok node)", "", "kwok-v0.8.0", UNK, "G0", UNKNOWN, None),
 )
 

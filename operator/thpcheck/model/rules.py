@@ -194,8 +194,9 @@ RULES: tuple[Rule, ...] = (
          condition=Condition.CONFIG_ON, node_level=True),
     Rule("G2", NA, "kernel older than 5.4: read-only file THPs and the write-open purge do not "
          "exist", V, ("S1",), kernel_below=PURGE_INTRODUCED, node_level=True),
+    # The removal commits are read [V]; that the v7.2 release contains them is inferred [I].
     Rule("G3", NA, "kernel 7.2 or newer: CONFIG_READ_ONLY_THP_FOR_FS, nr_thps and the purge were "
-         "removed", V, ("S9",), kernel_min=PURGE_REMOVED, node_level=True),
+         "removed", INF, ("S9", "S11"), kernel_min=PURGE_REMOVED, node_level=True),
     Rule("G4", NA, "fixed stable release: collapse writes back all dirty folios first "
          "(mm/khugepaged: write all dirty file folios when collapsing)", V, ("S12",),
          condition=Condition.FIXED_STABLE, node_level=True),
