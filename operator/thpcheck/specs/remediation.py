@@ -1,0 +1,246 @@
+"""Remediation planning: node labels, cordons within a budget, and mitigation labels.
+
+Rules, all derived from the node's own marks so they hold across restarts:
+
+- The operator touches only what it marked: ``labelled-by``, ``cordoned-by`` and
+  ``mitigate-by`` annotations name the ThpCheck that made a change, and only that check
+  undoes it. A node another check (or an admin) marked is left alone.
+- Nodes labelled ``thpcheck.io/exclude=true`` get no new action; marks made before the
+  exclusion are undone.
+- A node already unschedulable without our annotation was cordoned by an admin: never
+  cordoned by us (so never uncordoned), never counted.
+- The cordon budget is counted from ``status.cordonedNodes``, which is written before a node
+  is cordoned: a crash between the two leaves the budget over-counted, never exceeded.
+- Dry run and paused plan the same way but change nothing; dry run lists the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from thpcheck.model.verdict import Verdict
+from thpcheck.specs import names
+from thpcheck.specs.checkspec import Remediation
+from thpcheck.specs.quantities import budget
+from thpcheck.specs.results import NodeState
+from thpcheck.specs.views import NodeView
+
+
+class Action(StrEnum):
+    LABEL = "Label"
+    UNLABEL = "Unlabel"
+    CORDON = "Cordon"
+    UNCORDON = "Uncordon"
+    MITIGATE = "Mitigate"
+    UNMITIGATE = "Unmitigate"
+
+
+# Event reasons when done, and when only planned (dry run).
+DONE_REASONS = {
+    Action.LABEL: "Labelled", Action.UNLABEL: "Unlabelled", Action.CORDON: "Cordoned",
+    Action.UNCORDON: "Uncordoned", Action.MITIGATE: "MitigationRequested",
+    Action.UNMITIGATE: "MitigationRemoved",
+}
+WOULD_REASONS = {
+    Action.LABEL: "WouldLabel", Action.UNLABEL: "WouldUnlabel", Action.CORDON: "WouldCordon",
+    Action.UNCORDON: "WouldUncordon", Action.MITIGATE: "WouldMitigate",
+    Action.UNMITIGATE: "WouldUnmitigate",
+}
+# The most important action names a node's event when several happen at once.
+PRIORITY = (Action.CORDON, Action.UNCORDON, Action.MITIGATE, Action.UNMITIGATE,
+            Action.LABEL, Action.UNLABEL)
+
+
+@dataclass(frozen=True)
+class PlannedAction:
+    node: str
+    action: Action
+    reason: str
+
+    def to_status(self) -> dict[str, str]:
+        return {"node": self.node, "action": self.action.value, "reason": self.reason[:256]}
+
+
+@dataclass
+class NodeChange:
+    """Everything to change on one node, as one merge patch."""
+
+    node: str
+    labels: dict[str, str | None] = field(default_factory=dict)
+    annotations: dict[str, str | None] = field(default_factory=dict)
+    unschedulable: bool | None = None  # True cordon, False uncordon, None unchanged
+    actions: list[PlannedAction] = field(default_factory=list)
+    resource_version: str = ""  # precondition when cordoning (never clobber an admin)
+
+    def patch(self) -> dict[str, Any]:
+        metadata: dict[str, Any] = {}
+        if self.labels:
+            metadata["labels"] = dict(self.labels)
+        if self.annotations:
+            metadata["annotations"] = dict(self.annotations)
+        body: dict[str, Any] = {}
+        if self.unschedulable is not None:
+            body["spec"] = {"unschedulable": True if self.unschedulable else None}
+            if self.unschedulable and self.resource_version:
+                metadata["resourceVersion"] = self.resource_version
+        if metadata:
+            body["metadata"] = metadata
+        return body
+
+
+@dataclass(frozen=True)
+class RemediationPlan:
+    changes: list[NodeChange]  # to apply (empty under dry run or paused)
+    planned: list[PlannedAction]  # every action, applied or not
+    cordoned_before: list[str]  # status.cordonedNodes to persist before changing nodes
+    cordoned_after: list[str]  # status.cordonedNodes once the changes are made
+    blocked_cordons: int  # affected nodes waiting for budget
+
+
+def _ours(node: NodeView, annotation: str, check: str) -> bool:
+    return node.annotations.get(annotation) == check
+
+
+def _free_or_ours(node: NodeView, annotation: str, check: str) -> bool:
+    return node.annotations.get(annotation) in (None, check)
+
+
+def _change(changes: dict[str, NodeChange], node: NodeView) -> NodeChange:
+    return changes.setdefault(node.name, NodeChange(node.name))
+
+
+def _plan_labels(change: dict[str, NodeChange], node: NodeView, check: str,
+                 state: NodeState | None, wanted: bool,
+                 undo_reason: str = "labels no longer wanted") -> None:
+    if wanted and state is not None and state.verdict is not None:
+        desired = {names.VERDICT_LABEL: state.verdict.value,
+                   names.MITIGATED_LABEL: "true" if state.mitigated else "false"}
+        current = {k: node.labels.get(k) for k in desired}
+        if current != desired or not _ours(node, names.LABELLED_BY_ANNOTATION, check):
+            entry = _change(change, node)
+            entry.labels.update(desired)
+            entry.annotations[names.LABELLED_BY_ANNOTATION] = check
+            entry.actions.append(PlannedAction(node.name, Action.LABEL, (
+                f"verdict {state.verdict.value}, mitigated "
+                f"{'true' if state.mitigated else 'false'}")))
+    elif _ours(node, names.LABELLED_BY_ANNOTATION, check):
+        entry = _change(change, node)
+        entry.labels.update({names.VERDICT_LABEL: None, names.MITIGATED_LABEL: None})
+        entry.annotations[names.LABELLED_BY_ANNOTATION] = None
+        entry.actions.append(PlannedAction(node.name, Action.UNLABEL, undo_reason))
+
+
+def _plan_mitigation(change: dict[str, NodeChange], node: NodeView, check: str,
+                     wanted: bool, undo_reason: str = "mitigation no longer needed") -> None:
+    ours = _ours(node, names.MITIGATE_BY_ANNOTATION, check)
+    if wanted and not (ours and node.labels.get(names.MITIGATE_LABEL) == "true"):
+        entry = _change(change, node)
+        entry.labels[names.MITIGATE_LABEL] = "true"
+        entry.annotations[names.MITIGATE_BY_ANNOTATION] = check
+        entry.actions.append(PlannedAction(node.name, Action.MITIGATE,
+                                           "affected: stop khugepaged"))
+    elif not wanted and ours:
+        entry = _change(change, node)
+        entry.labels[names.MITIGATE_LABEL] = None
+        entry.annotations[names.MITIGATE_BY_ANNOTATION] = None
+        entry.actions.append(PlannedAction(node.name, Action.UNMITIGATE, undo_reason))
+
+
+def plan_remediation(check: str, remediation: Remediation, *, paused: bool,
+                     selected: Sequence[NodeView], all_nodes: Iterable[NodeView],
+                     states: Mapping[str, NodeState],
+                     cordoned: Sequence[str]) -> RemediationPlan:
+    """Everything remediation should change now, and the budget bookkeeping."""
+    nodes = {n.name: n for n in all_nodes}
+    chosen = {n.name for n in selected}
+    changes: dict[str, NodeChange] = {}
+
+    def affected(node: NodeView) -> bool:
+        state = states.get(node.name)
+        return (node.name in chosen and not node.excluded and state is not None
+                and state.verdict is Verdict.AFFECTED)
+
+    def wants_cordon(node: NodeView) -> bool:
+        state = states.get(node.name)
+        return (remediation.cordon and affected(node) and state is not None
+                and not state.mitigated
+                and (not node.unschedulable or _ours(node, names.CORDONED_BY_ANNOTATION, check)))
+
+    for node in nodes.values():
+        in_scope = node.name in chosen and not node.excluded
+        _plan_labels(changes, node, check, states.get(node.name),
+                     remediation.label and in_scope
+                     and _free_or_ours(node, names.LABELLED_BY_ANNOTATION, check))
+        _plan_mitigation(changes, node, check, remediation.mitigate and affected(node)
+                         and _free_or_ours(node, names.MITIGATE_BY_ANNOTATION, check))
+
+    # Cordons: the persisted list, plus any node carrying our mark that the list lost.
+    current = {n for n in cordoned if n in nodes}
+    current |= {n.name for n in nodes.values() if _ours(n, names.CORDONED_BY_ANNOTATION, check)}
+    release = sorted(n for n in current if not wants_cordon(nodes[n]))
+    keep = current - set(release)
+    room = max(0, budget(remediation.max_cordoned, len(chosen)) - len(keep))
+    candidates = sorted(n.name for n in nodes.values() if wants_cordon(n) and n.name not in keep)
+    picks, blocked = candidates[:room], candidates[room:]
+    for name in release:
+        node = nodes[name]
+        if _ours(node, names.CORDONED_BY_ANNOTATION, check):
+            entry = _change(changes, node)
+            entry.unschedulable = False
+            entry.annotations[names.CORDONED_BY_ANNOTATION] = None
+            entry.actions.append(PlannedAction(name, Action.UNCORDON, _uncordon_reason(
+                node, remediation, states.get(name), name in chosen)))
+    for name in sorted(set(picks) | {n for n in keep
+                                     if not _ours(nodes[n], names.CORDONED_BY_ANNOTATION,
+                                                  check)}):
+        node = nodes[name]
+        entry = _change(changes, node)
+        entry.unschedulable = True
+        entry.resource_version = node.resource_version
+        entry.annotations[names.CORDONED_BY_ANNOTATION] = check
+        entry.actions.append(PlannedAction(name, Action.CORDON, "affected and not mitigated"))
+
+    ordered = [changes[n] for n in sorted(changes)]
+    planned = [a for c in ordered for a in c.actions]
+    if remediation.dry_run or paused:
+        return RemediationPlan([], planned, sorted(current), sorted(current), len(blocked))
+    after = sorted(keep | set(picks))
+    return RemediationPlan(ordered, planned, sorted(current | set(picks)), after, len(blocked))
+
+
+def _uncordon_reason(node: NodeView, remediation: Remediation, state: NodeState | None,
+                     selected: bool) -> str:
+    if not remediation.cordon:
+        return "spec.remediation.cordon is off"
+    if not selected:
+        return "the node is no longer selected"
+    if node.excluded:
+        return f"the node is labelled {names.EXCLUDE_LABEL}=true"
+    if state is not None and state.mitigated:
+        return "mitigated"
+    return "no longer affected"
+
+
+def plan_cleanup(check: str, all_nodes: Iterable[NodeView]) -> list[NodeChange]:
+    """Undo every mark ``check`` made (the ThpCheck is being deleted)."""
+    changes: dict[str, NodeChange] = {}
+    reason = "the ThpCheck was deleted"
+    for node in all_nodes:
+        _plan_labels(changes, node, check, None, wanted=False, undo_reason=reason)
+        _plan_mitigation(changes, node, check, wanted=False, undo_reason=reason)
+        if _ours(node, names.CORDONED_BY_ANNOTATION, check):
+            entry = _change(changes, node)
+            entry.unschedulable = False
+            entry.annotations[names.CORDONED_BY_ANNOTATION] = None
+            entry.actions.append(PlannedAction(node.name, Action.UNCORDON, reason))
+    return [changes[n] for n in sorted(changes)]
+
+
+def event_reason(actions: Sequence[PlannedAction], *, applied: bool) -> str:
+    """One Event per node per reconcile: named after its most important action."""
+    kinds = {a.action for a in actions}
+    top = next(a for a in PRIORITY if a in kinds)
+    return (DONE_REASONS if applied else WOULD_REASONS)[top]

@@ -1,0 +1,244 @@
+"""From agent pods to ThpNodeResults: which result each node should have, and which writes
+bring the observed results there.
+
+Level-based, so a restarted operator neither loses nor duplicates anything: result names are
+deterministic, and a result is rewritten only when its content hash (over what came from the
+pod) differs, or patched when only ``mitigated``/``stale`` changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from thpcheck.model.verdict import Verdict
+from thpcheck.specs import names
+from thpcheck.specs.agent import CHECK, CheckRef, hash_of
+from thpcheck.specs.termination import AgentResult, error_result
+from thpcheck.specs.views import AgentPodView, NodeView, ResultView
+
+MESSAGE_LIMIT = 1024
+_VERDICTS = {v.value: v for v in Verdict}
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """A selected node's effective state after this reconcile's writes."""
+
+    node: str
+    verdict: Verdict | None  # None: no result yet
+    mitigated: bool = False
+    stale: bool = False
+
+
+@dataclass(frozen=True)
+class ResultWrite:
+    """Create (no ``existing``) or replace a result with ``body``."""
+
+    name: str
+    node: str
+    body: dict[str, Any]
+    previous_verdict: str | None
+    verdict: Verdict
+    create: bool
+    duration_seconds: float | None
+
+
+@dataclass(frozen=True)
+class ResultPatch:
+    """Only ``mitigated``/``stale`` changed: a small merge patch."""
+
+    name: str
+    node: str
+    patch: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ResultPlan:
+    writes: list[ResultWrite]
+    patches: list[ResultPatch]
+    deletes: list[str]
+    states: dict[str, NodeState]
+    pending: list[str]  # nodes with a finished pod but no result yet (awaiting the message)
+
+
+def _utf8_cap(text: str, limit: int) -> str:
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode(errors="ignore") + "\u2026"
+
+
+def summary(result: AgentResult) -> str:
+    """One line: the problem for errors, else each path's verdict and rule."""
+    parts = [result.problem] if result.problem else []
+    for path in result.paths:
+        detail = f"{path.path} {path.fstype or '?'} {path.verdict.value}"
+        if path.rule:
+            detail += f" ({path.rule})"
+        if path.reason:
+            detail += f": {path.reason}"
+        parts.append(detail)
+    if result.truncated:
+        parts.append("some path detail was dropped to fit the termination message")
+    return _utf8_cap("; ".join(parts) or result.verdict.value, MESSAGE_LIMIT)
+
+
+def _drop_none(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if v is not None}
+
+
+def is_stale(kernel_release: str | None, boot_id: str | None, node: NodeView) -> bool:
+    """The node booted another kernel, or rebooted, since the check (when both are known)."""
+    if kernel_release and node.kernel_version and kernel_release != node.kernel_version:
+        return True
+    return bool(boot_id and node.boot_id and boot_id != node.boot_id)
+
+
+def result_content(check: CheckRef, node: NodeView, pod: AgentPodView,
+                   result: AgentResult) -> dict[str, Any]:
+    """The pod-derived part of a result's status (hashed to detect changes)."""
+    run = pod.run
+    return _drop_none({
+        "node": node.name,
+        "check": check.name,
+        "verdict": result.verdict.value,
+        "kernelRelease": result.kernel_release,
+        "bootID": result.boot_id,
+        "osImage": node.os_image or None,
+        "readOnlyThpForFs": result.read_only_thp_for_fs,
+        "configSource": result.config_source,
+        "checkedAt": result.checked_at or (run.finished_at if run else None) or None,
+        "agentVersion": result.agent_version,
+        "message": summary(result),
+        "truncated": result.truncated or None,
+        "pod": _drop_none({"name": pod.name, "uid": pod.uid,
+                           "finishedAt": (run.finished_at if run else None) or None,
+                           "exitCode": run.exit_code if run else None}),
+        "paths": [_drop_none({
+            "path": p.path, "fstype": p.fstype, "verdict": p.verdict.value, "rule": p.rule,
+            "reason": p.reason, "repro": p.repro, "iteration": p.iteration,
+            "badBytes": p.bad_bytes, "durationSeconds": p.duration_seconds,
+            "disagreement": p.disagreement,
+        }) for p in result.paths],
+    })
+
+
+def result_labels(check: CheckRef, node: str, verdict: Verdict) -> dict[str, str]:
+    return {names.CHECK_LABEL: names.label_value(check.name),
+            names.NODE_LABEL: names.label_value(node),
+            names.VERDICT_LABEL: verdict.value,
+            names.MANAGED_BY: names.MANAGER}
+
+
+def result_body(check: CheckRef, node: NodeView, content: Mapping[str, Any], *,
+                mitigated: bool, stale: bool) -> dict[str, Any]:
+    """A whole ThpNodeResult, owned by the ThpCheck (controller) and the Node."""
+    verdict = Verdict(content["verdict"])
+    labels = result_labels(check, node.name, verdict)
+    owners = [check.owner_reference()]
+    if node.uid:
+        owners.append({"apiVersion": "v1", "kind": "Node", "name": node.name,
+                       "uid": node.uid, "blockOwnerDeletion": False})
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.RESULT_KIND,
+        "metadata": {
+            "name": names.result_name(check.name, node.name),
+            "labels": labels,
+            "annotations": {names.CONTENT_HASH_ANNOTATION: hash_of([labels, content])},
+            "ownerReferences": owners,
+        },
+        "status": {**content, "mitigated": mitigated, "stale": stale},
+    }
+
+
+def latest_run(pods: Iterable[AgentPodView]) -> AgentPodView | None:
+    """The check pod whose check container finished last (standby pods check nothing)."""
+    finished = [p for p in pods if p.template == CHECK and p.run is not None]
+    return max(finished, key=lambda p: p.run.finished_at if p.run else "", default=None)
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _pod_result(pod: AgentPodView, now: datetime, grace: timedelta) -> AgentResult | None:
+    """The pod's result; None while an empty exit-0 message may still be filled in."""
+    run = pod.run
+    if run is None:
+        return None
+    if run.result is not None:
+        return run.result
+    finished = _parse_time(run.finished_at)
+    if finished is not None and now - finished < grace:
+        return None
+    return error_result("the check container exited 0 without writing a result")
+
+
+def plan_results(check: CheckRef, selected: Sequence[NodeView],
+                 pods: Iterable[AgentPodView], observed: Iterable[ResultView],
+                 mitigated_by_pod: Mapping[str, bool], present: Container[str],
+                 now: datetime, grace: timedelta) -> ResultPlan:
+    """The writes that make every selected node's result match its latest agent run.
+
+    ``mitigated_by_pod`` maps nodes labelled for mitigation to their mitigation pod's
+    readiness; other nodes take ``mitigated`` from the agent's own report. Results of nodes
+    that still exist (``present``) but are no longer selected are deleted; those of deleted
+    nodes are left to the garbage collector (the Node owns them).
+    """
+    by_node: dict[str, list[AgentPodView]] = {}
+    for agent_pod in pods:
+        by_node.setdefault(agent_pod.node, []).append(agent_pod)
+    results = {r.node: r for r in observed}
+    plan = ResultPlan([], [], [], {}, [])
+    for node in selected:
+        existing = results.get(node.name)
+        pod = latest_run(by_node.get(node.name, ()))
+        result = _pod_result(pod, now, grace) if pod else None
+        if pod is not None and result is None and pod.run is not None:
+            plan.pending.append(node.name)
+        if result is None or pod is None:
+            if existing is None:
+                plan.states[node.name] = NodeState(node.name, None)
+                continue
+            _keep(plan, node, existing, mitigated_by_pod)
+            continue
+        mitigated = mitigated_by_pod.get(node.name, result.mitigated)
+        stale = is_stale(result.kernel_release, result.boot_id, node)
+        content = result_content(check, node, pod, result)
+        body = result_body(check, node, content, mitigated=mitigated, stale=stale)
+        digest = body["metadata"]["annotations"][names.CONTENT_HASH_ANNOTATION]
+        plan.states[node.name] = NodeState(node.name, result.verdict, mitigated, stale)
+        if existing is None or existing.content_hash != digest:
+            durations = [p.duration_seconds for p in result.paths
+                         if p.duration_seconds is not None]
+            plan.writes.append(ResultWrite(
+                name=body["metadata"]["name"], node=node.name, body=body,
+                previous_verdict=existing.verdict if existing else None,
+                verdict=result.verdict, create=existing is None,
+                duration_seconds=sum(durations) if durations else None))
+        elif (existing.mitigated, existing.stale) != (mitigated, stale):
+            plan.patches.append(ResultPatch(existing.name, node.name, {
+                "status": {"mitigated": mitigated, "stale": stale}}))
+    node_names = {n.name for n in selected}
+    plan.deletes.extend(r.name for r in results.values()
+                        if r.node in present and r.node not in node_names)
+    return plan
+
+
+def _keep(plan: ResultPlan, node: NodeView, existing: ResultView,
+          mitigated_by_pod: Mapping[str, bool]) -> None:
+    """No newer run: keep the result, refreshing only ``mitigated`` and ``stale``."""
+    mitigated = mitigated_by_pod.get(node.name, existing.mitigated)
+    stale = is_stale(existing.kernel_release, existing.boot_id, node)
+    verdict = _VERDICTS.get(existing.verdict or "", Verdict.ERROR)
+    plan.states[node.name] = NodeState(node.name, verdict, mitigated, stale)
+    if (existing.mitigated, existing.stale) != (mitigated, stale):
+        plan.patches.append(ResultPatch(existing.name, node.name, {
+            "status": {"mitigated": mitigated, "stale": stale}}))

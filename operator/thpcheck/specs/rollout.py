@@ -1,0 +1,82 @@
+"""The next step for a ThpCheck's agent DaemonSet, decided from what is observed.
+
+Create on standby; switch to the check template once every standby pod is up (so the
+rolling update, not pod creation, paces the first run); roll again when the template changes
+or ``schedule.interval`` has passed since the current run started. Paused checks keep their
+DaemonSet as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from thpcheck.specs import names
+from thpcheck.specs.agent import CHECK, STANDBY, CheckRef, WorkloadConfig, agent_daemonset
+from thpcheck.specs.checkspec import CheckSpec
+from thpcheck.specs.views import DaemonSetView
+
+_TOKEN_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+class Step(StrEnum):
+    CREATE = "create"  # no DaemonSet yet: create it on standby
+    START_RUN = "start-run"  # standby pods are up: switch to the check template
+    UPDATE = "update"  # the spec changed: roll the new template (same run)
+    RERUN = "rerun"  # schedule.interval passed: roll with a new run token
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    step: Step
+    body: dict[str, Any] | None = None  # the desired DaemonSet for any step but NONE
+    run: str = ""  # the current run's token (its start, RFC 3339) after the step
+
+    @property
+    def starts_run(self) -> bool:
+        return self.step in (Step.START_RUN, Step.RERUN)
+
+
+def run_token(now: datetime) -> str:
+    return now.astimezone(UTC).strftime(_TOKEN_FORMAT)
+
+
+def parse_token(token: str) -> datetime | None:
+    try:
+        return datetime.strptime(token, _TOKEN_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _changed(desired: dict[str, Any], observed: DaemonSetView) -> bool:
+    wanted: str = desired["metadata"]["annotations"][names.TEMPLATE_HASH_ANNOTATION]
+    return wanted != observed.template_hash
+
+
+def plan_rollout(spec: CheckSpec, check: CheckRef, config: WorkloadConfig,
+                 observed: DaemonSetView | None, now: datetime) -> RolloutPlan:
+    """What to do with the agent DaemonSet now (``now`` is timezone-aware)."""
+    if observed is None:
+        return RolloutPlan(Step.CREATE, agent_daemonset(spec, check, config, template=STANDBY,
+                                                        run=""))
+    if spec.paused:
+        return RolloutPlan(Step.NONE, run=observed.run)
+    if observed.template != CHECK:
+        if observed.rolled_out:
+            run = run_token(now)
+            return RolloutPlan(Step.START_RUN, agent_daemonset(
+                spec, check, config, template=CHECK, run=run), run)
+        standby = agent_daemonset(spec, check, config, template=STANDBY, run="")
+        return RolloutPlan(Step.UPDATE if _changed(standby, observed) else Step.NONE,
+                           standby)
+    started = parse_token(observed.run)
+    if spec.interval is not None and (started is None or now - started >= spec.interval):
+        run = run_token(now)
+        return RolloutPlan(Step.RERUN, agent_daemonset(spec, check, config, template=CHECK,
+                                                       run=run), run)
+    desired = agent_daemonset(spec, check, config, template=CHECK, run=observed.run)
+    return RolloutPlan(Step.UPDATE if _changed(desired, observed) else Step.NONE, desired,
+                       observed.run)

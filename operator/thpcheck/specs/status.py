@@ -1,0 +1,137 @@
+"""ThpCheck status: counts, phase and conditions, computed from the node states.
+
+Computed whole on every reconcile and written only when it differs from what is stored,
+so a quiet cluster costs no writes; condition transition times survive unchanged conditions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from thpcheck.model.verdict import Verdict
+from thpcheck.specs.remediation import PlannedAction
+from thpcheck.specs.results import NodeState
+
+PLANNED_LIMIT = 500
+_COUNT_FIELDS = {
+    Verdict.AFFECTED: "affected",
+    Verdict.SUSCEPTIBLE: "susceptible",
+    Verdict.NOT_AFFECTED: "notAffected",
+    Verdict.UNKNOWN: "unknown",
+    Verdict.ERROR: "errors",
+}
+
+
+@dataclass(frozen=True)
+class StatusInputs:
+    generation: int
+    selected: Sequence[str]
+    states: Mapping[str, NodeState]
+    now: datetime
+    last_run_at: str = ""
+    rolling_out: bool = False
+    unschedulable: int = 0
+    cordoned_nodes: Sequence[str] = ()
+    blocked_cordons: int = 0
+    paused: bool = False
+    dry_run: bool = False
+    planned: Sequence[PlannedAction] = ()
+    previous_conditions: Sequence[Mapping[str, Any]] = field(default_factory=list)
+
+
+def counts(selected: Sequence[str], states: Mapping[str, NodeState]) -> dict[str, int]:
+    """Per-verdict counts, checked (fresh results) and mitigated, over selected nodes."""
+    present = [states[n] for n in selected if n in states and states[n].verdict is not None]
+    by_verdict = Counter(s.verdict for s in present)
+    result = {"nodes": len(selected),
+              "checked": sum(1 for s in present if not s.stale),
+              "stale": sum(1 for s in present if s.stale),
+              "mitigated": sum(1 for s in present if s.mitigated)}
+    result.update({name: by_verdict.get(v, 0) for v, name in _COUNT_FIELDS.items()})
+    return result
+
+
+def phase(numbers: Mapping[str, int], unschedulable: int) -> str:
+    if numbers["errors"] or unschedulable:
+        return "Degraded"
+    if numbers["checked"] == 0:
+        return "Pending"
+    if numbers["checked"] < numbers["nodes"]:
+        return "Running"
+    return "Completed"
+
+
+def condition(previous: Sequence[Mapping[str, Any]], type_: str, status: bool, reason: str,
+              message: str, now: datetime, generation: int) -> dict[str, Any]:
+    """A metav1.Condition that keeps its lastTransitionTime while its status holds."""
+    value = "True" if status else "False"
+    old = next((c for c in previous if c.get("type") == type_), None)
+    since = (old.get("lastTransitionTime") if old and old.get("status") == value
+             else now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return {"type": type_, "status": value, "reason": reason, "message": message,
+            "lastTransitionTime": since, "observedGeneration": generation}
+
+
+def _message(numbers: Mapping[str, int], current: str) -> str:
+    if numbers["nodes"] == 0:
+        return "no node matches spec.nodeSelector and spec.tolerations"
+    text = (f"{numbers['checked']}/{numbers['nodes']} nodes checked: "
+            f"{numbers['affected']} affected, {numbers['susceptible']} susceptible, "
+            f"{numbers['notAffected']} not affected, {numbers['unknown']} unknown, "
+            f"{numbers['errors']} errors")
+    return f"{current}: {text}"
+
+
+def build_status(inputs: StatusInputs) -> dict[str, Any]:
+    """The whole ``status`` of a ThpCheck."""
+    numbers = counts(inputs.selected, inputs.states)
+    current = phase(numbers, inputs.unschedulable)
+    previous, now, generation = inputs.previous_conditions, inputs.now, inputs.generation
+    complete = numbers["nodes"] > 0 and numbers["checked"] == numbers["nodes"]
+    progressing = inputs.rolling_out or (0 < numbers["nodes"] != numbers["checked"])
+    degraded_reason = ("AgentErrors" if numbers["errors"] else
+                       "Unschedulable" if inputs.unschedulable else "AsExpected")
+    blocked_reason, blocked_message = _blocked(inputs)
+    conditions = [
+        condition(previous, "Ready", complete, "AllNodesChecked" if complete else "Checking",
+                  _message(numbers, current), now, generation),
+        condition(previous, "Progressing", progressing,
+                  "RunInProgress" if progressing else "RunFinished",
+                  "agent pods are rolling through the nodes" if progressing
+                  else "no run in progress", now, generation),
+        condition(previous, "Degraded", degraded_reason != "AsExpected", degraded_reason,
+                  f"{numbers['errors']} nodes could not be checked, {inputs.unschedulable} agent "
+                  "pods cannot be scheduled", now, generation),
+        condition(previous, "RemediationBlocked", blocked_reason != "NotBlocked",
+                  blocked_reason, blocked_message, now, generation),
+    ]
+    status: dict[str, Any] = {
+        "phase": current,
+        "observedGeneration": generation,
+        **numbers,
+        "cordoned": len(inputs.cordoned_nodes),
+        "cordonedNodes": sorted(inputs.cordoned_nodes),
+        "plannedActions": [a.to_status() for a in inputs.planned[:PLANNED_LIMIT]],
+        "plannedActionCount": len(inputs.planned),
+        "message": _message(numbers, current),
+        "conditions": conditions,
+    }
+    if inputs.last_run_at:
+        status["lastRunAt"] = inputs.last_run_at
+    return status
+
+
+def _blocked(inputs: StatusInputs) -> tuple[str, str]:
+    if inputs.paused:
+        return "Paused", "spec.paused is set: no new actions are taken"
+    if inputs.dry_run:
+        return "DryRun", ("spec.remediation.dryRun is set: status.plannedActions lists what "
+                          "would be done")
+    if inputs.blocked_cordons:
+        return "BudgetExhausted", (f"{inputs.blocked_cordons} affected nodes wait for the "
+                                   "spec.remediation.maxCordoned budget")
+    return "NotBlocked", "remediation is not blocked"

@@ -1,0 +1,172 @@
+"""The agent DaemonSet builder and its rollout steps (pure: no cluster)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from thpcheck.specs import names
+from thpcheck.specs.agent import CHECK, STANDBY, CheckRef, WorkloadConfig, agent_daemonset
+from thpcheck.specs.checkspec import parse_spec
+from thpcheck.specs.mitigation import mitigation_daemonset
+from thpcheck.specs.rollout import Step, plan_rollout, run_token
+from thpcheck.specs.views import daemonset_view
+
+CHECK_REF = CheckRef("weekly", "uid-1")
+CONFIG = WorkloadConfig(namespace="thp-checker", image="thp-checker:test",
+                        pull_secrets=("regcred",))
+NOW = datetime(2026, 11, 28, 16, 0, tzinfo=UTC)
+
+
+def build(spec: dict[str, Any] | None = None, template: str = CHECK) -> dict[str, Any]:
+    return agent_daemonset(parse_spec(spec), CHECK_REF, CONFIG, template=template, run="r1")
+
+
+def pod_spec(ds: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = ds["spec"]["template"]["spec"]
+    return spec
+
+
+def test_pods_are_locked_down() -> None:
+    spec = pod_spec(build())
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert spec["tolerations"] == [{"operator": "Exists"}]
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert "hostPID" not in spec and "hostNetwork" not in spec
+    for container in [*spec["initContainers"], *spec["containers"]]:
+        context = container["securityContext"]
+        assert context["privileged"] is False
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert context["runAsUser"] == 0
+
+
+def test_the_check_container_runs_the_agent_in_pod_mode() -> None:
+    (check,) = pod_spec(build({"paths": ["/var/lib/a", "/srv/b"],
+                               "reproducer": {"iterations": 7, "baseSizeBytes": 4194304}}))[
+        "initContainers"]
+    command = check["command"]
+    assert command[:2] == ["thpcheck", "check"]
+    for flag in ("--json", "--exit-zero", "--host-root"):
+        assert flag in command
+    assert command[command.index("--result-file") + 1] == "/dev/termination-log"
+    assert command[command.index("--iterations") + 1] == "7"
+    assert command[command.index("--base-size") + 1] == "4194304"
+    assert command[-2:] == ["/var/lib/a", "/srv/b"]
+    assert "--no-repro" not in command and "--discover" not in command
+    assert check["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_scratch_dirs_are_read_write_and_host_views_read_only() -> None:
+    ds = build({"paths": ["/var/lib/a"]})
+    spec = pod_spec(ds)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in spec["initContainers"][0]["volumeMounts"]}
+    scratch = mounts["/host/var/lib/a"]
+    assert not scratch.get("readOnly")
+    assert volumes[scratch["name"]]["hostPath"] == {"path": "/var/lib/a",
+                                                    "type": "DirectoryOrCreate"}
+    for path in ("/proc", "/sys", "/boot", "/lib/modules", "/etc/os-release"):
+        assert mounts["/host" + path]["readOnly"] is True
+        assert volumes[mounts["/host" + path]["name"]]["hostPath"]["path"] == path
+    assert "/host" not in mounts
+
+
+def test_discovery_mounts_the_host_root_with_propagation() -> None:
+    spec = pod_spec(build({"discoverFilesystems": True}))
+    mounts = {m["mountPath"]: m for m in spec["initContainers"][0]["volumeMounts"]}
+    assert mounts["/host"]["mountPropagation"] == "HostToContainer"
+    assert mounts["/host/sys"]["readOnly"] is True
+    assert "--discover" in spec["initContainers"][0]["command"]
+
+
+def test_no_reproducer_and_preflight_predict_only() -> None:
+    for spec in ({"reproducer": {"enabled": False}}, {"mode": "preflight"}):
+        assert "--no-repro" in pod_spec(build(spec))["initContainers"][0]["command"]
+
+
+def test_standby_has_no_check_container_and_no_host_mounts() -> None:
+    ds = build(template=STANDBY)
+    assert "initContainers" not in pod_spec(ds) and "volumes" not in pod_spec(ds)
+    assert ds["spec"]["template"]["metadata"]["labels"][names.TEMPLATE_LABEL] == STANDBY
+
+
+def test_max_concurrent_drives_the_rolling_update() -> None:
+    assert build()["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%", "maxSurge": 0}}
+    assert build({"maxConcurrent": 3})["spec"]["updateStrategy"]["rollingUpdate"][
+        "maxUnavailable"] == 3
+
+
+def test_selection_owner_and_labels() -> None:
+    ds = build({"nodeSelector": {"pool": "db"},
+                "tolerations": [{"key": "k", "operator": "Equal", "value": "v"}]})
+    assert pod_spec(ds)["nodeSelector"] == {"pool": "db"}
+    assert pod_spec(ds)["tolerations"] == [{"key": "k", "operator": "Equal", "value": "v"}]
+    (owner,) = ds["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "ThpCheck", "weekly", "uid-1", True)
+    selector = ds["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+    assert ds["metadata"]["namespace"] == "thp-checker"
+
+
+def test_the_template_hash_follows_the_spec() -> None:
+    digest = build()["metadata"]["annotations"][names.TEMPLATE_HASH_ANNOTATION]
+    assert digest == build()["metadata"]["annotations"][names.TEMPLATE_HASH_ANNOTATION]
+    assert digest != build({"paths": ["/x"]})["metadata"]["annotations"][
+        names.TEMPLATE_HASH_ANNOTATION]
+
+
+def observed(ds: dict[str, Any], *, desired: int = 3, ready: int = 3) -> Any:
+    body = {**ds, "metadata": {**ds["metadata"], "generation": 1},
+            "status": {"observedGeneration": 1, "desiredNumberScheduled": desired,
+                       "updatedNumberScheduled": ready, "numberReady": ready,
+                       "numberAvailable": ready}}
+    return daemonset_view(body)
+
+
+def test_rollout_creates_on_standby_then_starts_a_run_once_standby_is_up() -> None:
+    spec = parse_spec({})
+    plan = plan_rollout(spec, CHECK_REF, CONFIG, None, NOW)
+    assert plan.step is Step.CREATE and plan.body is not None
+    standby = plan.body
+    assert plan_rollout(spec, CHECK_REF, CONFIG, observed(standby, ready=1), NOW).step is (
+        Step.NONE)
+    start = plan_rollout(spec, CHECK_REF, CONFIG, observed(standby), NOW)
+    assert start.step is Step.START_RUN and start.starts_run and start.run == run_token(NOW)
+    assert start.body is not None
+    assert start.body["spec"]["template"]["metadata"]["annotations"][
+        names.RUN_ANNOTATION] == run_token(NOW)
+
+
+def test_rollout_reruns_after_the_interval_and_updates_on_spec_change() -> None:
+    spec = parse_spec({"schedule": {"interval": "24h"}})
+    running = agent_daemonset(spec, CHECK_REF, CONFIG, template=CHECK, run=run_token(NOW))
+    view = observed(running)
+    assert plan_rollout(spec, CHECK_REF, CONFIG, view, NOW + timedelta(hours=23)).step is (
+        Step.NONE)
+    rerun = plan_rollout(spec, CHECK_REF, CONFIG, view, NOW + timedelta(hours=24))
+    assert rerun.step is Step.RERUN and rerun.run == run_token(NOW + timedelta(hours=24))
+    changed = parse_spec({"schedule": {"interval": "24h"}, "paths": ["/srv"]})
+    update = plan_rollout(changed, CHECK_REF, CONFIG, view, NOW)
+    assert update.step is Step.UPDATE and update.run == run_token(NOW)
+    paused = parse_spec({"schedule": {"interval": "24h"}, "paused": True})
+    assert plan_rollout(paused, CHECK_REF, CONFIG, view, NOW + timedelta(days=9)).step is (
+        Step.NONE)
+
+
+def test_the_mitigation_daemonset_is_privileged_and_selects_labelled_nodes() -> None:
+    ds = mitigation_daemonset(CONFIG)
+    spec = ds["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["securityContext"]["privileged"] is True
+    assert spec["nodeSelector"] == {names.MITIGATE_LABEL: "true"}
+    assert spec["automountServiceAccountToken"] is False
+    assert container["readinessProbe"]["exec"]["command"][:3] == ["thpcheck", "mitigate",
+                                                                  "--verify"]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {"/host/sys/kernel/mm/transparent_hugepage", "/host/var/lib/thpcheck"}
