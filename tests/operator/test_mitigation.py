@@ -1,0 +1,170 @@
+"""The khugepaged mitigation (``thpcheck mitigate``): on a fake sysfs tree, and for real on
+this machine's ``scan_sleep_millisecs`` (marked ``host``; the knob is restored even when a
+test fails)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.require import skip_or_fail
+from thpcheck.host.hostroot import HostRoot
+from thpcheck.host.mitigation import KNOB, STOPPED, MitigationError, Mitigator
+
+REPO = Path(__file__).resolve().parents[2]
+REAL_KNOB = Path(KNOB)
+MARKER = 12345  # a value nobody uses, so "restored" cannot be a coincidence
+
+
+@pytest.fixture
+def fake_root(tmp_path: Path) -> Path:
+    knob = tmp_path / "root" / KNOB.lstrip("/")
+    knob.parent.mkdir(parents=True)
+    knob.write_text("10000\n")
+    return tmp_path / "root"
+
+
+def mitigator(root: Path, state: Path) -> Mitigator:
+    return Mitigator(HostRoot(str(root)), str(state))
+
+
+def knob_of(root: Path) -> int:
+    return int((root / KNOB.lstrip("/")).read_text())
+
+
+def test_apply_records_once_and_restore_puts_back_the_exact_value(fake_root: Path,
+                                                                  tmp_path: Path) -> None:
+    state = tmp_path / "state" / "mitigation.state"
+    m = mitigator(fake_root, state)
+    applied = m.apply()
+    assert (applied.original, applied.recorded_now) == (10000, True)
+    assert knob_of(fake_root) == STOPPED and m.verify()
+    assert json.loads(state.read_text())["original"] == 10000
+    again = m.apply()  # a restart: the knob now reads STOPPED, the record must survive
+    assert (again.original, again.recorded_now) == (10000, False)
+    assert json.loads(state.read_text())["original"] == 10000
+    assert m.restore() == 10000
+    assert knob_of(fake_root) == 10000 and not m.verify()
+    assert not state.exists()
+    assert m.restore() is None  # nothing recorded: nothing touched
+
+
+def test_a_damaged_state_file_is_an_error_not_a_guess(fake_root: Path, tmp_path: Path) -> None:
+    state = tmp_path / "mitigation.state"
+    state.write_text("{\"original\": \"lots\"}")
+    with pytest.raises(MitigationError, match="no valid original"):
+        mitigator(fake_root, state).apply()
+    state.write_text("{trunc")
+    with pytest.raises(MitigationError, match="unreadable"):
+        mitigator(fake_root, state).restore()
+    assert knob_of(fake_root) == 10000
+
+
+def test_a_missing_knob_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(MitigationError, match="cannot read"):
+        mitigator(tmp_path, tmp_path / "s").apply()
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "thpcheck", "mitigate", *args]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO / "operator")}
+
+
+def start(root: Path, state: Path) -> subprocess.Popen[str]:
+    process = subprocess.Popen(cli("--host-root", str(root), "--state-file", str(state)),
+                               env=env(), text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not (state.exists() and verify(root, state)):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"mitigate did not apply: {process.communicate()}")
+        time.sleep(0.05)
+    return process
+
+
+def verify(root: Path, state: Path) -> bool:
+    probe = subprocess.run(cli("--verify", "--host-root", str(root), "--state-file", str(state)),
+                           env=env(), capture_output=True, text=True, check=False)
+    return probe.returncode == 0
+
+
+def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
+    process.send_signal(sig)
+    try:
+        return process.wait(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def scenario(root: Path, state: Path, read: Callable[[], int]) -> None:
+    """Apply, kill -9, restart (the record survives), SIGTERM: the exact value returns."""
+    original = read()
+    first = start(root, state)
+    assert read() == STOPPED
+    assert verify(root, state)
+    recorded = state.read_text()
+    assert json.loads(recorded)["original"] == original
+    first.kill()  # kill -9: nothing can be restored
+    first.wait(timeout=20)
+    assert read() == STOPPED and state.read_text() == recorded
+    second = start(root, state)
+    assert state.read_text() == recorded  # the second start did not record STOPPED
+    assert stop(second) == 0
+    assert read() == original
+    assert not state.exists()
+    assert not verify(root, state)
+
+
+def test_the_cli_on_a_fake_tree(fake_root: Path, tmp_path: Path) -> None:
+    scenario(fake_root, tmp_path / "mitigation.state", lambda: knob_of(fake_root))
+
+
+# -- this machine's sysfs --------------------------------------------------------------------
+
+
+@pytest.fixture
+def real_knob() -> Iterator[int]:
+    """The real knob set to MARKER for the test; the value found is put back afterwards."""
+    if os.geteuid() != 0:
+        skip_or_fail("host", "writing sysfs needs root")
+    if not REAL_KNOB.exists():
+        skip_or_fail("host", f"{REAL_KNOB} does not exist (no THP on this kernel)")
+    found = REAL_KNOB.read_text().strip()
+    try:
+        REAL_KNOB.write_text(f"{MARKER}\n")
+        yield MARKER
+    finally:
+        REAL_KNOB.write_text(found + "\n")
+        assert REAL_KNOB.read_text().strip() == found
+
+
+def read_real() -> int:
+    return int(REAL_KNOB.read_text())
+
+
+@pytest.mark.host
+def test_apply_read_back_and_restore_on_this_machine(real_knob: int, tmp_path: Path) -> None:
+    m = mitigator(Path("/"), tmp_path / "mitigation.state")
+    assert m.apply().original == real_knob
+    assert read_real() == STOPPED and m.verify()
+    assert m.restore() == real_knob
+    assert read_real() == real_knob
+
+
+@pytest.mark.host
+def test_kill_and_restart_on_this_machine(real_knob: int, tmp_path: Path) -> None:
+    scenario(Path("/"), tmp_path / "mitigation.state", read_real)
+    assert read_real() == real_knob
