@@ -470,7 +470,9 @@ def build(*, refresh: bool = False) -> Built:
         context, content = stage_context(wheels)
         version, revision = project_version(), git_revision()
         base_id = podman("image", "inspect", "--format", "{{.Id}}", BASE_IMAGE).stdout.strip()
-        content_hash = _digest(content, base_id, revision, key)[:12]
+        # The recipe (this file: build args, labels) is part of what the image is built from.
+        content_hash = _digest(content, base_id, revision, key,
+                               Path(__file__).read_bytes())[:12]
         tag, hash_tag = f"{IMAGE_REPO}:{version}", f"{IMAGE_REPO}:{version}-{content_hash}"
         built = refresh or not image_exists(hash_tag)
         if built:
@@ -485,6 +487,11 @@ def build(*, refresh: bool = False) -> Built:
                    "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
                    "--build-arg", f"VERSION={version}",
                    "--build-arg", f"REVISION={revision}",
+                   # buildah 1.28 reuses a cached LABEL step whatever the build-arg values
+                   # in it, so the labels that come from build args are also set here.
+                   "--label", f"org.opencontainers.image.version={version}",
+                   "--label", f"org.opencontainers.image.revision={revision}",
+                   "--label", f"org.opencontainers.image.base.name={BASE_IMAGE}",
                    "--tag", tag, "--tag", hash_tag, str(context), timeout=1800)
             timings["image_build_s"] = round(time.monotonic() - build_started, 1)
             _drop_old_images(keep=hash_tag, deps_key=_digest(
