@@ -82,14 +82,18 @@ def env() -> dict[str, str]:
 
 
 def start(root: Path, state: Path) -> subprocess.Popen[str]:
-    process = subprocess.Popen(cli("--host-root", str(root), "--state-file", str(state)),
-                               env=env(), text=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
+    """Start ``thpcheck mitigate`` and return once it reports the knob applied (its signal
+    handlers are installed by then)."""
+    log = state.with_name(f"mitigate-{time.monotonic_ns()}.log")
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            cli("--host-root", str(root), "--state-file", str(state), "--log-format", "json",
+                "--log-level", "info"), env=env(), text=True, stdout=sink, stderr=sink)
     deadline = time.monotonic() + 20
-    while not (state.exists() and verify(root, state)):
+    while "khugepaged stopped" not in log.read_text():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise AssertionError(f"mitigate did not apply: {process.communicate()}")
+            raise AssertionError(f"mitigate did not apply: {log.read_text()}")
         time.sleep(0.05)
     return process
 

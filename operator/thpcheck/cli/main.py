@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from thpcheck import __version__
-from thpcheck.cli import check, facts, mitigate, preflight, repro, signals
+from thpcheck.cli import check, facts, mitigate, operator, preflight, repro, signals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         "filesystem, on this machine or on Kubernetes nodes.")
     parser.add_argument("--version", action="version", version=f"thpcheck {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in (check, repro, facts, preflight, mitigate):
+    for module in (check, repro, facts, preflight, mitigate, operator):
         module.register(subparsers)
     return parser
 

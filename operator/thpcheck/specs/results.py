@@ -8,7 +8,7 @@ pod) differs, or patched when only ``mitigated``/``stale`` changed.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -183,14 +183,14 @@ def _pod_result(pod: AgentPodView, now: datetime, grace: timedelta) -> AgentResu
 
 def plan_results(check: CheckRef, selected: Sequence[NodeView],
                  pods: Iterable[AgentPodView], observed: Iterable[ResultView],
-                 mitigated_by_pod: Mapping[str, bool], present: Container[str],
-                 now: datetime, grace: timedelta) -> ResultPlan:
+                 mitigated_by_pod: Mapping[str, bool], now: datetime,
+                 grace: timedelta) -> ResultPlan:
     """The writes that make every selected node's result match its latest agent run.
 
     ``mitigated_by_pod`` maps nodes labelled for mitigation to their mitigation pod's
     readiness; other nodes take ``mitigated`` from the agent's own report. Results of nodes
-    that still exist (``present``) but are no longer selected are deleted; those of deleted
-    nodes are left to the garbage collector (the Node owns them).
+    no longer selected, or deleted, are deleted: the garbage collector cannot do it while
+    the ThpCheck exists, because it only collects an object once *all* its owners are gone.
     """
     by_node: dict[str, list[AgentPodView]] = {}
     for agent_pod in pods:
@@ -227,8 +227,7 @@ def plan_results(check: CheckRef, selected: Sequence[NodeView],
             plan.patches.append(ResultPatch(existing.name, node.name, {
                 "status": {"mitigated": mitigated, "stale": stale}}))
     node_names = {n.name for n in selected}
-    plan.deletes.extend(r.name for r in results.values()
-                        if r.node in present and r.node not in node_names)
+    plan.deletes.extend(r.name for r in results.values() if r.node not in node_names)
     return plan
 
 

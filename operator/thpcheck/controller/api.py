@@ -1,0 +1,195 @@
+"""Kubernetes API calls: a thin, path-based JSON client on the official client's transport.
+
+The official client does the authentication (kubeconfig, in-cluster token, exec plugins);
+requests and responses stay plain dicts, skipping its model classes, which cost more CPU
+than the calls themselves at thousands of nodes. Blocking calls run in a bounded thread
+pool; every write is counted and every failure is counted by verb (Prometheus).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import kubernetes
+
+from thpcheck.controller.metrics import Metrics
+from thpcheck.specs import names
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+JSON = "application/json"
+REQUEST_TIMEOUT = (10.0, 60.0)  # connect, read
+
+
+class ApiError(RuntimeError):
+    """A failed API call; ``status`` is the HTTP status (0: no response)."""
+
+    def __init__(self, verb: str, path: str, status: int, reason: str, detail: str) -> None:
+        super().__init__(f"{verb} {path}: {status} {reason}: {detail[:500]}")
+        self.status = status
+        self.reason = reason
+
+
+class NotFound(ApiError):
+    pass
+
+
+class Conflict(ApiError):
+    """409: AlreadyExists on create, a stale resourceVersion on update."""
+
+
+def _check_path(name: str) -> str:
+    return f"/apis/{names.GROUP}/{names.VERSION}/{names.CHECK_PLURAL}/{quote(name, safe='')}"
+
+
+def _result_path(name: str = "") -> str:
+    base = f"/apis/{names.GROUP}/{names.VERSION}/{names.RESULT_PLURAL}"
+    return f"{base}/{quote(name, safe='')}" if name else base
+
+
+def _daemonset_path(namespace: str, name: str = "") -> str:
+    base = f"/apis/apps/v1/namespaces/{quote(namespace, safe='')}/daemonsets"
+    return f"{base}/{quote(name, safe='')}" if name else base
+
+
+class Kube:
+    """The operator's API calls, each a coroutine."""
+
+    def __init__(self, client: kubernetes.client.ApiClient, metrics: Metrics,
+                 workers: int = 16) -> None:
+        self.client = client
+        self.metrics = metrics
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-api")
+
+    @classmethod
+    def connect(cls, metrics: Metrics, workers: int = 16) -> Kube:
+        """In-cluster credentials if present, else the kubeconfig (KUBECONFIG)."""
+        try:
+            kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+        configuration = kubernetes.client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = max(workers, 4)
+        return cls(kubernetes.client.ApiClient(configuration), metrics, workers)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()  # type: ignore[no-untyped-call]
+
+    # -- transport ---------------------------------------------------------------------
+
+    def request_sync(self, verb: str, path: str, body: Any = None,
+                     content_type: str = JSON, query: Mapping[str, str] | None = None,
+                     resource: str = "") -> Any:
+        """One blocking call; returns the decoded JSON body (None when empty)."""
+        url_path = path + (f"?{urlencode(query)}" if query else "")
+        headers = {"Accept": JSON, "Content-Type": content_type}
+        method, url, headers, payload, _ = self.client.param_serialize(
+            verb, url_path, header_params=headers, body=body, auth_settings=["BearerToken"])
+        if verb != "GET":
+            self.metrics.api_writes.labels(verb=verb, resource=resource).inc()
+        try:
+            response = self.client.call_api(method, url, headers, payload,
+                                            _request_timeout=REQUEST_TIMEOUT)
+            data = response.read()  # type: ignore[no-untyped-call]
+            response.response.release_conn()
+        except (kubernetes.client.ApiException, OSError) as exc:
+            self.metrics.api_errors.labels(verb=verb).inc()
+            raise ApiError(verb, path, 0, type(exc).__name__, str(exc)) from exc
+        if response.status >= 400:
+            self.metrics.api_errors.labels(verb=verb).inc()
+            detail = data.decode(errors="replace") if data else ""
+            kind = (NotFound if response.status == 404 else
+                    Conflict if response.status == 409 else ApiError)
+            raise kind(verb, path, response.status, response.reason or "", detail)
+        return json.loads(data) if data else None
+
+    async def request(self, verb: str, path: str, body: Any = None,
+                      content_type: str = JSON, query: Mapping[str, str] | None = None,
+                      resource: str = "") -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.pool, lambda: self.request_sync(verb, path, body, content_type, query,
+                                                 resource))
+
+    # -- ThpCheck ----------------------------------------------------------------------
+
+    async def patch_check_status(self, name: str, patch: Mapping[str, Any]) -> Any:
+        return await self.request("PATCH", _check_path(name) + "/status", patch, MERGE_PATCH,
+                                  resource="thpchecks/status")
+
+    # -- ThpNodeResult -----------------------------------------------------------------
+
+    async def create_result(self, body: Mapping[str, Any]) -> Any:
+        return await self.request("POST", _result_path(), body, resource="thpnoderesults")
+
+    async def replace_result(self, body: Mapping[str, Any]) -> Any:
+        """Replace labels, annotations, owners and status in one JSON patch."""
+        meta = body["metadata"]
+        operations = [
+            {"op": "add", "path": "/metadata/labels", "value": meta["labels"]},
+            {"op": "add", "path": "/metadata/annotations", "value": meta["annotations"]},
+            {"op": "add", "path": "/metadata/ownerReferences", "value": meta["ownerReferences"]},
+            {"op": "add", "path": "/status", "value": body["status"]},
+        ]
+        return await self.request("PATCH", _result_path(meta["name"]), operations, JSON_PATCH,
+                                  resource="thpnoderesults")
+
+    async def patch_result(self, name: str, patch: Mapping[str, Any]) -> Any:
+        return await self.request("PATCH", _result_path(name), patch, MERGE_PATCH,
+                                  resource="thpnoderesults")
+
+    async def delete_result(self, name: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.request("DELETE", _result_path(name), resource="thpnoderesults")
+
+    async def delete_results(self, check: str) -> None:
+        """Every result of ``check``, in one call (GC would also do it, more slowly)."""
+        selector = f"{names.CHECK_LABEL}={names.label_value(check)}"
+        await self.request("DELETE", _result_path(), query={"labelSelector": selector},
+                           resource="thpnoderesults")
+
+    # -- Nodes -------------------------------------------------------------------------
+
+    async def patch_node(self, name: str, patch: Mapping[str, Any]) -> Any:
+        return await self.request("PATCH", f"/api/v1/nodes/{quote(name, safe='')}", patch,
+                                  MERGE_PATCH, resource="nodes")
+
+    # -- DaemonSets --------------------------------------------------------------------
+
+    async def create_daemonset(self, body: Mapping[str, Any]) -> Any:
+        return await self.request("POST", _daemonset_path(body["metadata"]["namespace"]), body,
+                                  resource="daemonsets")
+
+    async def update_daemonset(self, body: Mapping[str, Any]) -> Any:
+        """Replace the template, update strategy and annotations (the selector is fixed)."""
+        meta = body["metadata"]
+        operations: Sequence[Mapping[str, Any]] = [
+            {"op": "add", "path": "/metadata/annotations", "value": meta["annotations"]},
+            {"op": "add", "path": "/spec/template", "value": body["spec"]["template"]},
+            {"op": "add", "path": "/spec/updateStrategy",
+             "value": body["spec"]["updateStrategy"]},
+        ]
+        return await self.request("PATCH", _daemonset_path(meta["namespace"], meta["name"]),
+                                  operations, JSON_PATCH, resource="daemonsets")
+
+    async def delete_daemonset(self, namespace: str, name: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.request("DELETE", _daemonset_path(namespace, name),
+                               {"propagationPolicy": "Background"}, resource="daemonsets")
+
+    # -- start-up ----------------------------------------------------------------------
+
+    def get_crd_sync(self, name: str) -> Any:
+        """The CRD, or None when it is not installed."""
+        try:
+            return self.request_sync(
+                "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        except NotFound:
+            return None

@@ -1,0 +1,70 @@
+"""State shared by the operator's handlers for the life of the process (kopf's ``memo``).
+
+Nothing here is the source of truth: after a restart it starts empty and the cluster's
+state (indexes, status, node marks) rebuilds everything that matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from thpcheck.controller.api import Kube
+from thpcheck.controller.metrics import Metrics
+from thpcheck.controller.settings import Settings
+
+
+class Triggers:
+    """One wake-up flag per ThpCheck: watch events set it, the check's daemon waits on it."""
+
+    def __init__(self) -> None:
+        self._flags: dict[str, asyncio.Event] = {}
+
+    def flag(self, check: str) -> asyncio.Event:
+        return self._flags.setdefault(check, asyncio.Event())
+
+    def poke(self, check: str) -> None:
+        self.flag(check).set()
+
+    def poke_all(self) -> None:
+        for flag in self._flags.values():
+            flag.set()
+
+    def forget(self, check: str) -> None:
+        self._flags.pop(check, None)
+
+
+@dataclass
+class OperatorContext:
+    settings: Settings
+    kube: Kube
+    metrics: Metrics
+    triggers: Triggers = field(default_factory=Triggers)
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    mitigation_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The status each check's last write produced: the watch may not have delivered it yet,
+    # and comparing against it avoids writing the same status twice.
+    written_status: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def lock(self, check: str) -> asyncio.Lock:
+        """Serialises a check's reconciles and its deletion clean-up."""
+        return self.locks.setdefault(check, asyncio.Lock())
+
+    def forget(self, check: str) -> None:
+        self.locks.pop(check, None)
+        self.written_status.pop(check, None)
+        self.triggers.forget(check)
+        self.metrics.forget_check(check)
+
+
+MEMO_KEY = "thpcheck"
+
+
+def context_of(memo: Any) -> OperatorContext:
+    """The context stored in kopf's memo by ``thpcheck.controller.operator.run``."""
+    context = memo[MEMO_KEY]
+    if not isinstance(context, OperatorContext):
+        raise TypeError("kopf memo does not hold the operator context")
+    return context

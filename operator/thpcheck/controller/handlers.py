@@ -1,0 +1,161 @@
+"""kopf handlers: small functions that wake the right ThpCheck's daemon, run it, or clean up.
+
+Watch events only *poke*; each ThpCheck's daemon does the work, at most once per debounce
+interval and at least once per status interval, so a burst of 5,000 pod updates becomes a
+handful of reconciles, and nothing is written from an event handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import structlog
+
+from thpcheck.controller import events
+from thpcheck.controller.api import ApiError
+from thpcheck.controller.context import OperatorContext, context_of
+from thpcheck.controller.indexes import Indexes
+from thpcheck.controller.reconciler import CheckReconciler, bounded, manage_mitigation_daemonset
+from thpcheck.specs import names
+from thpcheck.specs.remediation import NodeChange, event_reason, plan_cleanup
+
+log = structlog.get_logger("thpcheck.operator")
+
+
+# -- wake-ups ------------------------------------------------------------------------------
+
+
+async def poke_for_check(name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A spec change (or any change) of a ThpCheck: re-plan it."""
+    context_of(memo).triggers.poke(name)
+
+
+async def poke_for_agent_pod(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    annotations = body.get("metadata", {}).get("annotations") or {}
+    check = annotations.get(names.CHECK_NAME_ANNOTATION)
+    if check:
+        context_of(memo).triggers.poke(check)
+
+
+async def poke_everyone(memo: kopf.Memo, **_: Any) -> None:
+    """Nodes, mitigation pods and the shared DaemonSet matter to every check."""
+    context_of(memo).triggers.poke_all()
+
+
+async def poke_for_result(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    check = (body.get("status") or {}).get("check")
+    if check:
+        context_of(memo).triggers.poke(check)
+
+
+async def poke_for_daemonset(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    annotations = body.get("metadata", {}).get("annotations") or {}
+    check = annotations.get(names.CHECK_NAME_ANNOTATION)
+    triggers = context_of(memo).triggers
+    if check:
+        triggers.poke(check)
+    else:
+        triggers.poke_all()
+
+
+# -- the per-check daemon ------------------------------------------------------------------
+
+
+async def run_check(name: str, body: kopf.Body, memo: kopf.Memo,
+                    stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
+    """Reconcile the check whenever poked (debounced) and every status interval."""
+    ctx = context_of(memo)
+    settings = ctx.settings
+    flag = ctx.triggers.flag(name)
+    bound = log.bind(check=name)
+    bound.info("check daemon started")
+    while not stopped:
+        flag.clear()
+        started = time.monotonic()
+        try:
+            async with ctx.lock(name):
+                if not body.get("metadata", {}).get("deletionTimestamp"):
+                    await CheckReconciler(ctx, body, Indexes.of(kwargs),
+                                          datetime.now(UTC)).run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # one bad reconcile must not end the daemon
+            bound.exception("reconcile failed")
+        finally:
+            ctx.metrics.reconcile_seconds.observe(time.monotonic() - started)
+        await _wait_for_poke(flag, stopped, within=settings.status_interval)
+        rest = settings.debounce - (time.monotonic() - started)
+        if rest > 0 and not stopped:
+            await stopped.wait(rest)
+    bound.info("check daemon stopped", reason=str(stopped.reason))
+
+
+async def _wait_for_poke(flag: asyncio.Event, stopped: kopf.DaemonStopped, *,
+                         within: float) -> None:
+    """Return when poked, when stopping, or after ``within`` seconds (the resync)."""
+    poke = asyncio.ensure_future(flag.wait())
+    stop = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({poke, stop}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        poke.cancel()
+        stop.cancel()
+
+
+# -- deletion ------------------------------------------------------------------------------
+
+
+async def clean_up_check(name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Undo every label, annotation and cordon the check made; delete its DaemonSet and
+    results. Retried (kopf.TemporaryError) until every node change went through."""
+    ctx = context_of(memo)
+    idx = Indexes.of(kwargs)
+    async with ctx.lock(name):
+        nodes = {n.name: n for n in idx.all_nodes()}
+        changes = plan_cleanup(name, nodes.values())
+        failed = await _undo(ctx, changes, nodes)
+        await ctx.kube.delete_daemonset(ctx.settings.namespace,
+                                        names.agent_daemonset_name(name))
+        try:
+            await ctx.kube.delete_results(name)
+        except ApiError as exc:
+            log.warning("results not deleted; the garbage collector will", check=name,
+                        error=str(exc))
+        if failed:
+            raise kopf.TemporaryError(f"{failed} nodes still carry marks of {name}", delay=5)
+        unlabelled = {c.node for c in changes if names.MITIGATE_LABEL in c.labels}
+        await manage_mitigation_daemonset(ctx, _without(idx, name), unlabelled)
+        events.on_check(body, reason="CleanedUp",
+                        message=f"undid changes on {len(changes)} nodes")
+        log.info("check deleted; changes undone", check=name, nodes=len(changes))
+        ctx.forget(name)
+
+
+async def _undo(ctx: OperatorContext, changes: list[NodeChange],
+                nodes: dict[str, Any]) -> int:
+    async def undo(change: NodeChange) -> bool:
+        try:
+            await ctx.kube.patch_node(change.node, change.patch())
+        except ApiError as exc:
+            log.warning("node not restored", node=change.node, error=str(exc))
+            return False
+        events.on_node(nodes[change.node], reason=event_reason(change.actions, applied=True),
+                       message="; ".join(f"{a.action.value.lower()}: {a.reason}"
+                                         for a in change.actions))
+        return True
+
+    done = await bounded(ctx.settings.api_workers,
+                         [undo(change) for change in changes])
+    return sum(1 for ok in done if not ok)
+
+
+def _without(idx: Indexes, check: str) -> Indexes:
+    """The indexes as if ``check`` were already gone (for the shared DaemonSet decision)."""
+    others = {key: store for key, store in idx.checks.items() if key != check}
+    return Indexes(idx.nodes, idx.agent_pods, idx.mitigation_pods, idx.results,
+                   idx.daemonsets, others)
+

@@ -1,0 +1,134 @@
+"""In-memory indexes of the objects the operator reads, kept current by kopf's watches.
+
+``kopf.index`` handlers store small views (``thpcheck.specs.views``), not bodies, and write
+nothing to the objects (unlike ``kopf.on.create``/``update``, which would annotate every Node
+and Pod). kopf fills every index from the initial listing before any other handler runs, so
+a restarted operator plans from complete state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import kopf
+
+from thpcheck.specs import names
+from thpcheck.specs.checkspec import parse_spec
+from thpcheck.specs.views import (
+    AgentPodView,
+    DaemonSetView,
+    MitigationPodView,
+    NodeView,
+    ResultView,
+    agent_pod_view,
+    daemonset_view,
+    mitigation_pod_view,
+    node_view,
+    result_view,
+)
+
+T = TypeVar("T")
+
+# Index ids: kopf passes each index to handlers as a keyword argument of this name.
+NODES = "node_views"
+AGENT_PODS = "agent_pods"
+MITIGATION_PODS = "mitigation_pods"
+RESULTS = "node_results"
+DAEMONSETS = "daemonsets"
+CHECKS = "check_summaries"
+
+
+@dataclass(frozen=True)
+class CheckSummary:
+    """What other checks need to know of a ThpCheck (the mitigation DaemonSet is shared)."""
+
+    name: str
+    mitigate: bool
+    deleting: bool
+
+
+async def index_node(body: kopf.Body, **_: Any) -> dict[str, NodeView]:
+    view = node_view(body)
+    return {view.name: view}
+
+
+async def index_agent_pod(body: kopf.Body, **_: Any) -> dict[str, AgentPodView]:
+    view = agent_pod_view(body)
+    return {view.check: view}
+
+
+async def index_mitigation_pod(body: kopf.Body, **_: Any) -> dict[str, MitigationPodView]:
+    view = mitigation_pod_view(body)
+    return {view.node: view} if view.node else {}
+
+
+async def index_result(body: kopf.Body, **_: Any) -> dict[str, ResultView]:
+    view = result_view(body)
+    return {view.check: view}
+
+
+async def index_daemonset(body: kopf.Body, **_: Any) -> dict[str, DaemonSetView]:
+    """Agent DaemonSets under their check's name; the mitigation one under its own name."""
+    annotations = body.get("metadata", {}).get("annotations") or {}
+    view = daemonset_view(body)
+    key = annotations.get(names.CHECK_NAME_ANNOTATION) or view.name
+    return {key: view}
+
+
+async def index_check(body: kopf.Body, **_: Any) -> dict[str, CheckSummary]:
+    meta = body.get("metadata", {})
+    spec = parse_spec(body.get("spec"))
+    name = str(meta.get("name", ""))
+    return {name: CheckSummary(name, spec.remediation.mitigate,
+                               bool(meta.get("deletionTimestamp")))}
+
+
+def _values(index: Mapping[Any, Iterable[T]]) -> Iterator[T]:
+    for store in index.values():
+        yield from store
+
+
+def _one(index: Mapping[str, Iterable[T]], key: str) -> T | None:
+    if key not in index:
+        return None
+    return next(iter(index[key]), None)
+
+
+@dataclass(frozen=True)
+class Indexes:
+    """Typed access to the kopf indexes a handler received as keyword arguments."""
+
+    nodes: Mapping[str, Iterable[NodeView]]
+    agent_pods: Mapping[str, Iterable[AgentPodView]]
+    mitigation_pods: Mapping[str, Iterable[MitigationPodView]]
+    results: Mapping[str, Iterable[ResultView]]
+    daemonsets: Mapping[str, Iterable[DaemonSetView]]
+    checks: Mapping[str, Iterable[CheckSummary]]
+
+    @classmethod
+    def of(cls, kwargs: Mapping[str, Any]) -> Indexes:
+        return cls(kwargs[NODES], kwargs[AGENT_PODS], kwargs[MITIGATION_PODS], kwargs[RESULTS],
+                   kwargs[DAEMONSETS], kwargs[CHECKS])
+
+    def all_nodes(self) -> list[NodeView]:
+        return list(_values(self.nodes))
+
+    def pods_of(self, check: str) -> list[AgentPodView]:
+        return list(self.agent_pods[check]) if check in self.agent_pods else []
+
+    def results_of(self, check: str) -> list[ResultView]:
+        return list(self.results[check]) if check in self.results else []
+
+    def daemonset(self, key: str) -> DaemonSetView | None:
+        return _one(self.daemonsets, key)
+
+    def mitigation_ready(self, node: str) -> bool:
+        """True if a live mitigation pod on ``node`` is Ready (its probe verified)."""
+        if node not in self.mitigation_pods:
+            return False
+        return any(p.ready and not p.deleting for p in self.mitigation_pods[node])
+
+    def check_summaries(self) -> list[CheckSummary]:
+        return list(_values(self.checks))

@@ -1,0 +1,121 @@
+"""The operator process: explicit kopf settings, the handler registry, and ``run``.
+
+Every kopf knob that matters is set here rather than left to defaults (watch timeouts,
+handler timeouts and retries, storage prefixes, finalizer name, posting level), and the
+registry is built explicitly, so this module lists everything the operator reacts to.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+import structlog
+
+from thpcheck.controller import crds, handlers, indexes
+from thpcheck.controller.api import Kube
+from thpcheck.controller.context import MEMO_KEY, OperatorContext
+from thpcheck.controller.metrics import Metrics
+from thpcheck.controller.settings import Settings
+from thpcheck.specs import names
+
+log = structlog.get_logger("thpcheck.operator")
+
+CHECKS = (names.GROUP, names.VERSION, names.CHECK_PLURAL)
+RESULTS = (names.GROUP, names.VERSION, names.RESULT_PLURAL)
+AGENT_PODS = {names.POD_ROLE_LABEL: names.AGENT_ROLE}
+MITIGATION_PODS = {names.POD_ROLE_LABEL: names.MITIGATION_ROLE}
+OUR_DAEMONSETS = {names.MANAGED_BY: names.MANAGER}
+
+
+def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
+    """kopf's settings, each one deliberate (see docs/operator-design.md)."""
+    config = kopf.OperatorSettings()
+    # Watches: bounded requests, so a silently dropped connection is noticed (kopf#585).
+    config.watching.server_timeout = int(settings.watch_server_timeout)  # an integer query
+    config.watching.client_timeout = settings.watch_client_timeout
+    config.watching.connect_timeout = 30
+    # Only our pods and DaemonSets, filtered by the API server, in our namespace.
+    for resource, selector in (("pods", names.POD_ROLE_LABEL),
+                               ("daemonsets", f"{names.MANAGED_BY}={names.MANAGER}")):
+        config.watching.label_selectors["v1" if resource == "pods" else "apps", resource] = (
+            selector)
+        config.watching.field_selectors["v1" if resource == "pods" else "apps", resource] = (
+            f"metadata.namespace={settings.namespace}")
+    config.networking.request_timeout = 60
+    config.networking.connect_timeout = 10
+    # Our own names for what kopf stores on ThpChecks (nothing is stored on nodes or pods).
+    config.persistence.finalizer = names.FINALIZER
+    config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
+    config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=names.GROUP, key="last-handled-configuration")
+    # Events: only ours, plus kopf's warnings and errors (not one per handler success).
+    config.posting.level = logging.WARNING
+    config.posting.reporting_component = names.MANAGER
+    config.posting.event_name_prefix = "thpcheck-"
+    config.posting.worker_limit = settings.api_workers
+    config.peering.standalone = True
+    return config
+
+
+def build_registry(settings: Settings) -> kopf.OperatorRegistry:
+    """Every handler of the operator, in one place."""
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+
+    # Indexes: what the planners read (small views, filled before any handler runs).
+    kopf.index("v1", "nodes", id=indexes.NODES, registry=registry)(indexes.index_node)
+    kopf.index("v1", "pods", labels=AGENT_PODS, id=indexes.AGENT_PODS,
+               registry=registry)(indexes.index_agent_pod)
+    kopf.index("v1", "pods", labels=MITIGATION_PODS, id=indexes.MITIGATION_PODS,
+               registry=registry)(indexes.index_mitigation_pod)
+    kopf.index(*RESULTS, id=indexes.RESULTS, registry=registry)(indexes.index_result)
+    kopf.index("apps", "v1", "daemonsets", labels=OUR_DAEMONSETS, id=indexes.DAEMONSETS,
+               registry=registry)(indexes.index_daemonset)
+    kopf.index(*CHECKS, id=indexes.CHECKS, registry=registry)(indexes.index_check)
+
+    # Wake-ups: watch events only poke the affected checks' daemons.
+    kopf.on.event(*CHECKS, id="poke-check", registry=registry)(handlers.poke_for_check)
+    kopf.on.event("v1", "pods", labels=AGENT_PODS, id="poke-agent-pod",
+                  registry=registry)(handlers.poke_for_agent_pod)
+    kopf.on.event("v1", "pods", labels=MITIGATION_PODS, id="poke-mitigation-pod",
+                  registry=registry)(handlers.poke_everyone)
+    kopf.on.event("v1", "nodes", id="poke-node", registry=registry)(handlers.poke_everyone)
+    kopf.on.event(*RESULTS, id="poke-result", registry=registry)(handlers.poke_for_result)
+    kopf.on.event("apps", "v1", "daemonsets", labels=OUR_DAEMONSETS, id="poke-daemonset",
+                  registry=registry)(handlers.poke_for_daemonset)
+
+    # The work: one daemon per ThpCheck, and the clean-up when one is deleted.
+    kopf.daemon(*CHECKS, id="reconcile", cancellation_timeout=30, backoff=5,
+                registry=registry)(handlers.run_check)
+    kopf.on.delete(*CHECKS, id="clean-up", timeout=settings.handler_timeout,
+                   retries=settings.handler_retries, backoff=5,
+                   registry=registry)(handlers.clean_up_check)
+    return registry
+
+
+def run(settings: Settings) -> int:
+    """Check the CRDs, serve metrics, and run kopf cluster-wide until SIGTERM."""
+    metrics = Metrics()
+    kube = Kube.connect(metrics, settings.api_workers)
+    try:
+        crds.verify(kube.get_crd_sync)
+    except crds.CrdProblem as exc:
+        log.error("cannot start", error=str(exc))
+        print(f"thpcheck operator: {exc}", flush=True)
+        kube.close()
+        return 2
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
+    context = OperatorContext(settings=settings, kube=kube, metrics=metrics)
+    liveness = (f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port
+                else None)
+    log.info("operator starting", namespace=settings.namespace, image=settings.agent_image,
+             metrics_port=settings.metrics_port, health_port=settings.health_port)
+    try:
+        kopf.run(registry=build_registry(settings), settings=kopf_settings(settings),
+                 clusterwide=True, standalone=True, liveness_endpoint=liveness,
+                 memo=kopf.Memo({MEMO_KEY: context}))
+    finally:
+        kube.close()
+    return 0

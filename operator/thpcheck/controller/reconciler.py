@@ -1,0 +1,360 @@
+"""One reconcile of one ThpCheck: observe (indexes), plan (pure specs), write what differs.
+
+Order within a reconcile: the agent DaemonSet's rollout, the node results, remediation
+(persisting the cordon budget before any cordon), the shared mitigation DaemonSet, Events,
+then the status. Each step is idempotent, so a reconcile cut short by a crash or a conflict
+is finished by the next one, and a reconcile with nothing to do writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import kopf
+import structlog
+
+from thpcheck.controller import events
+from thpcheck.controller.api import ApiError, Conflict, NotFound
+from thpcheck.controller.context import OperatorContext
+from thpcheck.controller.indexes import Indexes
+from thpcheck.model.verdict import Verdict
+from thpcheck.specs import names
+from thpcheck.specs.agent import CheckRef
+from thpcheck.specs.checkspec import CheckSpec, parse_spec
+from thpcheck.specs.mitigation import mitigation_daemonset
+from thpcheck.specs.remediation import (
+    NodeChange,
+    PlannedAction,
+    RemediationPlan,
+    event_reason,
+    plan_remediation,
+)
+from thpcheck.specs.results import ResultPlan, ResultWrite, plan_results
+from thpcheck.specs.rollout import RolloutPlan, Step, plan_rollout
+from thpcheck.specs.selection import selected_nodes
+from thpcheck.specs.status import StatusInputs, build_status
+from thpcheck.specs.views import NodeView
+
+log = structlog.get_logger("thpcheck.operator")
+T = TypeVar("T")
+_WARNING_VERDICTS = {Verdict.AFFECTED.value, Verdict.SUSCEPTIBLE.value, Verdict.ERROR.value}
+
+
+@dataclass
+class NodeNotes:
+    """What happened to each node in this reconcile, for one Event per node."""
+
+    verdicts: dict[str, tuple[str | None, str, str]] = field(default_factory=dict)
+    actions: dict[str, list[PlannedAction]] = field(default_factory=dict)
+
+
+async def bounded(limit: int, jobs: Iterable[Awaitable[T]]) -> list[T]:
+    """Await the jobs (not yet started coroutines) with at most ``limit`` in flight."""
+    gate = asyncio.Semaphore(limit)
+
+    async def run(job: Awaitable[T]) -> T:
+        async with gate:
+            return await job
+
+    return list(await asyncio.gather(*(run(job) for job in jobs)))
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+class CheckReconciler:
+    """Reconciles one ThpCheck body against the indexes, with the operator's context."""
+
+    def __init__(self, ctx: OperatorContext, body: kopf.Body, idx: Indexes,
+                 now: datetime) -> None:
+        meta = body.get("metadata", {})
+        self.ctx = ctx
+        self.body = body
+        self.idx = idx
+        self.now = now
+        self.name = str(meta.get("name"))
+        self.check = CheckRef(self.name, str(meta.get("uid")))
+        self.generation = int(meta.get("generation") or 0)
+        self.resource_version = str(meta.get("resourceVersion") or "")
+        self.spec: CheckSpec = parse_spec(body.get("spec"))
+        live = dict(body.get("status") or {})
+        self.previous: Mapping[str, Any] = ctx.written_status.get(self.name) or live
+        self.live_status = live
+        self.log = log.bind(check=self.name)
+        self.notes = NodeNotes()
+
+    async def run(self) -> None:
+        nodes = self.idx.all_nodes()
+        by_name = {n.name: n for n in nodes}
+        selected = selected_nodes(self.spec, nodes)
+        rollout = await self._roll_out()
+        results = plan_results(
+            self.check, selected, self.idx.pods_of(self.name), self.idx.results_of(self.name),
+            self._mitigation_readiness(nodes), self.now,
+            timedelta(seconds=self.ctx.settings.empty_result_grace))
+        await self._write_results(results, by_name)
+        remedy = plan_remediation(
+            self.name, self.spec.remediation, paused=self.spec.paused, selected=selected,
+            all_nodes=nodes, states=results.states,
+            cordoned=list(self.previous.get("cordonedNodes") or []))
+        cordoned = await self._remediate(remedy, by_name)
+        await manage_mitigation_daemonset(self.ctx, self.idx)
+        self._post_node_events(by_name, remedy)
+        await self._write_status(rollout, results, remedy, cordoned, selected)
+
+    # -- the agent DaemonSet -------------------------------------------------------------
+
+    async def _roll_out(self) -> RolloutPlan:
+        observed = self.idx.daemonset(self.name)
+        plan = plan_rollout(self.spec, self.check, self.ctx.settings.workload(), observed,
+                            self.now)
+        if plan.step is Step.NONE or plan.body is None:
+            return plan
+        kube = self.ctx.kube
+        try:
+            if plan.step is Step.CREATE:
+                await kube.create_daemonset(plan.body)
+            else:
+                await kube.update_daemonset(plan.body)
+        except Conflict:
+            self.log.info("daemonset changed meanwhile; retrying next reconcile",
+                          step=plan.step.value)
+            return RolloutPlan(Step.NONE, run=observed.run if observed else "")
+        self.log.info("agent daemonset", step=plan.step.value, run=plan.run)
+        if plan.starts_run:
+            events.on_check(self.body, reason="RunStarted", message=(
+                f"checking every selected node, {self.spec.max_concurrent} at a time "
+                f"(run {plan.run})"))
+        return plan
+
+    # -- results -----------------------------------------------------------------------
+
+    def _mitigation_readiness(self, nodes: Iterable[NodeView]) -> dict[str, bool]:
+        """Nodes labelled for mitigation -> is their mitigation pod Ready."""
+        return {n.name: self.idx.mitigation_ready(n.name) for n in nodes
+                if n.labels.get(names.MITIGATE_LABEL) == "true"}
+
+    async def _write_results(self, plan: ResultPlan, nodes: Mapping[str, NodeView]) -> None:
+        kube = self.ctx.kube
+
+        async def write(item: ResultWrite) -> None:
+            try:
+                if item.create:
+                    try:
+                        await kube.create_result(item.body)
+                    except Conflict:
+                        await kube.replace_result(item.body)
+                else:
+                    try:
+                        await kube.replace_result(item.body)
+                    except NotFound:
+                        await kube.create_result(item.body)
+            except ApiError as exc:
+                self.log.warning("result not written", node=item.node, error=str(exc))
+                return
+            self.ctx.metrics.results_written.labels(check=self.name).inc()
+            if item.duration_seconds is not None:
+                self.ctx.metrics.check_duration.observe(item.duration_seconds)
+            if item.previous_verdict != item.verdict.value:
+                self.notes.verdicts[item.node] = (item.previous_verdict, item.verdict.value,
+                                                  item.body["status"].get("message", ""))
+
+        async def patch(name: str, body: Mapping[str, Any]) -> None:
+            try:
+                await kube.patch_result(name, body)
+            except ApiError as exc:
+                self.log.warning("result not patched", result=name, error=str(exc))
+
+        async def delete(name: str) -> None:
+            try:
+                await kube.delete_result(name)
+            except ApiError as exc:
+                self.log.warning("result not deleted", result=name, error=str(exc))
+
+        jobs = [*(write(item) for item in plan.writes),
+                *(patch(p.name, p.patch) for p in plan.patches),
+                *(delete(name) for name in plan.deletes)]
+        if jobs:
+            await bounded(self.ctx.settings.api_workers, jobs)
+            self.log.info("results", written=len(plan.writes), patched=len(plan.patches),
+                          deleted=len(plan.deletes))
+
+    # -- remediation -------------------------------------------------------------------
+
+    async def _remediate(self, plan: RemediationPlan,
+                         nodes: Mapping[str, NodeView]) -> list[str]:
+        """Persist the cordon list, then change the nodes; returns the list to report."""
+        stored = sorted(self.previous.get("cordonedNodes") or [])
+        if plan.changes and plan.cordoned_before != stored:
+            try:
+                response = await self.ctx.kube.patch_check_status(self.name, {
+                    "metadata": {"resourceVersion": self.resource_version},
+                    "status": {"cordonedNodes": plan.cordoned_before,
+                               "cordoned": len(plan.cordoned_before)}})
+            except ApiError as exc:
+                # A conflict means someone else wrote in between: plan again from fresh state.
+                self.log.info("cordon budget not persisted; retrying", error=str(exc))
+                self.ctx.triggers.poke(self.name)
+                return stored
+            self.previous = {**self.previous, **(response or {}).get("status", {})}
+
+        async def change(item: NodeChange) -> None:
+            try:
+                await self.ctx.kube.patch_node(item.node, item.patch())
+            except (Conflict, NotFound) as exc:
+                self.log.info("node changed meanwhile; retrying", node=item.node,
+                              error=str(exc))
+                self.ctx.triggers.poke(self.name)
+                return
+            except ApiError as exc:
+                self.log.warning("node not changed", node=item.node, error=str(exc))
+                return
+            self.notes.actions[item.node] = item.actions
+            self.log.info("node changed", node=item.node,
+                          actions=[a.action.value for a in item.actions])
+
+        if plan.changes:
+            await bounded(self.ctx.settings.api_workers,
+                          [change(item) for item in plan.changes])
+        return plan.cordoned_after
+
+    # -- events ------------------------------------------------------------------------
+
+    def _post_node_events(self, nodes: Mapping[str, NodeView], plan: RemediationPlan) -> None:
+        applied = self.notes.actions
+        for name in sorted(set(self.notes.verdicts) | set(applied)):
+            node = nodes.get(name)
+            if node is None:
+                continue
+            parts, warning = [], False
+            reason = ""
+            if name in self.notes.verdicts:
+                old, new, summary = self.notes.verdicts[name]
+                parts.append(f"verdict {new} (was {old or 'unchecked'}): {summary}")
+                warning = new in _WARNING_VERDICTS
+                reason = "VerdictChanged"
+            actions = applied.get(name, [])
+            if actions:
+                parts.extend(f"{a.action.value.lower()}: {a.reason}" for a in actions)
+                top = event_reason(actions, applied=True)
+                if not reason or top not in ("Labelled", "Unlabelled"):
+                    reason = top
+            events.on_node(node, reason=reason, warning=warning,
+                           message=f"ThpCheck {self.name}: " + "; ".join(parts))
+        if self.spec.remediation.dry_run or self.spec.paused:
+            self._post_planned_events(nodes, plan.planned)
+
+    def _post_planned_events(self, nodes: Mapping[str, NodeView],
+                             planned: Sequence[PlannedAction]) -> None:
+        """Would* events, only for actions the previous status did not list already."""
+        before = {(a.get("node"), a.get("action"))
+                  for a in self.previous.get("plannedActions") or []}
+        fresh: dict[str, list[PlannedAction]] = {}
+        for action in planned:
+            if (action.node, action.action.value) not in before:
+                fresh.setdefault(action.node, []).append(action)
+        mode = "dry run" if self.spec.remediation.dry_run else "paused"
+        for name, actions in fresh.items():
+            node = nodes.get(name)
+            if node is not None:
+                events.on_node(node, reason=event_reason(actions, applied=False), message=(
+                    f"ThpCheck {self.name} ({mode}): " + "; ".join(
+                        f"would {a.action.value.lower()}: {a.reason}" for a in actions)))
+
+    # -- status ------------------------------------------------------------------------
+
+    async def _write_status(self, rollout: RolloutPlan, results: ResultPlan,
+                            remedy: RemediationPlan, cordoned: Sequence[str],
+                            selected: Sequence[NodeView]) -> None:
+        observed = self.idx.daemonset(self.name)
+        pods = self.idx.pods_of(self.name)
+        rolling = (rollout.step is not Step.NONE or observed is None
+                   or observed.template != "check" or not observed.rolled_out)
+        status = build_status(StatusInputs(
+            generation=self.generation,
+            selected=[n.name for n in selected],
+            states=results.states,
+            now=self.now,
+            last_run_at=rollout.run,
+            rolling_out=rolling,
+            unschedulable=sum(1 for p in pods if p.unschedulable and not p.deleting),
+            cordoned_nodes=cordoned,
+            blocked_cordons=remedy.blocked_cordons,
+            paused=self.spec.paused,
+            dry_run=self.spec.remediation.dry_run,
+            planned=remedy.planned if (self.spec.remediation.dry_run or self.spec.paused)
+            else (),
+            previous_conditions=list(self.previous.get("conditions") or []),
+        ))
+        self._record_metrics(status, results)
+        if canonical(status) in (canonical(self.live_status), canonical(self.previous)):
+            return
+        if status["phase"] != self.previous.get("phase"):
+            events.on_check(self.body, reason=status["phase"], message=status["message"],
+                            warning=status["phase"] == "Degraded")
+        patch = {**{k: None for k in self.live_status if k not in status}, **status}
+        try:
+            response = await self.ctx.kube.patch_check_status(self.name, {"status": patch})
+        except ApiError as exc:
+            self.log.warning("status not written", error=str(exc))
+            return
+        self.ctx.written_status[self.name] = (response or {}).get("status") or status
+        self.log.info("status", phase=status["phase"], checked=status["checked"],
+                      nodes=status["nodes"], affected=status["affected"])
+
+    def _record_metrics(self, status: Mapping[str, Any], results: ResultPlan) -> None:
+        by_verdict = {v.value: 0 for v in Verdict}
+        for state in results.states.values():
+            if state.verdict is not None:
+                by_verdict[state.verdict.value] += 1
+        unchecked = sum(1 for s in results.states.values() if s.verdict is None)
+        labelled = self._mitigation_readiness(self.idx.all_nodes())
+        times = [t for t in (_parse_time(r.checked_at) for r in self.idx.results_of(self.name))
+                 if t is not None]
+        self.ctx.metrics.record_check(
+            self.name, by_verdict, unchecked=unchecked, mitigated=int(status["mitigated"]),
+            cordoned=int(status["cordoned"]),
+            unverified=sum(1 for ready in labelled.values() if not ready),
+            oldest_age=(self.now - min(times)).total_seconds() if times else None)
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+
+
+async def manage_mitigation_daemonset(ctx: OperatorContext, idx: Indexes,
+                                      unlabelled: Collection[str] = frozenset()) -> None:
+    """Keep the shared mitigation DaemonSet while any check mitigates or any node is still
+    labelled for it; delete it when neither holds (its pods restore the knob on SIGTERM).
+    ``unlabelled``: nodes whose label was just removed (the index may not show it yet)."""
+    async with ctx.mitigation_lock:
+        wanted = any(c.mitigate and not c.deleting for c in idx.check_summaries())
+        labelled = any(n.labels.get(names.MITIGATE_LABEL) == "true" and n.name not in unlabelled
+                       for n in idx.all_nodes())
+        observed = idx.daemonset(names.MITIGATION_DAEMONSET)
+        workload = ctx.settings.workload()
+        try:
+            if wanted or labelled:
+                desired = mitigation_daemonset(workload)
+                digest = desired["metadata"]["annotations"][names.TEMPLATE_HASH_ANNOTATION]
+                if observed is None:
+                    await ctx.kube.create_daemonset(desired)
+                    log.info("mitigation daemonset created")
+                elif observed.template_hash != digest:
+                    await ctx.kube.update_daemonset(desired)
+            elif observed is not None:
+                await ctx.kube.delete_daemonset(workload.namespace, names.MITIGATION_DAEMONSET)
+                log.info("mitigation daemonset deleted")
+        except Conflict:
+            pass  # created or changed meanwhile (the index lags our own writes)
+        except ApiError as exc:
+            log.warning("mitigation daemonset not reconciled", error=str(exc))

@@ -1,0 +1,111 @@
+"""The operator's configuration: one frozen object, read from the environment once.
+
+The Helm chart sets these variables; defaults suit a plain ``thpcheck operator`` run. A bad
+value fails at start-up with the variable's name, not later in a handler.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from thpcheck import __version__
+from thpcheck.specs.agent import WorkloadConfig
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+DEFAULT_NAMESPACE = "thp-checker"
+DEFAULT_IMAGE = f"ghcr.io/thp-checker/thp-checker:{__version__}"
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the operator cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about the operator (env var in brackets)."""
+
+    namespace: str  # THPCHECK_NAMESPACE: where the agent and mitigation DaemonSets live
+    agent_image: str = DEFAULT_IMAGE  # THPCHECK_AGENT_IMAGE
+    pull_policy: str = "IfNotPresent"  # THPCHECK_AGENT_PULL_POLICY
+    pull_secrets: tuple[str, ...] = ()  # THPCHECK_AGENT_PULL_SECRETS (comma-separated)
+    priority_class: str = "system-node-critical"  # THPCHECK_PRIORITY_CLASS
+    mitigation_state_dir: str = "/var/lib/thpcheck"  # THPCHECK_MITIGATION_STATE_DIR
+    metrics_port: int = 8080  # THPCHECK_METRICS_PORT (0 disables)
+    health_port: int = 8081  # THPCHECK_HEALTH_PORT (kopf liveness, /healthz; 0 disables)
+    status_interval: float = 5.0  # THPCHECK_STATUS_INTERVAL: longest gap between reconciles
+    debounce: float = 1.0  # THPCHECK_DEBOUNCE: shortest gap (coalesces bursts of events)
+    empty_result_grace: float = 30.0  # THPCHECK_EMPTY_RESULT_GRACE
+    api_workers: int = 16  # THPCHECK_API_WORKERS: concurrent API calls
+    watch_server_timeout: float = 300.0  # THPCHECK_WATCH_SERVER_TIMEOUT
+    watch_client_timeout: float = 330.0  # THPCHECK_WATCH_CLIENT_TIMEOUT
+    handler_timeout: float = 600.0  # THPCHECK_HANDLER_TIMEOUT (deletion clean-up)
+    handler_retries: int = 20  # THPCHECK_HANDLER_RETRIES
+
+    def workload(self) -> WorkloadConfig:
+        return WorkloadConfig(namespace=self.namespace, image=self.agent_image,
+                              pull_policy=self.pull_policy, priority_class=self.priority_class,
+                              pull_secrets=self.pull_secrets,
+                              mitigation_state_dir=self.mitigation_state_dir)
+
+
+def _own_namespace() -> str:
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as handle:
+            return handle.read().strip() or DEFAULT_NAMESPACE
+    except OSError:
+        return DEFAULT_NAMESPACE
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return float(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _number(env, name, default, 0)
+    if not value.is_integer() or value > 65535:
+        raise SettingsError(f"{name}={env.get(name)!r} is not a port (0-65535)")
+    return int(value)
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``env`` (default: the process environment)."""
+    env = os.environ if env is None else env
+    pull_policy = env.get("THPCHECK_AGENT_PULL_POLICY") or "IfNotPresent"
+    if pull_policy not in PULL_POLICIES:
+        raise SettingsError(f"THPCHECK_AGENT_PULL_POLICY={pull_policy!r} must be one of "
+                            f"{', '.join(PULL_POLICIES)}")
+    state_dir = env.get("THPCHECK_MITIGATION_STATE_DIR") or "/var/lib/thpcheck"
+    if not state_dir.startswith("/") or state_dir.rstrip("/") == "":
+        raise SettingsError(f"THPCHECK_MITIGATION_STATE_DIR={state_dir!r} must be an absolute "
+                            "directory other than /")
+    return Settings(
+        namespace=env.get("THPCHECK_NAMESPACE") or _own_namespace(),
+        agent_image=env.get("THPCHECK_AGENT_IMAGE") or DEFAULT_IMAGE,
+        pull_policy=pull_policy,
+        pull_secrets=tuple(s.strip() for s in env.get("THPCHECK_AGENT_PULL_SECRETS", "")
+                           .split(",") if s.strip()),
+        priority_class=env.get("THPCHECK_PRIORITY_CLASS", "system-node-critical"),
+        mitigation_state_dir=state_dir.rstrip("/"),
+        metrics_port=_port(env, "THPCHECK_METRICS_PORT", 8080),
+        health_port=_port(env, "THPCHECK_HEALTH_PORT", 8081),
+        status_interval=_number(env, "THPCHECK_STATUS_INTERVAL", 5.0, 0.1),
+        debounce=_number(env, "THPCHECK_DEBOUNCE", 1.0, 0.0),
+        empty_result_grace=_number(env, "THPCHECK_EMPTY_RESULT_GRACE", 30.0, 0.0),
+        api_workers=int(_number(env, "THPCHECK_API_WORKERS", 16, 1)),
+        watch_server_timeout=_number(env, "THPCHECK_WATCH_SERVER_TIMEOUT", 300.0, 1.0),
+        watch_client_timeout=_number(env, "THPCHECK_WATCH_CLIENT_TIMEOUT", 330.0, 1.0),
+        handler_timeout=_number(env, "THPCHECK_HANDLER_TIMEOUT", 600.0, 1.0),
+        handler_retries=int(_number(env, "THPCHECK_HANDLER_RETRIES", 20, 1)),
+    )

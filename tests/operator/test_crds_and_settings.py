@@ -1,0 +1,147 @@
+"""The CRD files (documented, defaults matching the operator), the start-up CRD check,
+the operator's settings and its kopf wiring."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+import yaml
+
+from thpcheck.controller import crds, operator
+from thpcheck.controller.settings import SettingsError, from_env
+from thpcheck.specs import names
+from thpcheck.specs.checkspec import CheckSpec, parse_spec
+
+CRD_DIR = Path(__file__).resolve().parents[2] / "charts" / "thp-checker" / "crds"
+
+
+def load(name: str) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((CRD_DIR / f"{name}.yaml").read_text())
+    return document
+
+
+def schema(name: str) -> dict[str, Any]:
+    (version,) = load(name)["spec"]["versions"]
+    result: dict[str, Any] = version["schema"]["openAPIV3Schema"]
+    return result
+
+
+def undocumented(node: dict[str, Any], path: str) -> list[str]:
+    missing = [] if node.get("description") or path.endswith(".metadata") else [path]
+    for key, child in (node.get("properties") or {}).items():
+        missing += undocumented(child, f"{path}.{key}")
+    if "items" in node and node["items"].get("properties"):
+        missing += [p for p in undocumented(node["items"], f"{path}[]") if p != f"{path}[]"]
+    return missing
+
+
+@pytest.mark.parametrize("name", names.CRD_NAMES)
+def test_every_field_is_documented_for_kubectl_explain(name: str) -> None:
+    assert undocumented(schema(name), "") == []
+
+
+@pytest.mark.parametrize("name", names.CRD_NAMES)
+def test_the_crds_carry_the_schema_version_the_operator_needs(name: str) -> None:
+    crd = load(name)
+    assert crd["metadata"]["name"] == name
+    assert int(crd["metadata"]["annotations"][names.SCHEMA_VERSION_ANNOTATION]) == (
+        names.SCHEMA_VERSION)
+    assert crd["spec"]["scope"] == "Cluster"
+
+
+def test_crd_defaults_match_the_operators_defaults() -> None:
+    spec_schema = schema(names.CRD_NAMES[0])["properties"]["spec"]
+
+    def fill(node: dict[str, Any]) -> Any:
+        if "properties" in node and "default" in node:
+            return {k: fill(v) for k, v in node["properties"].items() if "default" in v}
+        return node["default"]
+
+    server_defaults = {k: fill(v) for k, v in spec_schema["properties"].items()
+                       if "default" in v}
+    assert parse_spec(server_defaults) == CheckSpec() == parse_spec({})
+
+
+def test_printer_columns_are_the_ones_the_issue_lists() -> None:
+    def columns(name: str) -> list[str]:
+        (version,) = load(name)["spec"]["versions"]
+        return [c["name"].upper() for c in version["additionalPrinterColumns"]
+                if not c.get("priority")]
+
+    assert columns("thpchecks.thpcheck.io") == ["PHASE", "NODES", "CHECKED", "AFFECTED",
+                                                "SUSCEPTIBLE", "MITIGATED", "CORDONED", "AGE"]
+    assert columns("thpnoderesults.thpcheck.io") == ["NODE", "VERDICT", "KERNEL", "MITIGATED",
+                                                     "AGE"]
+
+
+def established(version: str = "1") -> dict[str, Any]:
+    return {"metadata": {"annotations": {names.SCHEMA_VERSION_ANNOTATION: version}},
+            "spec": {"versions": [{"name": "v1alpha1", "served": True}]},
+            "status": {"conditions": [{"type": "Established", "status": "True"}]}}
+
+
+def test_startup_check_names_the_problem_and_the_fix() -> None:
+    crds.verify(lambda name: established())
+    with pytest.raises(crds.CrdProblem, match=r"thpchecks.thpcheck.io is not installed.*"
+                       r"kubectl apply --server-side -f charts/thp-checker/crds/"):
+        crds.verify(lambda name: None)
+    with pytest.raises(crds.CrdProblem, match="schema version 0, this operator needs 1"):
+        crds.verify(lambda name: established("0"))
+    old = established()
+    del old["metadata"]["annotations"]
+    assert "schema version none" in crds.problems("x", old)[0]
+    unserved = established()
+    unserved["spec"]["versions"][0]["served"] = False
+    assert crds.problems("x", unserved) == ["CRD x does not serve v1alpha1"]
+
+
+def test_settings_from_the_environment() -> None:
+    settings = from_env({"THPCHECK_NAMESPACE": "ops", "THPCHECK_AGENT_IMAGE": "img:1",
+                         "THPCHECK_AGENT_PULL_SECRETS": "a, b", "THPCHECK_METRICS_PORT": "9000",
+                         "THPCHECK_STATUS_INTERVAL": "2.5"})
+    assert (settings.namespace, settings.agent_image, settings.pull_secrets) == (
+        "ops", "img:1", ("a", "b"))
+    assert settings.metrics_port == 9000 and settings.status_interval == 2.5
+    assert settings.workload().namespace == "ops"
+    for bad, message in [({"THPCHECK_METRICS_PORT": "http"}, "THPCHECK_METRICS_PORT"),
+                         ({"THPCHECK_METRICS_PORT": "70000"}, "not a port"),
+                         ({"THPCHECK_AGENT_PULL_POLICY": "Sometimes"}, "must be one of"),
+                         ({"THPCHECK_DEBOUNCE": "-1"}, "at least"),
+                         ({"THPCHECK_MITIGATION_STATE_DIR": "/"}, "absolute directory")]:
+        with pytest.raises(SettingsError, match=message):
+            from_env(bad)
+
+
+def test_kopf_is_configured_explicitly() -> None:
+    settings = from_env({"THPCHECK_NAMESPACE": "ops"})
+    config = operator.kopf_settings(settings)
+    assert config.persistence.finalizer == names.FINALIZER
+    assert config.watching.server_timeout == 300 and config.watching.client_timeout == 330
+    assert config.peering.standalone
+    assert isinstance(config.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    registry = operator.build_registry(settings)
+    assert registry is not None
+
+
+def test_no_handler_writes_kopf_state_to_nodes_or_pods() -> None:
+    """Only ThpChecks get kopf's annotations and finalizer: nodes and pods are indexed and
+    watched (kopf.index / kopf.on.event), which store nothing on the objects."""
+    registry = operator.build_registry(from_env({"THPCHECK_NAMESPACE": "ops"}))
+    changing = registry._changing.get_all_handlers()  # no public listing
+    spawning = registry._spawning.get_all_handlers()
+    assert len(changing) == 1 and len(spawning) == 1  # the clean-up and the daemon
+    for handler in [*changing, *spawning]:
+        assert handler.selector.plural == names.CHECK_PLURAL or (
+            handler.selector.any_name == names.CHECK_PLURAL), handler
+
+
+def test_thpcheck_operator_help_names_its_environment() -> None:
+    out = subprocess.run([sys.executable, "-m", "thpcheck", "operator", "--help"],
+                         capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "operator")})
+    assert "THPCHECK_" in out.stdout
