@@ -70,6 +70,7 @@ def build(cache: Path, only: set[str] | None, jobs: int, keep_tree: bool) -> dic
                 meta = kernels.unpack_debian_image(spec, deb, version, package, cache)
             _check_expectation(spec, meta)
             metas[spec.name] = meta
+    kernels.wait_cleanups()
     t = time.monotonic()
     base = rootfs.build_base(cache)
     disks = rootfs.build_disks(cache)

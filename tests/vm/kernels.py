@@ -174,12 +174,14 @@ def configure(tree: Path, out: Path, log: Path) -> str:
 def build_source_kernel(spec: KernelSpec, deb: Path, version: str, cache: Path,
                         jobs: int = 2, keep_tree: bool = False) -> dict[str, Any]:
     """Extract, check the fix, configure, build; returns the metadata written."""
-    key = f"{spec.package}_{version}-{fragment_hash()}"
+    frag_hash = fragment_hash()
+    key = f"{spec.package}_{version}-{frag_hash}"
     dest = cache / "kernels" / key
     if (dest / "meta.json").exists():
         return dict(json.loads((dest / "meta.json").read_text()))
     work = cache / "build" / key
-    shutil.rmtree(work, ignore_errors=True)
+    for stale in (work, work.with_name(work.name + ".deleting")):
+        shutil.rmtree(stale, ignore_errors=True)
     work.mkdir(parents=True)
     log = work / "build.log"
     t0 = time.monotonic()
@@ -206,7 +208,7 @@ def build_source_kernel(spec: KernelSpec, deb: Path, version: str, cache: Path,
     (dest / "config").write_text(config)
     meta = {
         "name": spec.name, "kind": spec.kind, "package": spec.package, "version": version,
-        "suite": spec.suite, "kernel_release": release, "fragment_sha256": fragment_hash(),
+        "suite": spec.suite, "kernel_release": release, "fragment_sha256": frag_hash,
         "read_only_thp_for_fs": config_value(config, "READ_ONLY_THP_FOR_FS") == "y",
         "fix": fix, "extract_seconds": round(t_extract, 1), "build_seconds": round(t_build, 1),
         "jobs": jobs, "bzimage": "bzImage", "initrd_overlay": None,
@@ -214,8 +216,24 @@ def build_source_kernel(spec: KernelSpec, deb: Path, version: str, cache: Path,
     }
     _write_meta(dest, meta)
     if not keep_tree:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_in_background(work)
     return meta
+
+
+_CLEANUPS: list[subprocess.Popen[bytes]] = []
+
+
+def remove_in_background(path: Path) -> None:
+    """Delete a build tree (~70k files) while the next kernel builds; see wait_cleanups()."""
+    doomed = path.with_name(path.name + ".deleting")
+    path.rename(doomed)
+    _CLEANUPS.append(subprocess.Popen(["rm", "-rf", "--", str(doomed)]))
+
+
+def wait_cleanups() -> None:
+    """Wait for background deletions to finish (called before the build returns)."""
+    while _CLEANUPS:
+        _CLEANUPS.pop().wait()
 
 
 def _write_meta(dest: Path, meta: dict[str, Any]) -> None:

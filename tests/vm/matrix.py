@@ -79,6 +79,17 @@ def expected_outcome(kernel: Kernel, fstype: str) -> Outcome:
     return "reproduced"
 
 
+def expected_reason(kernel: Kernel, fstype: str) -> str | None:
+    """A regex the agent's reason must match on a not-affected cell (None: affected)."""
+    if not kernel.read_only_thp:
+        return r"READ_ONLY_THP_FOR_FS"  # not-affected (config)
+    if kernel.fix_present:
+        return r"fix"  # not-affected (fixed stable)
+    if expected_outcome(kernel, fstype) == "not_reproduced":
+        return r"large folio"  # not-affected (xfs large folios)
+    return None
+
+
 def expected_verdict(kernel: Kernel, fstype: str) -> str:
     """The agent's per-path verdict for this cell."""
     return "affected" if expected_outcome(kernel, fstype) == "reproduced" else "not-affected"
@@ -127,7 +138,7 @@ class Plan:
     append_size: str = os.environ.get("THPCHECK_VM_APPEND_SIZE", "16K")
     iterations: int = int(os.environ.get("THPCHECK_VM_ITERATIONS", "200"))
     keep_going_base: str = "8M"
-    keep_going_iterations: int = int(os.environ.get("THPCHECK_VM_KEEPGOING_ITERATIONS", "200"))
+    keep_going_iterations: int = int(os.environ.get("THPCHECK_VM_KEEPGOING_ITERATIONS", "50"))
 
     def args(self) -> tuple[str, ...]:
         return ("--base-size", self.base_size, "--append-size", self.append_size,

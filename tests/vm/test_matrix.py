@@ -24,6 +24,7 @@ from tests.vm.matrix import (
     Plan,
     cell_steps,
     expected_outcome,
+    expected_reason,
     expected_verdict,
     parse_repro,
     record_summary,
@@ -51,7 +52,8 @@ def _save(result: BootResult) -> None:
     doc = {"kernel": result.kernel.name, "release": result.kernel.release,
            "wall_s": round(result.wall_s, 1), "booted_at_s": result.booted_at_s,
            "plan": PLAN.args(),
-           "records": {n: {"rc": r.rc, "duration_s": r.duration_s}
+           "records": {n: {"rc": r.rc, "duration_s": r.duration_s, "stdout": r.stdout,
+                           "stderr": r.stderr}
                        for n, r in result.records.items()}}
     (RESULTS_DIR / f"vm-matrix-{result.kernel.name}.json").write_text(
         json.dumps(doc, indent=2) + "\n")
@@ -136,8 +138,10 @@ def test_agent_check(booted: BootResult, run_guest: GuestRunner, fs: str) -> Non
     assert doc["kernel"]["read_only_thp_for_fs"] is booted.kernel.read_only_thp
     assert doc["mitigated"] is False
     assert rec.rc == (1 if want == "affected" else 0), record_summary(rec)
-    if want == "not-affected":
-        assert path["rule"] and path["reason"], path
+    assert path["disagreement"] is None, path  # prediction and reproduction agree
+    reason = expected_reason(booted.kernel, fs)
+    if reason is not None:
+        assert path["rule"] and re.search(reason, path["reason"], re.I), path
 
 
 @pytest.mark.parametrize("fs", FILESYSTEMS)
