@@ -500,6 +500,7 @@ def build(*, refresh: bool = False) -> Built:
             podman("tag", hash_tag, tag)
         image_id = podman("image", "inspect", "--format", "{{.Id}}", hash_tag).stdout.strip()
         timings["total_s"] = round(time.monotonic() - started, 1)
+        _log(f"{hash_tag} ({'built' if built else 'cached'}); timings {timings}")
         return Built(image=tag, tags=[tag, hash_tag], image_id=image_id,
                      size_bytes=_image_size(hash_tag), base_image=BASE_IMAGE,
                      base_size_bytes=_image_size(BASE_IMAGE), version=version,
