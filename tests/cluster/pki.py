@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +29,13 @@ SERVING_DNS = (
     "kubernetes.default.svc.cluster.local",
 )
 
-# Client identities: (file stem, common name, organisation or None).
-CLIENTS = (
-    ("admin", "thpcheck-admin", "system:masters"),
-    ("kube-controller-manager", "system:kube-controller-manager", None),
-    ("kube-scheduler", "system:kube-scheduler", None),
-    ("kwok", "thpcheck-kwok", "system:masters"),
-    ("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"),
+# Client identities: (file stem, common name = user, organisations = groups).
+CLIENTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("admin", "thpcheck-admin", ("system:masters",)),
+    ("kube-controller-manager", "system:kube-controller-manager", ()),
+    ("kube-scheduler", "system:kube-scheduler", ()),
+    ("kwok", "thpcheck-kwok", ("system:masters",)),
+    ("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)),
 )
 
 
@@ -86,10 +87,10 @@ def _write_crt(path: Path, crt: x509.Certificate) -> None:
     path.write_bytes(crt.public_bytes(serialization.Encoding.PEM))
 
 
-def _name(cn: str, org: str | None = None) -> x509.Name:
+def _name(cn: str, orgs: Sequence[str] = ()) -> x509.Name:
+    """CN is the Kubernetes user name, each O one of its groups."""
     attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-    if org:
-        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
     return x509.Name(attrs)
 
 
@@ -179,8 +180,8 @@ def write_pki(directory: Path) -> Pki:
         _write_key(pki.key(name), key)
         _write_crt(pki.crt(name), crt)
 
-    for stem, cn, org in CLIENTS:
-        key, crt = _leaf(ca_key, ca_crt, _name(cn, org), ExtendedKeyUsageOID.CLIENT_AUTH)
+    for stem, cn, orgs in CLIENTS:
+        key, crt = _leaf(ca_key, ca_crt, _name(cn, orgs), ExtendedKeyUsageOID.CLIENT_AUTH)
         _write_key(pki.key(stem), key)
         _write_crt(pki.crt(stem), crt)
 
@@ -192,3 +193,17 @@ def write_pki(directory: Path) -> Pki:
         )
     )
     return pki
+
+
+def issue_client_cert(pki: Pki, stem: str, cn: str,
+                      orgs: Sequence[str] = ()) -> tuple[Path, Path]:
+    """Sign one more client identity with the cluster CA (e.g. CN=system:node:<name>,
+    O=system:nodes for a real kubelet, or a plain user for RBAC tests); returns (crt, key)."""
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"unexpected CA key type in {pki.ca_key}")
+    ca_crt = x509.load_pem_x509_certificate(pki.ca_crt.read_bytes())
+    key, crt = _leaf(ca_key, ca_crt, _name(cn, orgs), ExtendedKeyUsageOID.CLIENT_AUTH)
+    _write_key(pki.key(stem), key)
+    _write_crt(pki.crt(stem), crt)
+    return pki.crt(stem), pki.key(stem)

@@ -198,6 +198,23 @@ def test_impersonated_service_account_without_grant_is_refused(cluster: Cluster,
     assert as_sa("reader", "get", "pods").returncode == 0
 
 
+def test_certificate_users_get_their_groups_rights(cluster: Cluster, namespace: str) -> None:
+    group = f"thpcheck:viewers-{namespace}"
+    cluster.kubectl("create", "rolebinding", "viewers", "-n", namespace, "--clusterrole=view",
+                    f"--group={group}")
+    viewer = cluster.user_kubeconfig(f"alice-{namespace}", groups=[group])
+    stranger = cluster.user_kubeconfig(f"bob-{namespace}")
+
+    def get_pods(kubeconfig: Path) -> subprocess.CompletedProcess[str]:
+        return cluster.kubectl(f"--kubeconfig={kubeconfig}", "get", "pods", "-n", namespace,
+                               check=False)
+
+    assert eventually(lambda: get_pods(viewer).returncode == 0)
+    refused = get_pods(stranger)
+    assert refused.returncode != 0 and "Forbidden" in refused.stderr
+    assert f'User "bob-{namespace}"' in refused.stderr
+
+
 def test_helm_version_and_default_kube_version(cluster: Cluster, tmp_path: Path,
                                                namespace: str) -> None:
     pins = read_pins()
