@@ -8,13 +8,12 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-import structlog
-
 from thpcheck.host import facts as host_facts
 from thpcheck.host import repro as reproducer
 from thpcheck.host.discovery import scratch_roots
 from thpcheck.host.hostroot import HostRoot
 from thpcheck.host.scratch import BadInput, Scratch, required_bytes, validate
+from thpcheck.logs import get_logger
 from thpcheck.model.distro import lookup
 from thpcheck.model.facts import NodeFacts
 from thpcheck.model.mounts import discover
@@ -28,7 +27,7 @@ from thpcheck.model.report import CheckReport, PathReport
 from thpcheck.model.repro import ReproOutcome, ReproResult
 from thpcheck.model.verdict import PathVerdict, Verdict, combine
 
-log = structlog.get_logger("thpcheck.check")
+log = get_logger("thpcheck.check")
 
 
 @dataclass(frozen=True)

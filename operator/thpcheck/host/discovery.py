@@ -13,11 +13,10 @@ import posixpath
 import stat
 from collections.abc import Iterator
 
-import structlog
-
 from thpcheck.host.hostroot import HostRoot
+from thpcheck.logs import get_logger
 
-log = structlog.get_logger("thpcheck.discovery")
+log = get_logger("thpcheck.discovery")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 

@@ -25,13 +25,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import structlog
-
 from thpcheck.host import mm
 from thpcheck.host.scratch import Scratch
+from thpcheck.logs import get_logger
 from thpcheck.model.repro import Loss, ReproOutcome, ReproResult
 
-log = structlog.get_logger("thpcheck.repro")
+log = get_logger("thpcheck.repro")
 
 MiB = 1024 * 1024
 DEFAULT_BASE_SIZE = 64 * MiB

@@ -18,11 +18,10 @@ import stat
 from collections.abc import Iterator
 from types import TracebackType
 
-import structlog
-
 from thpcheck.host.hostroot import HostRoot
+from thpcheck.logs import get_logger
 
-log = structlog.get_logger("thpcheck.scratch")
+log = get_logger("thpcheck.scratch")
 
 PREFIX = "thpcheck-scratch."
 MARKER = "owner"

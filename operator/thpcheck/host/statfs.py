@@ -7,8 +7,9 @@ overlay; comparing the statfs magic of the path with the host mountinfo's fstype
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
+
+from thpcheck.host.libc import LIBC
 
 # include/uapi/linux/magic.h
 MAGIC_NAMES: dict[int, str] = {
@@ -43,7 +44,7 @@ class _Statfs(ctypes.Structure):
     _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 112)]
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc = LIBC
 _libc.statfs.argtypes = [ctypes.c_char_p, ctypes.POINTER(_Statfs)]
 _libc.statfs.restype = ctypes.c_int
 
