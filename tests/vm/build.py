@@ -112,13 +112,13 @@ def _matrix_doc(cache: Path, metas: dict[str, dict[str, Any]], base: Path,
 def summary(doc: dict[str, Any]) -> str:
     """A human table of what the matrix will boot."""
     rows = [f"{'kernel':14} {'package':36} {'version':20} {'release':24} RO_THP fix   "
-            "chlog build_s"]
+            "chlog build_s  cpu_s"]
     for name, kdir in sorted(doc["kernels"].items()):
         m = json.loads((Path(kdir) / "meta.json").read_text())
         rows.append(f"{name:14} {m['package']:36} {m['version']:20} {m['kernel_release']:24} "
                     f"{m['read_only_thp_for_fs']!s:6} {m['fix']['present']!s:5} "
                     f"{m['fix'].get('changelog', {}).get('mentions_fix')!s:5} "
-                    f"{m['build_seconds']:7}")
+                    f"{m['build_seconds']:7} {m.get('build_cpu_seconds', '-'):>6}")
     base = Path(doc["base_cpio"])
     rows.append(f"guest base: {base} ({base.stat().st_size / 2**20:.1f} MiB)")
     rows.append(f"disks: {', '.join(sorted(doc['disks']))}; timings: {doc['timings']}; "

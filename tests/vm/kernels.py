@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import time
@@ -197,10 +198,10 @@ def build_source_kernel(spec: KernelSpec, deb: Path, version: str, cache: Path,
     if not fix["function_found"]:
         raise KernelBuildError(f"{spec.name}: collapse_file() not found in {tree}")
     out = work / "out"
-    t1 = time.monotonic()
+    t1, cpu1 = time.monotonic(), _children_cpu()
     config = configure(tree, out, log)
     _run(["make", "-C", str(tree), f"O={out}", f"-j{jobs}", "bzImage"], log)
-    t_build = time.monotonic() - t1
+    t_build, cpu_build = time.monotonic() - t1, _children_cpu() - cpu1
     release = subprocess.run(["make", "-s", "-C", str(tree), f"O={out}", "kernelrelease"],
                              check=True, capture_output=True, text=True).stdout.strip()
     dest.mkdir(parents=True, exist_ok=True)
@@ -211,6 +212,7 @@ def build_source_kernel(spec: KernelSpec, deb: Path, version: str, cache: Path,
         "suite": spec.suite, "kernel_release": release, "fragment_sha256": frag_hash,
         "read_only_thp_for_fs": config_value(config, "READ_ONLY_THP_FOR_FS") == "y",
         "fix": fix, "extract_seconds": round(t_extract, 1), "build_seconds": round(t_build, 1),
+        "build_cpu_seconds": round(cpu_build, 1), "load_avg_at_end": os.getloadavg()[0],
         "jobs": jobs, "bzimage": "bzImage", "initrd_overlay": None,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -234,6 +236,12 @@ def wait_cleanups() -> None:
     """Wait for background deletions to finish (called before the build returns)."""
     while _CLEANUPS:
         _CLEANUPS.pop().wait()
+
+
+def _children_cpu() -> float:
+    """User+system CPU seconds of finished children: build cost independent of other load."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _write_meta(dest: Path, meta: dict[str, Any]) -> None:
