@@ -1,0 +1,75 @@
+"""thp-checker pre-delete hook: delete every ThpCheck and wait until all are gone.
+
+Runs (as ``python -c``, in the project image, which has the kubernetes client) before Helm
+deletes the operator: the operator's finalizer on each ThpCheck undoes what that check did
+(node labels and annotations, cordons, the mitigation label and DaemonSet, results) before
+the ThpCheck disappears. Exit 0 when none is left (or the CRD is not installed), 1 when some
+remain after THPCHECK_CLEANUP_TIMEOUT seconds (the operator is not running): Helm then stops
+the uninstall, and docs/helm.md says how to finish by hand.
+
+Credentials: the pod's ServiceAccount, else the kubeconfig (tests run it so, as the hook's
+ServiceAccount). Needs list and delete on thpchecks.thpcheck.io, nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, cast
+
+import kubernetes
+
+GROUP, VERSION, PLURAL = "thpcheck.io", "v1alpha1", "thpchecks"
+
+
+def _load_credentials() -> None:
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+
+
+def _names(api: kubernetes.client.CustomObjectsApi) -> list[str] | None:
+    """Names of all ThpChecks; None when the CRD is not installed."""
+    try:
+        listing = cast(dict[str, Any], api.list_cluster_custom_object(GROUP, VERSION, PLURAL))
+    except kubernetes.client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return sorted(item["metadata"]["name"] for item in listing.get("items", []))
+
+
+def main() -> int:
+    timeout = float(os.environ.get("THPCHECK_CLEANUP_TIMEOUT", "240"))
+    _load_credentials()
+    api = kubernetes.client.CustomObjectsApi()
+    names = _names(api)
+    if names is None:
+        print("thpchecks.thpcheck.io is not installed: nothing to clean up", flush=True)
+        return 0
+    for name in names:
+        try:
+            api.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+            print(f"deleting ThpCheck {name}", flush=True)
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 404:
+                raise
+    deadline = time.monotonic() + timeout
+    while True:
+        left = _names(api) or []
+        if not left:
+            print(f"all {len(names)} ThpChecks are gone; the operator undid their changes",
+                  flush=True)
+            return 0
+        if time.monotonic() > deadline:
+            print(f"ThpChecks still present after {timeout:.0f}s: {', '.join(left)}. The "
+                  "operator removes them once it has undone their node changes: is it "
+                  "running? See docs/helm.md, 'Uninstall'.", file=sys.stderr, flush=True)
+            return 1
+        time.sleep(2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

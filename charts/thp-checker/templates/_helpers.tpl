@@ -1,0 +1,152 @@
+{{/*
+Names, labels and the values every template shares.
+*/}}
+
+{{- define "thp-checker.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The release's base name: <release>-thp-checker, or <release> when it already contains the
+chart name; fullnameOverride wins. Truncated so that "<fullname>-<suffix>" stays a valid name.
+*/}}
+{{- define "thp-checker.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "thp-checker.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "thp-checker.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: name and instance only (plus a component where one is given). */}}
+{{- define "thp-checker.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "thp-checker.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "thp-checker.labels" -}}
+helm.sh/chart: {{ include "thp-checker.chart" . }}
+{{ include "thp-checker.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: thp-checker
+{{- end }}
+
+{{/* Component labels: include with (dict "root" $ "component" "operator"). */}}
+{{- define "thp-checker.componentLabels" -}}
+{{ include "thp-checker.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "thp-checker.componentSelectorLabels" -}}
+{{ include "thp-checker.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "thp-checker.operatorName" -}}
+{{- printf "%s-operator" (include "thp-checker.fullname" .) }}
+{{- end }}
+
+{{- define "thp-checker.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "thp-checker.operatorName" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "thp-checker.cleanupName" -}}
+{{- printf "%s-cleanup" (include "thp-checker.fullname" .) }}
+{{- end }}
+
+{{/* The operator's image: image.repository:image.tag (default: the chart's appVersion). */}}
+{{- define "thp-checker.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The agent and mitigation pods' image; each field falls back to image.*. */}}
+{{- define "thp-checker.agentImage" -}}
+{{- $repository := default .Values.image.repository .Values.agent.image.repository }}
+{{- $tag := default (default .Chart.AppVersion .Values.image.tag) .Values.agent.image.tag }}
+{{- printf "%s:%s" $repository $tag }}
+{{- end }}
+
+{{/* imagePullSecrets' names, comma-separated (THPCHECK_AGENT_PULL_SECRETS). */}}
+{{- define "thp-checker.pullSecretNames" -}}
+{{- $names := list }}
+{{- range .Values.imagePullSecrets }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- join "," $names }}
+{{- end }}
+
+{{- define "thp-checker.agentPullPolicy" -}}
+{{- default .Values.image.pullPolicy .Values.agent.image.pullPolicy }}
+{{- end }}
+
+{{/*
+Security context of the operator's and the clean-up hook's containers: non-root (the image's
+uid 65532), read-only root filesystem, no capabilities, no privilege escalation, RuntimeDefault
+seccomp.
+*/}}
+{{- define "thp-checker.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "thp-checker.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop:
+    - ALL
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/*
+Remediation guards, checked on every render.
+1. With remediation.enabled false the operator may not write nodes, so the default ThpCheck
+   must not ask it to cordon or mitigate (it is rendered report-only: label false).
+2. Turning remediation off while nodes still carry the operator's marks would strand them: the
+   operator could no longer remove its labels, annotations and cordons. On install and upgrade
+   (not `helm template`, where lookup sees no cluster) the chart refuses while any node carries
+   a thpcheck.io/labelled-by, cordoned-by or mitigate-by annotation.
+*/}}
+{{- define "thp-checker.validate" -}}
+{{- if not .Values.remediation.enabled }}
+{{- if and .Values.defaultCheck.enabled (or .Values.defaultCheck.remediation.cordon .Values.defaultCheck.remediation.mitigate) }}
+{{- fail "defaultCheck.remediation.cordon/mitigate need remediation.enabled=true (the operator may not write nodes otherwise)" }}
+{{- end }}
+{{- $marked := list }}
+{{- range (lookup "v1" "Node" "" "").items | default list }}
+{{- $annotations := .metadata.annotations | default dict }}
+{{- if or (hasKey $annotations "thpcheck.io/labelled-by") (hasKey $annotations "thpcheck.io/cordoned-by") (hasKey $annotations "thpcheck.io/mitigate-by") }}
+{{- $marked = append $marked .metadata.name }}
+{{- end }}
+{{- end }}
+{{- if $marked }}
+{{- fail (printf "remediation.enabled=false would leave the operator unable to undo its marks on %d node(s) (%s). First set label, cordon and mitigate to false in every ThpCheck (defaultCheck.remediation.label=false), wait until no node has a thpcheck.io/labelled-by, cordoned-by or mitigate-by annotation, then disable remediation (docs/helm.md)" (len $marked) (join ", " (slice $marked 0 (min 5 (len $marked))))) }}
+{{- end }}
+{{- end }}
+{{- end }}
