@@ -1,0 +1,279 @@
+"""Test kit for the Helm chart: rendering, the chart's ServiceAccounts as real API clients, and
+the operator process run with the chart's command line, environment and identity.
+
+The chart's operator pod does not really run on kwok nodes (kwok marks it Running without
+executing it), so the tests run ``python -m thpcheck`` with the rendered Deployment's args and
+env, authenticated with a token of the chart's ServiceAccount (TokenRequest API): whatever it
+manages to do, the chart's RBAC allows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.harness import Cluster, ClusterError
+from tests.operator.cluster_kit import CHECKS_PATH, eventually
+from thpcheck.specs import names
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "thp-checker"
+CRD_DIR = CHART / "crds"
+ALL_VALUES = CHART / "ci" / "all-values.yaml"
+HOOK_SCRIPT = CHART / "files" / "pre-delete-cleanup.py"
+
+# What the operator may leave on a node (docs/operator-design.md, "Names and keys").
+NODE_LABELS = (names.VERDICT_LABEL, names.MITIGATED_LABEL, names.MITIGATE_LABEL)
+NODE_ANNOTATIONS = (names.CORDONED_BY_ANNOTATION, names.LABELLED_BY_ANNOTATION,
+                    names.MITIGATE_BY_ANNOTATION)
+
+
+def documents(text: str) -> list[dict[str, Any]]:
+    """The non-empty YAML documents of a rendered manifest."""
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def find(docs: Iterable[Mapping[str, Any]], kind: str, name: str | None = None,
+         ) -> dict[str, Any]:
+    """The one document of ``kind`` (and ``name``); fails the test if not exactly one."""
+    found = [dict(d) for d in docs if d.get("kind") == kind
+             and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"{len(found)} {kind} {name or ''} documents"
+    return found[0]
+
+
+def container_env(deployment: Mapping[str, Any]) -> dict[str, str]:
+    """The operator container's env as name -> value (the chart sets literal values only; the
+    API server drops empty ones)."""
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env: dict[str, str] = {}
+    for item in container.get("env") or []:
+        assert "valueFrom" not in item, f"env {item['name']} is not a literal value"
+        env[item["name"]] = str(item.get("value", ""))
+    return env
+
+
+@dataclass
+class Helm:
+    """The pinned helm binary with its homes in a private directory."""
+
+    binary: Path
+    home: Path
+    kube_version: str
+
+    def env(self, kubeconfig: Path | None = None) -> dict[str, str]:
+        env = {**os.environ,
+               "HELM_CACHE_HOME": str(self.home / "cache"),
+               "HELM_CONFIG_HOME": str(self.home / "config"),
+               "HELM_DATA_HOME": str(self.home / "data")}
+        if kubeconfig is not None:
+            env["KUBECONFIG"] = str(kubeconfig)
+        else:
+            env.pop("KUBECONFIG", None)
+        return env
+
+    def run(self, *args: str, kubeconfig: Path | None = None, check: bool = True,
+            timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(self.binary), *args], capture_output=True, text=True,
+                              env=self.env(kubeconfig), timeout=timeout, check=False)
+        if check and proc.returncode != 0:
+            pytest.fail(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}",
+                        pytrace=False)
+        return proc
+
+    def template(self, *args: str, namespace: str = "thp-checker",
+                 release: str = "thp-checker") -> str:
+        """``helm template`` offline (no cluster), for the pinned Kubernetes version."""
+        return self.run("template", release, str(CHART), "--namespace", namespace,
+                        "--kube-version", self.kube_version, *args).stdout
+
+
+# -- identities ------------------------------------------------------------------------------
+
+
+def token_kubeconfig(cluster: Cluster, namespace: str, service_account: str, path: Path,
+                     seconds: int = 3600) -> Path:
+    """A kubeconfig that authenticates as ``service_account`` with a bound token from the
+    TokenRequest API: the identity the chart's pod would have."""
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+               "spec": {"expirationSeconds": seconds}}
+    token = cluster.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/"
+                        f"{service_account}/token", request)["status"]["token"]
+    config = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {
+            "server": cluster.server_url, "certificate-authority": str(cluster.pki.ca_crt)}}],
+        "users": [{"name": service_account, "user": {"token": token}}],
+        # No namespace: like the in-cluster client, kopf then posts the Events of
+        # cluster-scoped objects into `default`.
+        "contexts": [{"name": "test", "context": {"cluster": "test",
+                                                  "user": service_account}}],
+        "current-context": "test",
+    }
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return path
+
+
+def can_i(cluster: Cluster, kubeconfig: Path, verb: str, resource: str,
+          namespace: str | None = None, *, name: str | None = None,
+          subresource: str | None = None) -> bool:
+    """``kubectl auth can-i`` as the kubeconfig's identity (a SelfSubjectAccessReview);
+    without a namespace, cluster-wide."""
+    target = f"{resource}/{name}" if name else resource
+    args = [cluster.bin("kubectl"), "auth", "can-i", verb, target,
+            *(["--namespace", namespace] if namespace else ["--all-namespaces"]),
+            *([f"--subresource={subresource}"] if subresource else [])]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False,
+                          env={**cluster.env(), "KUBECONFIG": str(kubeconfig)})
+    answer = proc.stdout.strip()
+    if proc.returncode not in (0, 1) or answer not in ("yes", "no"):
+        raise ClusterError(f"kubectl auth can-i {verb} {target}: {proc.stderr.strip()}")
+    return answer == "yes"
+
+
+# -- the operator, as the chart runs it -------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: never leak an operator
+
+
+@dataclass
+class ChartOperator:
+    """``python -m thpcheck <the Deployment's args>`` with the Deployment's env, as the
+    chart's ServiceAccount."""
+
+    deployment: Mapping[str, Any]
+    kubeconfig: Path
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.env = container_env(self.deployment)
+
+    @property
+    def args(self) -> list[str]:
+        (container,) = self.deployment["spec"]["template"]["spec"]["containers"]
+        assert "command" not in container, "the chart must use the image's entrypoint"
+        return [str(a) for a in container["args"]]
+
+    def start(self, timeout: float = 60.0) -> ChartOperator:
+        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                       "HOME": str(self.log.parent), "LANG": "C.UTF-8",
+                       "PYTHONPATH": str(REPO / "operator"), "PYTHONDONTWRITEBYTECODE": "1",
+                       "KUBECONFIG": str(self.kubeconfig), **self.env}
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "thpcheck", *self.args], env=environment,
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.log.parent,
+                preexec_fn=_die_with_parent)
+        process = self.process
+        port = self.env["THPCHECK_HEALTH_PORT"]
+
+        def healthy() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"operator exited {process.returncode}:\n{self.tail()}",
+                            pytrace=False)
+            url = f"http://127.0.0.1:{port}/healthz"
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as reply:
+                return bool(reply.status == 200)
+            return False
+
+        eventually(healthy, timeout, what="the operator's liveness endpoint")
+        return self
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return process.returncode if process else None
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait(10)
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.env['THPCHECK_METRICS_PORT']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+    def tail(self, lines: int = 80) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def forbidden(self) -> list[str]:
+        """Log lines that report a refused API call (403)."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        return [line for line in text.splitlines()
+                if "403" in line or "forbidden" in line.lower()]
+
+
+def run_hook_script(kubeconfig: Path, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """The pre-delete hook's program (the file the Job runs with ``python -c``), with the
+    kubeconfig's identity."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "KUBECONFIG": str(kubeconfig),
+           "THPCHECK_CLEANUP_TIMEOUT": str(int(timeout)), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([sys.executable, "-c", HOOK_SCRIPT.read_text()], env=env,
+                          capture_output=True, text=True, timeout=timeout + 60, check=False)
+
+
+# -- cluster state --------------------------------------------------------------------------
+
+
+def node_marks(cluster: Cluster, nodes: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per node: what the operator may have changed (its labels, annotations, cordon)."""
+    marks: dict[str, dict[str, Any]] = {}
+    for name in nodes:
+        node = cluster.api("GET", f"/api/v1/nodes/{name}")
+        labels = node["metadata"].get("labels") or {}
+        annotations = node["metadata"].get("annotations") or {}
+        marks[name] = {"unschedulable": bool(node["spec"].get("unschedulable")),
+                       **{k: labels[k] for k in NODE_LABELS if k in labels},
+                       **{k: annotations[k] for k in NODE_ANNOTATIONS if k in annotations}}
+    return marks
+
+
+def all_checks(cluster: Cluster) -> list[str]:
+    return sorted(c["metadata"]["name"] for c in cluster.api("GET", CHECKS_PATH)["items"])
+
+
+@contextlib.contextmanager
+def checks_deleted_at_exit(cluster: Cluster, operator: ChartOperator) -> Iterator[None]:
+    """On the way out, delete every ThpCheck while the operator still runs (its finalizer),
+    then stop it; strip finalizers only as a last resort."""
+    try:
+        yield
+    finally:
+        cluster.kubectl("delete", "thpchecks", "--all", "--wait=false", check=False)
+        if operator.process is not None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and all_checks(cluster):
+                time.sleep(0.5)
+        operator.stop()
+        for name in all_checks(cluster):
+            cluster.kubectl("patch", "thpcheck", name, "--type=merge", "-p",
+                            '{"metadata":{"finalizers":[]}}', check=False)

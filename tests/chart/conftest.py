@@ -1,0 +1,29 @@
+"""Fixtures for the chart tests: the pinned helm, and a private control plane for the
+cluster tests (the chart installs cluster-scoped objects and a ThpCheck over every node, so
+it gets its own cluster instead of sharing the session's)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.chart.chart_kit import Helm
+from tests.cluster.harness import Cluster, pinned_k8s_version
+
+
+@pytest.fixture(scope="session")
+def helm(k8s_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    """helm v3 from the cluster tool cache (tests/cluster/tools/build.sh)."""
+    return Helm(k8s_bin_dir / "helm", tmp_path_factory.mktemp("helm-home"),
+                pinned_k8s_version())
+
+
+@pytest.fixture(scope="session")
+def chart_cluster(k8s_bin_dir: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A control plane of its own, with no nodes: each test adds the kwok nodes it needs."""
+    with Cluster(tmp_path_factory.mktemp("chart-cluster"), bin_dir=k8s_bin_dir,
+                 nodes=0) as cluster:
+        yield cluster

@@ -1,0 +1,496 @@
+"""The chart on the real control plane (kwok nodes): server-side dry-run, install, the operator
+run with the chart's command line, environment and ServiceAccount token, minimal RBAC, upgrades,
+and an uninstall that leaves nothing behind.
+
+kwok marks the operator's pod Running without executing it, so the tests run the operator
+process here (``ChartOperator``) as the chart's ServiceAccount, and play the kubelet for the
+agent pods (tests/operator/cluster_kit.Kubelet). The pre-delete hook Job's pod is completed by
+kwok without running either; the uninstall test holds it Pending (cleanup.nodeSelector) while
+it runs the hook's program with the hook's own ServiceAccount, then lets it complete.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chart.chart_kit import (
+    ALL_VALUES,
+    CHART,
+    CRD_DIR,
+    NODE_ANNOTATIONS,
+    NODE_LABELS,
+    ChartOperator,
+    Helm,
+    all_checks,
+    can_i,
+    checks_deleted_at_exit,
+    documents,
+    node_marks,
+    run_hook_script,
+    token_kubeconfig,
+)
+from tests.cluster.harness import Cluster, free_ports
+from tests.operator.cluster_kit import (
+    CHECKS_PATH,
+    RESULTS_PATH,
+    Kubelet,
+    eventually,
+    get_check,
+    results,
+    this_machine,
+    with_verdict,
+)
+from thpcheck.specs import names
+
+pytestmark = pytest.mark.cluster
+
+RELEASE = "thp-checker"
+OPERATOR_SA = "thp-checker-operator"
+CLEANUP_SA = "thp-checker-cleanup"
+# The image as images/build.py tags it; kwok never pulls it.
+IMAGE = ("--set", "image.repository=localhost/thp-checker", "--set", "image.pullPolicy=Never")
+
+
+def fast_values(scratch: Path) -> list[str]:
+    """A quick check (1 iteration, 2 MiB, all nodes at once) on a scratch dir of this machine,
+    and the test timings: kwok's empty exit-0 message must never turn into an error result
+    before the test writes the real one."""
+    metrics, health = free_ports(2)
+    return [*IMAGE,
+            "--set-json", f"defaultCheck.paths={json.dumps([str(scratch)])}",
+            "--set", "defaultCheck.maxConcurrent=100%",
+            "--set", "defaultCheck.reproducer.iterations=1",
+            "--set", "defaultCheck.reproducer.baseSizeBytes=2097152",
+            "--set", "operator.tuning.statusInterval=1",
+            "--set-json", "operator.tuning.debounce=0.2",
+            "--set", "operator.tuning.emptyResultGrace=3600",
+            "--set", f"metrics.port={metrics}", "--set", f"operator.healthPort={health}"]
+
+
+@dataclass
+class Release:
+    """One helm release of the chart in its own namespace."""
+
+    cluster: Cluster
+    helm: Helm
+    namespace: str
+    values: list[str]
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.helm.run(*args, "--namespace", self.namespace,
+                             kubeconfig=self.cluster.kubeconfig, check=check)
+
+    def install(self) -> str:
+        return self.run("install", RELEASE, str(CHART), *self.values, "--wait",
+                        "--timeout", "120s").stdout
+
+    def upgrade(self, *changes: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Upgrade with the release's values plus ``changes`` (which then stay)."""
+        outcome = self.run("upgrade", RELEASE, str(CHART), *self.values, *changes, "--wait",
+                           "--timeout", "120s", check=check)
+        if outcome.returncode == 0:
+            self.values += changes
+        return outcome
+
+    def deployment(self) -> dict[str, Any]:
+        found: dict[str, Any] = self.cluster.api(
+            "GET", f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{OPERATOR_SA}")
+        return found
+
+    def installed(self) -> bool:
+        listing = self.run("list", "--all", "-q").stdout.split()
+        return RELEASE in listing
+
+
+@pytest.fixture
+def test_id() -> str:
+    return uuid.uuid4().hex[:6]
+
+
+@pytest.fixture
+def release(chart_cluster: Cluster, helm: Helm, test_id: str,
+            tmp_path: Path) -> Iterator[Release]:
+    """A namespace for the release; whatever the test leaves installed is removed."""
+    namespace = f"thp-{test_id}"
+    chart_cluster.api("POST", "/api/v1/namespaces", {
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": namespace,
+                     "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}})
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    rel = Release(chart_cluster, helm, namespace, fast_values(scratch))
+    try:
+        yield rel
+    finally:
+        if rel.installed():
+            rel.run("uninstall", RELEASE, "--no-hooks", "--wait", "--timeout", "60s",
+                    check=False)
+        chart_cluster.kubectl("delete", "namespace", namespace, "--wait=false",
+                              "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def make_nodes(chart_cluster: Cluster, test_id: str) -> Iterator[Any]:
+    """``make_nodes({name: labels})``: kwok nodes with this machine's kernel and boot ID (so
+    the real agent's results are current), deleted afterwards."""
+    made: list[str] = []
+
+    def make(nodes: dict[str, dict[str, str]]) -> list[str]:
+        for name, labels in nodes.items():
+            chart_cluster.add_node(f"{name}-{test_id}", labels=labels,
+                                   node_info=this_machine(), wait=False)
+            made.append(f"{name}-{test_id}")
+        chart_cluster.wait_nodes_ready(made, timeout=90)
+        return [f"{name}-{test_id}" for name in nodes]
+
+    yield make
+    for name in made:
+        chart_cluster.delete_node(name, wait=False)
+    eventually(lambda: not set(made) & set(chart_cluster.fake_nodes()), 60,
+               what="the test's nodes deleted")
+
+
+def run_agents(kubelet: Kubelet, check: str, nodes: Sequence[str],
+               affected: Sequence[str] = ()) -> dict[str, Any]:
+    """Play the kubelet: the real agent on this machine for one pod, its document (with an
+    ``affected`` verdict where asked) as every node's termination message."""
+    pods = kubelet.wait_check_pods(check, nodes)
+    message, document = kubelet.run_agent(pods[nodes[0]])
+    assert document["verdict"] != "affected"
+    for node in nodes:
+        kubelet.terminate(pods[node], with_verdict(document, "affected") if node in affected
+                          else message)
+    return document
+
+
+def status_of(cluster: Cluster, check: str) -> dict[str, Any]:
+    status: dict[str, Any] = (get_check(cluster, check) or {}).get("status") or {}
+    return status
+
+
+def completed(cluster: Cluster, check: str, nodes: int) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        status = status_of(cluster, check)
+        return status if status.get("phase") in ("Completed", "Degraded") \
+            and status.get("checked") == nodes else None
+
+    found: dict[str, Any] = eventually(done, 90, what=f"{check}: {nodes} nodes checked")
+    return found
+
+
+def release_objects(cluster: Cluster, namespace: str) -> list[str]:
+    """Every object left that carries the release's instance label."""
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    out = cluster.kubectl(
+        "get", "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,jobs,"
+        "daemonsets", "-n", namespace, "-l", selector, "-o", "name").stdout.split()
+    out += cluster.kubectl("get", "roles,rolebindings", "-n", "default", "-l", selector,
+                           "-o", "name").stdout.split()
+    out += cluster.kubectl("get", "clusterroles,clusterrolebindings,thpchecks", "-l", selector,
+                           "-o", "name").stdout.split()
+    return out
+
+
+# -- dry-run --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", ["defaults", "all-values", "report-only"])
+def test_server_side_dry_run(chart_cluster: Cluster, helm: Helm, release: Release,
+                             values: str) -> None:
+    """The API server (schemas, CEL rules of the CRDs, RBAC escalation checks) accepts every
+    rendered object. The ServiceMonitor is left out: no Prometheus Operator CRDs here."""
+    chart_cluster.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
+    for crd in names.CRD_NAMES:
+        chart_cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}")
+    args = {"defaults": (), "all-values": ("-f", str(ALL_VALUES)),
+            "report-only": ("--set", "remediation.enabled=false")}[values]
+    docs = documents(helm.template(*IMAGE, *args, namespace=release.namespace))
+    docs = [d for d in docs if d["kind"] != "ServiceMonitor"]
+    outcome = chart_cluster.kubectl(
+        "apply", "--dry-run=server", "--server-side", "--field-manager=chart-test",
+        "--validate=strict", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
+    applied = [line for line in outcome.stdout.splitlines() if "(server dry run)" in line]
+    assert len(applied) == len(docs), outcome.stdout
+    assert all_checks(chart_cluster) == []  # nothing was created
+
+
+# -- install, the operator as the chart's ServiceAccount, minimal RBAC, upgrades ---------------
+
+
+def test_install_run_as_the_service_account_and_upgrade(
+        chart_cluster: Cluster, helm: Helm, release: Release, make_nodes: Any,
+        tmp_path: Path) -> None:
+    cluster, namespace = chart_cluster, release.namespace
+    nodes = make_nodes({"n0": {}, "n1": {}, "n2": {}})
+    notes = release.install()
+    assert "kubectl get thpchecks" in notes and "kubectl get thpnoderesults" in notes
+    assert "pod-security.kubernetes.io/enforce=privileged" in notes
+
+    # 1. What the chart installed.
+    for crd in names.CRD_NAMES:
+        crd_body = cluster.api("GET", f"/apis/apiextensions.k8s.io/v1/"
+                               f"customresourcedefinitions/{crd}")
+        assert any(c["type"] == "Established" and c["status"] == "True"
+                   for c in crd_body["status"]["conditions"])
+    deployment = release.deployment()
+    assert deployment["status"]["availableReplicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    for kind, name, scope in (("serviceaccount", OPERATOR_SA, namespace),
+                              ("service", "thp-checker-metrics", namespace),
+                              ("role", OPERATOR_SA, namespace),
+                              ("rolebinding", OPERATOR_SA, namespace),
+                              ("role", f"{OPERATOR_SA}-events", "default"),
+                              ("clusterrole", OPERATOR_SA, None),
+                              ("clusterrole", "thp-checker-remediation", None),
+                              ("clusterrolebinding", "thp-checker-remediation", None),
+                              ("clusterrole", "thp-checker-view", None)):
+        cluster.kubectl("get", kind, name, *(["-n", scope] if scope else []))
+    check = get_check(cluster, "default")
+    assert check is not None and check["spec"].get("nodeSelector") in (None, {})
+    assert check["spec"]["remediation"]["label"] is True
+    assert not cluster.kubectl("get", "jobs", "-n", namespace, "-o", "name").stdout.strip()
+
+    # 2. The operator, as the chart runs it, with the chart's ServiceAccount: a full check.
+    token = token_kubeconfig(cluster, namespace, OPERATOR_SA, tmp_path / "operator.kubeconfig")
+    operator = ChartOperator(deployment, token, tmp_path / "logs" / "operator.log")
+    kubelet = Kubelet(cluster, namespace, tmp_path)
+    with checks_deleted_at_exit(cluster, operator):
+        operator.start()
+        document = run_agents(kubelet, "default", nodes)
+        status = completed(cluster, "default", 3)
+        assert status["nodes"] == 3 and status["errors"] == 0, status
+        found = results(cluster, "default")
+        assert sorted(found) == sorted(nodes)
+        assert {r["status"]["verdict"] for r in found.values()} == {document["verdict"]}
+        marks = eventually(lambda: (m := node_marks(cluster, nodes)) and all(
+            names.VERDICT_LABEL in v for v in m.values()) and m, what="verdict labels")
+        assert {v[names.VERDICT_LABEL] for v in marks.values()} == {document["verdict"]}
+        assert 'thpcheck_nodes{check="default",verdict="unchecked"} 0.0' in operator.metrics()
+        assert operator.forbidden() == [], operator.forbidden()
+
+        # Node pods carry no ServiceAccount token.
+        pods = kubelet.pods("default")
+        assert len(pods) == 3
+        for pod in pods:
+            assert pod["spec"]["automountServiceAccountToken"] is False
+            volumes = pod["spec"].get("volumes") or []
+            assert not [v for v in volumes if "projected" in v
+                        or v["name"].startswith("kube-api-access")], volumes
+            for container in pod["spec"]["containers"] + pod["spec"]["initContainers"]:
+                assert not [m for m in container.get("volumeMounts") or []
+                            if m["mountPath"].startswith("/var/run/secrets")]
+
+        # 3. Minimal: what the ServiceAccount may not do.
+        def may(verb: str, resource: str, ns: str | None = None, **kw: str) -> bool:
+            return can_i(cluster, token, verb, resource, ns, **kw)
+
+        assert may("patch", "nodes") and may("create", "daemonsets.apps", namespace)
+        assert may("create", "events", "default") and may("patch", "thpchecks.thpcheck.io")
+        assert may("patch", "thpchecks.thpcheck.io", subresource="status")
+        for verb, resource, ns, sub in (
+                ("get", "secrets", namespace, None), ("list", "secrets", None, None),
+                ("watch", "secrets", "kube-system", None),
+                ("get", "configmaps", namespace, None),
+                ("update", "nodes", None, None), ("delete", "nodes", None, None),
+                ("patch", "nodes", None, "status"),
+                ("create", "pods", "default", "eviction"), ("create", "pods", namespace, None),
+                ("delete", "pods", namespace, None), ("create", "pods", namespace, "exec"),
+                ("create", "daemonsets.apps", "default", None),
+                ("create", "daemonsets.apps", "kube-system", None),
+                ("delete", "thpchecks.thpcheck.io", None, None),
+                ("create", "thpchecks.thpcheck.io", None, None),
+                ("update", "thpnoderesults.thpcheck.io", None, None),
+                ("create", "clusterrolebindings", None, None),
+                ("escalate", "clusterroles", None, None),
+                ("impersonate", "serviceaccounts", namespace, None),
+                ("create", "serviceaccounts", namespace, "token"),
+                ("create", "events", namespace, None)):
+            kw = {"subresource": sub} if sub else {}
+            assert not may(verb, resource, ns, **kw), \
+                f"the operator may {verb} {resource}{'/' + sub if sub else ''} in {ns}"
+
+        # Users bound to `view` cluster-wide can read checks and results, not change them.
+        viewer = cluster.user_kubeconfig(f"viewer-{namespace}")
+        cluster.kubectl("create", "clusterrolebinding", f"viewer-{namespace}",
+                        "--clusterrole=view", f"--user=viewer-{namespace}")
+        try:
+            eventually(lambda: can_i(cluster, viewer, "list", "thpnoderesults.thpcheck.io"),
+                       30, what="view aggregated")
+            assert can_i(cluster, viewer, "watch", "thpchecks.thpcheck.io")
+            assert not can_i(cluster, viewer, "delete", "thpchecks.thpcheck.io")
+        finally:
+            cluster.kubectl("delete", "clusterrolebinding", f"viewer-{namespace}")
+
+        # 4. Remediation off: refused while nodes carry the operator's marks (they would be
+        # stranded); label off first, then the node write permission goes.
+        refused = release.upgrade("--set", "remediation.enabled=false", check=False)
+        assert refused.returncode != 0 and "would leave the operator unable" in refused.stderr
+        assert may("patch", "nodes")
+        release.upgrade("--set", "defaultCheck.remediation.label=false")
+        eventually(lambda: not any(node_marks(cluster, nodes)[n].get(names.VERDICT_LABEL)
+                                   for n in nodes), 60, what="labels removed")
+        assert node_marks(cluster, nodes) == {n: {"unschedulable": False} for n in nodes}
+        release.upgrade("--set", "remediation.enabled=false")
+        assert not may("patch", "nodes") and not may("update", "nodes")
+        assert not may("patch", "nodes", name=nodes[0])
+        status = completed(cluster, "default", 3)
+
+        # 5. An upgrade that changes the pod template rolls a new ReplicaSet (Recreate), and a
+        # change of the default ThpCheck reaches the operator.
+        before = release.deployment()
+        old_hash = replica_set_hashes(cluster, namespace)
+        release.upgrade("--set", "operator.logLevel=debug",
+                        "--set", "operator.resources.requests.cpu=60m",
+                        "--set", "defaultCheck.maxConcurrent=2")
+        after = release.deployment()
+        assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
+        hashes = eventually(lambda: (h := replica_set_hashes(cluster, namespace))
+                            and sum(h.values()) == 1 and set(h) != set(old_hash) and h,
+                            60, what="one new ReplicaSet with the only replica")
+        new = {k for k, replicas in hashes.items() if replicas == 1}
+        assert len(hashes) == 2 and not new & set(old_hash)
+        (container,) = after["spec"]["template"]["spec"]["containers"]
+        assert "--log-level=debug" in container["args"]
+        assert container["resources"]["requests"]["cpu"] == "60m"
+        assert after["status"]["updatedReplicas"] == after["status"]["availableReplicas"] == 1
+        # The new pod's operator: the new args and env, the same identity.
+        operator.stop()
+        operator = ChartOperator(after, token, tmp_path / "logs" / "operator-2.log")
+        operator.start()
+        check = eventually(lambda: (c := get_check(cluster, "default")) and c["status"].get(
+            "observedGeneration") == c["metadata"]["generation"] and c,
+            60, what="the operator observed the upgraded ThpCheck")
+        assert check["spec"]["maxConcurrent"] == 2
+        assert operator.forbidden() == []
+        operator.stop()
+        operator.start()  # for the clean-up of the ThpCheck at exit
+
+
+def replica_set_hashes(cluster: Cluster, namespace: str) -> dict[str, int]:
+    """pod-template-hash -> replicas of the operator's ReplicaSets."""
+    items = cluster.api("GET", f"/apis/apps/v1/namespaces/{namespace}/replicasets?"
+                        "labelSelector=app.kubernetes.io/component=operator")["items"]
+    return {rs["metadata"]["labels"]["pod-template-hash"]: rs["spec"]["replicas"]
+            for rs in items}
+
+
+# -- uninstall: the hook undoes everything while the operator still runs ---------------------
+
+
+def test_uninstall_leaves_nothing_behind(chart_cluster: Cluster, release: Release,
+                                         make_nodes: Any, test_id: str,
+                                         tmp_path: Path) -> None:
+    cluster, namespace = chart_cluster, release.namespace
+    hook_label = f"thpcheck-chart-test-{test_id}"
+    a0, a1, a2, admin, b0 = nodes = make_nodes({
+        "a0": {"group": "a"}, "a1": {"group": "a"}, "a2": {"group": "a"},
+        "admin": {"group": "a"}, "b0": {"group": "b"}})
+    cluster.kubectl("cordon", admin)
+    before = node_marks(cluster, nodes)
+    release.values += ["--set", "defaultCheck.nodeSelector.group=a",
+                       "--set", "defaultCheck.remediation.cordon=true",
+                       "--set", "defaultCheck.remediation.maxCordoned=1",
+                       # Holds the hook Job's pod Pending until the test lets it run.
+                       "--set", f"cleanup.nodeSelector.{hook_label}=run"]
+    release.install()
+    token = token_kubeconfig(cluster, namespace, OPERATOR_SA, tmp_path / "operator.kubeconfig")
+    operator = ChartOperator(release.deployment(), token, tmp_path / "logs" / "operator.log")
+    kubelet = Kubelet(cluster, namespace, tmp_path)
+    scratch = json.loads(next(v for v in release.values if v.startswith("defaultCheck.paths="))
+                         .split("=", 1)[1])
+    uninstall: subprocess.Popen[str] | None = None
+    with checks_deleted_at_exit(cluster, operator):
+        operator.start()
+        # A user's own ThpCheck besides the chart's: mitigation on group b.
+        cluster.api("POST", CHECKS_PATH, {
+            "apiVersion": names.API_VERSION, "kind": names.CHECK_KIND,
+            "metadata": {"name": f"mitigate-{test_id}"},
+            "spec": {"nodeSelector": {"group": "b"}, "paths": scratch, "maxConcurrent": "100%",
+                     "reproducer": {"iterations": 1, "baseSizeBytes": 2 << 20},
+                     "remediation": {"mitigate": True}}})
+        run_agents(kubelet, "default", [a2, a0, a1, admin], affected=[a0, a1, admin])
+        run_agents(kubelet, f"mitigate-{test_id}", [b0], affected=[b0])
+
+        # Remediation happened: labels everywhere, one cordon (budget 1; the admin's cordon
+        # is not ours), b0 labelled for mitigation with its pod running there.
+        status = eventually(lambda: (s := status_of(cluster, "default")).get("cordoned") == 1
+                            and s.get("checked") == 4 and s, 90, what="one cordon")
+        assert status["affected"] == 3
+        eventually(lambda: all(r["status"]["mitigated"] for r in
+                               results(cluster, f"mitigate-{test_id}").values()), 60,
+                   what="b0 mitigated (the mitigation pod Ready)")
+        during = node_marks(cluster, nodes)
+        assert sum(1 for n in (a0, a1) if during[n].get(names.CORDONED_BY_ANNOTATION)) == 1
+        assert during[b0][names.MITIGATE_LABEL] == "true"
+        assert all(names.VERDICT_LABEL in during[n] for n in nodes)
+        daemonsets = cluster.kubectl("get", "daemonsets", "-n", namespace, "-o",
+                                     "name").stdout.split()
+        assert len(daemonsets) == 3 and f"daemonset.apps/{names.MITIGATION_DAEMONSET}" \
+            in daemonsets
+        assert len(cluster.api("GET", RESULTS_PATH)["items"]) == 5
+
+        # helm uninstall: runs the pre-delete hook first and waits for its Job.
+        uninstall = subprocess.Popen(
+            [str(release.helm.binary), "uninstall", RELEASE, "--namespace", namespace,
+             "--wait", "--timeout", "300s"], env=release.helm.env(cluster.kubeconfig),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        eventually(lambda: cluster.kubectl("get", "job", CLEANUP_SA, "-n", namespace,
+                                           check=False).returncode == 0, 60,
+                   what="the pre-delete hook Job")
+        # Helm has deleted nothing yet: the operator and its permissions are all there.
+        assert release.deployment()["status"]["availableReplicas"] == 1
+        assert can_i(cluster, token, "patch", "nodes")
+        assert all_checks(cluster) == ["default", f"mitigate-{test_id}"]
+
+        # The hook's part, with the hook's own ServiceAccount.
+        hook_token = token_kubeconfig(cluster, namespace, CLEANUP_SA,
+                                      tmp_path / "cleanup.kubeconfig")
+        assert not can_i(cluster, hook_token, "patch", "nodes")
+        assert not can_i(cluster, hook_token, "get", "secrets", namespace)
+        hook = run_hook_script(hook_token)
+        assert hook.returncode == 0, hook.stdout + hook.stderr
+        assert "deleting ThpCheck default" in hook.stdout
+        assert f"deleting ThpCheck mitigate-{test_id}" in hook.stdout
+
+        # Everything the checks did is undone, while the operator still ran.
+        assert all_checks(cluster) == []
+        assert node_marks(cluster, nodes) == before
+        assert before[admin]["unschedulable"] is True  # the admin's cordon stays
+        assert cluster.api("GET", RESULTS_PATH)["items"] == []
+        eventually(lambda: not cluster.kubectl("get", "daemonsets", "-n", namespace, "-o",
+                                               "name").stdout.strip(), 60,
+                   what="agent and mitigation DaemonSets gone")
+        assert operator.forbidden() == [], operator.forbidden()
+
+        # Let the hook Job's pod run (kwok completes it): Helm goes on with the uninstall.
+        cluster.kubectl("label", "node", a2, f"{hook_label}=run")
+        try:
+            output, _ = uninstall.communicate(timeout=240)
+            assert uninstall.returncode == 0, output
+        finally:
+            cluster.kubectl("label", "node", a2, f"{hook_label}-")
+            if uninstall.poll() is None:
+                uninstall.kill()
+                uninstall.wait()
+
+    # Nothing of the release is left but the CRDs (Helm never deletes crds/).
+    eventually(lambda: release_objects(cluster, namespace) == [], 60,
+               what="every object of the release deleted")
+    assert node_marks(cluster, nodes) == before
+    assert all(not set(NODE_LABELS) & set(m) and not set(NODE_ANNOTATIONS) & set(m)
+               for m in node_marks(cluster, nodes).values())
+    eventually(lambda: cluster.kubectl("get", "daemonsets,pods", "-n", namespace, "-o",
+                                       "name").stdout.split() == [], 60,
+               what="no DaemonSet or pod left in the namespace")
+    assert cluster.kubectl("get", "thpnoderesults", "-o", "name").stdout.split() == []
+    for crd in names.CRD_NAMES:
+        cluster.kubectl("get", "crd", crd)
+    assert not release.installed()
