@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.harness import Cluster, ClusterError
+from tests.cluster.harness import Cluster, ClusterError, free_ports
 from tests.operator.cluster_kit import CHECKS_PATH, eventually
 from thpcheck.specs import names
 
@@ -100,6 +100,67 @@ class Helm:
         """``helm template`` offline (no cluster), for the pinned Kubernetes version."""
         return self.run("template", release, str(CHART), "--namespace", namespace,
                         "--kube-version", self.kube_version, *args).stdout
+
+
+# -- releases ------------------------------------------------------------------------------
+
+
+RELEASE = "thp-checker"
+OPERATOR_SA = "thp-checker-operator"
+CLEANUP_SA = "thp-checker-cleanup"
+# The image as images/build.py tags it; kwok never pulls it.
+IMAGE = ("--set", "image.repository=localhost/thp-checker", "--set", "image.pullPolicy=Never")
+
+
+def fast_values(scratch: Path) -> list[str]:
+    """A quick check (1 iteration, 2 MiB, all nodes at once) on a scratch dir of this machine,
+    and the test timings: kwok's empty exit-0 message must never turn into an error result
+    before the test writes the real one."""
+    metrics, health = free_ports(2)
+    return [*IMAGE,
+            "--set-json", f"defaultCheck.paths={json.dumps([str(scratch)])}",
+            "--set", "defaultCheck.maxConcurrent=100%",
+            "--set", "defaultCheck.reproducer.iterations=1",
+            "--set", "defaultCheck.reproducer.baseSizeBytes=2097152",
+            "--set", "operator.tuning.statusInterval=1",
+            "--set-json", "operator.tuning.debounce=0.2",
+            "--set", "operator.tuning.emptyResultGrace=3600",
+            "--set", f"metrics.port={metrics}", "--set", f"operator.healthPort={health}"]
+
+
+@dataclass
+class Release:
+    """One helm release of the chart in its own namespace."""
+
+    cluster: Cluster
+    helm: Helm
+    namespace: str
+    values: list[str]
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.helm.run(*args, "--namespace", self.namespace,
+                             kubeconfig=self.cluster.kubeconfig, check=check)
+
+    def install(self) -> str:
+        return self.run("install", RELEASE, str(CHART), *self.values, "--wait",
+                        "--timeout", "120s").stdout
+
+    def upgrade(self, *changes: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Upgrade with the release's values plus ``changes`` (which then stay)."""
+        outcome = self.run("upgrade", RELEASE, str(CHART), *self.values, *changes, "--wait",
+                           "--timeout", "120s", check=check)
+        if outcome.returncode == 0:
+            self.values += changes
+        return outcome
+
+    def deployment(self) -> dict[str, Any]:
+        found: dict[str, Any] = self.cluster.api(
+            "GET", f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{OPERATOR_SA}")
+        return found
+
+    def installed(self) -> bool:
+        listing = self.run("list", "--all", "-q").stdout.split()
+        return RELEASE in listing
 
 
 # -- identities ------------------------------------------------------------------------------

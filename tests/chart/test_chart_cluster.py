@@ -15,7 +15,6 @@ import json
 import subprocess
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +22,26 @@ import pytest
 
 from tests.chart.chart_kit import (
     ALL_VALUES,
-    CHART,
+    CLEANUP_SA,
     CRD_DIR,
+    IMAGE,
     NODE_ANNOTATIONS,
     NODE_LABELS,
+    OPERATOR_SA,
+    RELEASE,
     ChartOperator,
     Helm,
+    Release,
     all_checks,
     can_i,
     checks_deleted_at_exit,
     documents,
+    fast_values,
     node_marks,
     run_hook_script,
     token_kubeconfig,
 )
-from tests.cluster.harness import Cluster, free_ports
+from tests.cluster.harness import Cluster
 from tests.operator.cluster_kit import (
     CHECKS_PATH,
     RESULTS_PATH,
@@ -51,63 +55,6 @@ from tests.operator.cluster_kit import (
 from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster
-
-RELEASE = "thp-checker"
-OPERATOR_SA = "thp-checker-operator"
-CLEANUP_SA = "thp-checker-cleanup"
-# The image as images/build.py tags it; kwok never pulls it.
-IMAGE = ("--set", "image.repository=localhost/thp-checker", "--set", "image.pullPolicy=Never")
-
-
-def fast_values(scratch: Path) -> list[str]:
-    """A quick check (1 iteration, 2 MiB, all nodes at once) on a scratch dir of this machine,
-    and the test timings: kwok's empty exit-0 message must never turn into an error result
-    before the test writes the real one."""
-    metrics, health = free_ports(2)
-    return [*IMAGE,
-            "--set-json", f"defaultCheck.paths={json.dumps([str(scratch)])}",
-            "--set", "defaultCheck.maxConcurrent=100%",
-            "--set", "defaultCheck.reproducer.iterations=1",
-            "--set", "defaultCheck.reproducer.baseSizeBytes=2097152",
-            "--set", "operator.tuning.statusInterval=1",
-            "--set-json", "operator.tuning.debounce=0.2",
-            "--set", "operator.tuning.emptyResultGrace=3600",
-            "--set", f"metrics.port={metrics}", "--set", f"operator.healthPort={health}"]
-
-
-@dataclass
-class Release:
-    """One helm release of the chart in its own namespace."""
-
-    cluster: Cluster
-    helm: Helm
-    namespace: str
-    values: list[str]
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.helm.run(*args, "--namespace", self.namespace,
-                             kubeconfig=self.cluster.kubeconfig, check=check)
-
-    def install(self) -> str:
-        return self.run("install", RELEASE, str(CHART), *self.values, "--wait",
-                        "--timeout", "120s").stdout
-
-    def upgrade(self, *changes: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Upgrade with the release's values plus ``changes`` (which then stay)."""
-        outcome = self.run("upgrade", RELEASE, str(CHART), *self.values, *changes, "--wait",
-                           "--timeout", "120s", check=check)
-        if outcome.returncode == 0:
-            self.values += changes
-        return outcome
-
-    def deployment(self) -> dict[str, Any]:
-        found: dict[str, Any] = self.cluster.api(
-            "GET", f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{OPERATOR_SA}")
-        return found
-
-    def installed(self) -> bool:
-        listing = self.run("list", "--all", "-q").stdout.split()
-        return RELEASE in listing
 
 
 @pytest.fixture
@@ -424,8 +371,9 @@ def test_uninstall_leaves_nothing_behind(chart_cluster: Cluster, release: Releas
         status = eventually(lambda: (s := status_of(cluster, "default")).get("cordoned") == 1
                             and s.get("checked") == 4 and s, 90, what="one cordon")
         assert status["affected"] == 3
-        eventually(lambda: all(r["status"]["mitigated"] for r in
-                               results(cluster, f"mitigate-{test_id}").values()), 60,
+        mitigated = f"mitigate-{test_id}"
+        eventually(lambda: [r["status"]["mitigated"] for r in
+                            results(cluster, mitigated).values()] == [True], 60,
                    what="b0 mitigated (the mitigation pod Ready)")
         during = node_marks(cluster, nodes)
         assert sum(1 for n in (a0, a1) if during[n].get(names.CORDONED_BY_ANNOTATION)) == 1
