@@ -33,9 +33,11 @@ What could change the machine, and how it does not:
 - Kernel tunables: kubelet sets vm.overcommit_memory, kernel.panic and kernel.panic_on_oops
   unless `protectKernelDefaults`, which instead refuses to start when they differ. So kubelet
   runs in its own mount namespace where those /proc/sys files are read-only bind mounts of
-  the values it expects: it starts, and the host's values never change. The namespace keeps
-  kubelet's root dir shared with the host (pod volume mounts must reach containerd) and
-  masks /var/log (kubelet creates /var/log/containers, a path it has no flag for).
+  the values it expects: it starts, and the host's values never change. That namespace is a
+  slave of the host's (`/` is made shared while the node runs, and made private again by
+  `stop()`), so filesystems mounted on the host later are seen by kubelet too; kubelet's root
+  dir is a peer of the host's (pod volume mounts must reach containerd); /var/log is masked
+  there (kubelet creates /var/log/containers, a path it has no flag for).
 - iptables: `makeIPTablesUtilChains: false` (kubelet's KUBE-FIREWALL and hint chains).
 - Paths outside the work dir that containerd or the pods create anyway (/run/containerd/s
   for shim sockets, /var/lib/cni for libcni's result cache, empty hostPath directories such as
@@ -62,7 +64,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tests.cluster.harness import (
     LOOPBACK,
@@ -217,6 +219,19 @@ def mount_points() -> list[str]:
             for line in Path("/proc/self/mountinfo").read_text().splitlines()]
 
 
+def propagation(mount_point: str = "/") -> str:
+    """The propagation of a mount point as mountinfo shows it, without peer group numbers:
+    "private", "shared", "master" (a slave) or "master,shared"."""
+    kinds = "private"
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if _unescape(fields[4]) == mount_point:  # the last (topmost) entry wins
+            optional = fields[6:fields.index("-")]
+            kinds = ",".join(sorted({f.split(":")[0] for f in optional
+                                     if f.startswith(("shared:", "master:"))})) or "private"
+    return kinds
+
+
 def link_names() -> list[str]:
     return sorted(json_link["ifname"] for json_link in
                   json.loads(_run("ip", "-j", "link", "show").stdout or "[]"))
@@ -273,6 +288,7 @@ class HostState:
     """A snapshot of what a node could leave behind; compare two with `leaks`."""
 
     mounts: tuple[str, ...]
+    root_propagation: str
     links: tuple[str, ...]
     iptables: tuple[str, ...]
     cgroups: tuple[str, ...]
@@ -282,7 +298,8 @@ class HostState:
 
     @classmethod
     def capture(cls) -> HostState:
-        return cls(mounts=tuple(mount_points()), links=tuple(link_names()),
+        return cls(mounts=tuple(mount_points()), root_propagation=propagation("/"),
+                   links=tuple(link_names()),
                    iptables=tuple(iptables_rules()), cgroups=tuple(top_cgroups()),
                    strays=tuple(str(p) for p in STRAY_PATHS if os.path.lexists(p)),
                    tunables=tuple(sorted(read_tunables().items())),
@@ -291,7 +308,8 @@ class HostState:
     def summary(self) -> str:
         """The numbers the issue asks for: `mount | wc -l`, links, `iptables-save | wc -l`."""
         v4 = sum(1 for r in self.iptables if r.startswith("iptables-save"))
-        return (f"mounts={len(self.mounts)} links={','.join(self.links)} "
+        return (f"mounts={len(self.mounts)} (/ {self.root_propagation}) "
+                f"links={','.join(self.links)} "
                 f"iptables-save lines={v4} ip6tables-save lines={len(self.iptables) - v4} "
                 f"top cgroups={len(self.cgroups)} daemons={len(self.processes)}")
 
@@ -304,6 +322,9 @@ class HostState:
                 added = sorted(set(after) - set(before)) or [
                     f"{len(after) - len(before)} more of the same"]
                 out[name] = {"added": added, "removed": sorted(set(before) - set(after))}
+        if self.root_propagation != later.root_propagation:
+            out["root_propagation"] = {"before": self.root_propagation,
+                                       "after": later.root_propagation}
         if self.tunables != later.tunables:
             out["tunables"] = {"before": dict(self.tunables), "after": dict(later.tunables)}
         return out
@@ -415,6 +436,7 @@ class RealNode:
     _strays_before: dict[Path, bool] = field(default_factory=dict)
     _cgroups_made: list[Path] = field(default_factory=list)
     _root_bind: bool = False
+    _root_propagation: str | None = None  # "/" before we made it shared; None: untouched
 
     def __post_init__(self) -> None:
         self.workdir = self.workdir.resolve()
@@ -456,6 +478,7 @@ class RealNode:
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
             self._make_cgroups()
+            self._share_root()
             self._write_cni()
             self._start_containerd()
             self.ctr("images", "import", str(self.pause_archive), timeout=120)
@@ -497,6 +520,14 @@ class RealNode:
                 texts.append(cri_log_text(path.read_text(errors="replace")))
         return "".join(texts)
 
+    def open_pod_log(self, namespace: str, pod: str, container: str) -> IO[str]:
+        """The container's current CRI log file, open: still readable after kubelet deleted
+        it with the pod (to see what a container logged while being stopped)."""
+        paths = sorted(self.pod_logs_dir.glob(f"{namespace}_{pod}_*/{container}/*.log"))
+        if not paths:
+            raise RealNodeError(f"no log of {namespace}/{pod}/{container} in {self.pod_logs_dir}")
+        return paths[-1].open(errors="replace")
+
     def all_pod_logs(self, limit: int = 4000) -> str:
         """Every container log (tail), for failure messages."""
         out = []
@@ -532,6 +563,23 @@ class RealNode:
                     target = path / knob
                     if target.exists() and not target.read_text().strip():
                         target.write_text((path.parent / knob).read_text())
+
+    def _share_root(self) -> None:
+        """Make / a shared mount while the node runs (restored by stop()): kubelet's mount
+        namespace is then a slave of the host's, so a filesystem mounted on the host after
+        kubelet started (a test's loop mount) is what kubelet sees at that path too; with /
+        private it would see, and create hostPath directories in, the covered directory."""
+        before = propagation("/")
+        if "shared" not in before:
+            _run("mount", "--make-shared", "/")
+            self._root_propagation = before
+
+    def _restore_root(self) -> None:
+        if self._root_propagation is None:
+            return
+        _run("mount", "--make-slave" if "master" in self._root_propagation else "--make-private",
+             "/")
+        self._root_propagation = None
 
     def _daemon_cgroups(self) -> list[str]:
         return [str(mount / self.cgroup_root.lstrip("/") / "daemons")
@@ -691,9 +739,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         }
 
     def _kubelet_wrapper(self) -> str:
-        """The shell run by `unshare --mount` before kubelet: the read-only tunables, the
-        masked /var/log; /proc made private first so no mask can reach the host."""
-        lines = ["set -eu", "mount --make-rprivate /proc"]
+        """The shell run by `unshare --mount --propagation unchanged` before kubelet.
+
+        The new namespace starts as a peer of the host's. `/` becomes a slave (host mounts
+        still arrive, nothing mounted here leaves) and so does /proc (the tunables' masks stay
+        here); kubelet's root dir stays a peer of the host's (pod volumes reach containerd).
+        Then the read-only tunables and the masked /var/log."""
+        lines = ["set -eu", "mount --make-slave /", "mount --make-rslave /proc"]
         masks = self.paths.kubelet / "tunables"
         masks.mkdir(parents=True, exist_ok=True)
         for name, value in KUBELET_TUNABLES.items():
@@ -702,8 +754,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             lines.append(f"mount --bind -o ro {src} /proc/sys/{name}")
         var_log = self.paths.kubelet / "var-log"
         var_log.mkdir(parents=True, exist_ok=True)
-        lines += ["mount --make-private /", f"mount --bind {var_log} /var/log",
-                  'exec "$@"']
+        lines += [f"mount --bind {var_log} /var/log", 'exec "$@"']
         return "\n".join(lines)
 
     def _start_kubelet(self) -> None:
@@ -721,7 +772,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         kubeconfig = self.cluster.user_kubeconfig(f"system:node:{self.name}",
                                                   groups=("system:nodes",))
         node_ip = default_route_ip()
-        labels = ",".join(f"{k_}={v}" for k_, v in {"thpcheck.io/realnode": "true",
+        labels = ",".join(f"{k_}={v}" for k_, v in {"test.thpcheck.io/realnode": "true",
                                                      **self.labels}.items())
         kubelet = [
             str(self.cluster.bin_dir / "kubelet"), f"--config={config}",
@@ -757,6 +808,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         step("remove cgroups", self._remove_cgroups)
         step("remove stray paths", self._remove_strays)
         step("remove containerd data", shutil.rmtree, self.paths.containerd / "root", True)
+        step("restore / propagation", self._restore_root)
         if errors:
             raise RealNodeError("real node teardown: " + "; ".join(errors))
 

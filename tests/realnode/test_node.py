@@ -3,11 +3,13 @@ volume kinds the chart uses, and leave this machine exactly as they found it."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,16 @@ def eventually(check: Callable[[], Any], timeout: float, what: str,
     pytest.fail(f"{what} not met within {timeout:.0f}s; last: {result!r}\n{logs}", pytrace=False)
 
 
+@contextlib.contextmanager
+def host_tmpfs(path: Path) -> Iterator[Path]:
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "thpcheck-test", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
 def pod(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     body: dict[str, Any] = cluster.api("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
     return body
@@ -55,9 +67,11 @@ def test_node_runs_pods_and_leaves_no_trace(realnode_kit: RealNodeKit, tmp_path:
     before = HostState.capture()
     data = tmp_path / "data"
     data.mkdir()
-    (data / "hello").write_text("hello from the host\n")
     ns = f"t-{uuid.uuid4().hex[:8]}"
-    with real_cluster(realnode_kit, tmp_path) as rc:
+    with real_cluster(realnode_kit, tmp_path) as rc, host_tmpfs(data):
+        # Mounted on the host after kubelet started: kubelet (in its own mount namespace)
+        # must see it, and create the DirectoryOrCreate hostPath on it, not beneath it.
+        (data / "hello").write_text("hello from the host\n")
         cluster, node, image = rc.cluster, rc.node, rc.image.image
         info = node.node()["status"]["nodeInfo"]
         assert info["kubeletVersion"] == cluster.k8s_version
@@ -70,6 +84,7 @@ def test_node_runs_pods_and_leaves_no_trace(realnode_kit: RealNodeKit, tmp_path:
                         "--timeout=60s")
         # A pod-network pod: hostPath, in-memory emptyDir, projected service-account token.
         script = ("cat /host-data/hello; echo ok > /scratch/out && cat /scratch/out; "
+                  "echo from-the-pod > /made/file; "
                   "cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo; "
                   "grep -c . /proc/net/dev")
         cluster.api("POST", f"/api/v1/namespaces/{ns}/pods", {
@@ -82,9 +97,12 @@ def test_node_runs_pods_and_leaves_no_trace(realnode_kit: RealNodeKit, tmp_path:
                     "securityContext": {"runAsUser": 0},
                     "volumeMounts": [{"name": "data", "mountPath": "/host-data",
                                       "readOnly": True},
+                                     {"name": "made", "mountPath": "/made"},
                                      {"name": "scratch", "mountPath": "/scratch"}]}],
                 "volumes": [
                     {"name": "data", "hostPath": {"path": str(data), "type": "Directory"}},
+                    {"name": "made", "hostPath": {"path": str(data / "made"),
+                                                  "type": "DirectoryOrCreate"}},
                     {"name": "scratch", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
             }})
         # A privileged hostNetwork pod (like the operator and the mitigation pods) that keeps
@@ -106,6 +124,7 @@ def test_node_runs_pods_and_leaves_no_trace(realnode_kit: RealNodeKit, tmp_path:
         print(f"\nprobe pod: {probe['status']['phase']}, IP {probe['status'].get('podIP')}\n{log}")
         assert probe["status"]["phase"] == "Succeeded", log
         assert "hello from the host" in log and "\nok\n" in log and f"\n{ns}\n" in log
+        assert (data / "made" / "file").read_text() == "from-the-pod\n"
         assert ipaddress.ip_address(probe["status"]["podIP"]) in ipaddress.ip_network(
             POD_SUBNET)
         eventually(lambda: ready(pod(cluster, ns, "sleeper")), 120, "sleeper Ready", node)
@@ -117,6 +136,7 @@ def test_node_runs_pods_and_leaves_no_trace(realnode_kit: RealNodeKit, tmp_path:
         assert dict(before.tunables) == read_tunables(), "kubelet changed kernel tunables"
         assert before.iptables == HostState.capture().iptables, "iptables rules were added"
         print(json.dumps(realnode_kit.timings))
+    assert list(data.iterdir()) == [], "kubelet wrote beneath the host's mount"
     after = HostState.capture()
     print(f"host before: {before.summary()}\nhost after:  {after.summary()}")
     assert before.leaks(after) == {}

@@ -1,0 +1,287 @@
+"""End to end on a real node: the chart installed with Helm, the operator running in-cluster as
+a pod, a real kubelet running the agent's init container from the project's image against a
+loop-mounted btrfs on this machine, and the mitigation pod really stopping khugepaged.
+
+The verdict must equal a local ``thpcheck check`` of the same path (this machine's kernel has
+no CONFIG_READ_ONLY_THP_FOR_FS: not-affected by G1, reproducer collapse_unsupported).
+
+Mitigation on a not-affected node: the operator labels only *affected* nodes for mitigation,
+and on a real node the agent's result cannot be faked the way tests/operator does it (writing
+the termination message through the pod's status subresource): the kubelet owns pod status
+and writes its own back. So the test labels the node ``thpcheck.io/mitigate=true`` itself, as
+an admin would to mitigate by hand; the mitigation DaemonSet exists because the ThpCheck has
+``remediation.mitigate: true``. Removing the label must restore the knob exactly, and the
+ThpCheck's deletion must remove the DaemonSet, results and labels.
+
+The khugepaged knob is restored in ``finally`` whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.harness import REPO_ROOT, Cluster, ClusterError
+from tests.cluster.realnode import cri_log_text
+from tests.host.agent import check_json, listing
+from tests.host.loopfs import MKFS, loop_mount
+from tests.realnode.conftest import RealCluster
+from tests.support.require import skip_or_fail
+from thpcheck.specs import names
+
+pytestmark = pytest.mark.realnode
+
+CHART = REPO_ROOT / "charts" / "thp-checker"
+VALUES = Path(__file__).with_name("values.yaml")
+KNOB = Path("/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs")
+STOPPED = "4294967295"
+KERNEL_DEFAULT = "10000"  # khugepaged's default; what this machine has
+RELEASE = "thp"
+NAMESPACE = "thp-checker"
+CHECK = "realnode"
+FSTYPE = "btrfs"
+CHECKS = f"/apis/{names.GROUP}/{names.VERSION}/{names.CHECK_PLURAL}"
+RESULTS = f"/apis/{names.GROUP}/{names.VERSION}/{names.RESULT_PLURAL}"
+
+
+def eventually(check: Callable[[], Any], timeout: float, what: str,
+               diagnose: Callable[[], str] = lambda: "", interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    result = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except ClusterError as exc:
+            result = f"error: {exc}"
+        if result and not (isinstance(result, str) and result.startswith("error: ")):
+            return result
+        time.sleep(interval)
+    pytest.fail(f"{what} not met within {timeout:.0f}s; last: {result!r}\n{diagnose()}",
+                pytrace=False)
+
+
+def knob() -> str:
+    return KNOB.read_text().strip()
+
+
+@contextmanager
+def knob_restored(original: str, state_file: Path) -> Iterator[None]:
+    """Put the khugepaged knob back to ``original`` on the way out, whatever happened; fail
+    (unless already failing) when it had to."""
+    failing = False
+    try:
+        yield
+    except BaseException:
+        failing = True
+        raise
+    finally:
+        value = knob()
+        if value != original:
+            KNOB.write_text(original + "\n")
+        state_file.unlink(missing_ok=True)
+        if value != original and not failing:
+            pytest.fail(f"{KNOB} was {value} after the test; restored {original}",
+                        pytrace=False)
+
+
+def kubectl_get(cluster: Cluster, *what: str) -> str:
+    return cluster.kubectl("get", *what, "-o", "wide").stdout
+
+
+def pods(cluster: Cluster, role: str) -> list[dict[str, Any]]:
+    selector = f"{names.POD_ROLE_LABEL}%3D{role}"
+    items: list[dict[str, Any]] = cluster.api(
+        "GET", f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector={selector}")["items"]
+    return items
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True"
+               for c in pod.get("status", {}).get("conditions") or [])
+
+
+def result(cluster: Cluster, node: str) -> dict[str, Any] | None:
+    try:
+        body: dict[str, Any] = cluster.api("GET", f"{RESULTS}/{names.result_name(CHECK, node)}")
+    except ClusterError as exc:
+        if "HTTP 404" in str(exc):
+            return None
+        raise
+    return body
+
+
+def daemonsets(cluster: Cluster) -> list[str]:
+    return sorted(d["metadata"]["name"] for d in cluster.api(
+        "GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets")["items"])
+
+
+@pytest.fixture
+def scratch(realnode: RealCluster, tmp_path: Path) -> Iterator[Path]:
+    """A directory on a loop-mounted btrfs, checked empty (the agent cleans up) and removed."""
+    if not os.path.exists("/dev/loop-control"):
+        skip_or_fail("realnode", "this machine has no loop devices (/dev/loop-control)")
+    for tool in ("losetup", MKFS[FSTYPE][0]):
+        if shutil.which(tool) is None:
+            skip_or_fail("realnode", f"{tool} is not installed (apt-get install btrfs-progs)")
+    with loop_mount(tmp_path / "fs", FSTYPE) as mountpoint:
+        path = mountpoint / f"scratch-{uuid.uuid4().hex[:8]}"
+        path.mkdir()
+        yield path
+        leftovers = listing(path)
+        assert leftovers == [], f"the agent left files behind: {leftovers}"
+
+
+def test_chart_on_real_node(realnode: RealCluster, scratch: Path, tmp_path: Path) -> None:
+    node = realnode.node
+    original = knob()
+    assert original == KERNEL_DEFAULT, (
+        f"{KNOB} is {original}, not khugepaged's default {KERNEL_DEFAULT}: something left "
+        "it changed; restore it before running this test")
+    state_dir = node.workdir / "mitigation-state"
+    with knob_restored(original, state_dir / "mitigation.state"):
+        run_end_to_end(realnode, scratch, state_dir, tmp_path)
+    assert knob() == KERNEL_DEFAULT
+
+
+def run_end_to_end(rc: RealCluster, scratch: Path, state_dir: Path, tmp_path: Path) -> None:
+    cluster, node, image = rc.cluster, rc.node, rc.image
+    timings: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        timings[name] = round(time.monotonic() - mark, 1)
+        mark = time.monotonic()
+
+    def diagnose() -> str:
+        return (kubectl_get(cluster, "pods,daemonsets", "-n", NAMESPACE)
+                + kubectl_get(cluster, "thpchecks,thpnoderesults")
+                + node.all_pod_logs())
+
+    # 1. helm install: the operator as a pod on the real node, reaching the API on loopback.
+    api = [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+           {"name": "KUBERNETES_SERVICE_PORT", "value": str(cluster.ports["apiserver"])}]
+    generated = tmp_path / "values-generated.yaml"
+    generated.write_text(yaml.safe_dump({
+        "image": {"tag": image.version},
+        "operator": {"extraEnv": api},
+        "cleanup": {"extraEnv": api},
+        "agent": {"mitigationStateDir": str(state_dir)},
+    }))
+    cluster.helm("install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace",
+                 "-f", str(VALUES), "-f", str(generated), "--wait", "--timeout", "5m",
+                 timeout=400)
+    operator_pods = cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods")["items"]
+    (operator_pod,) = [p for p in operator_pods if p["spec"].get("hostNetwork")]
+    assert operator_pod["spec"]["nodeName"] == node.name
+    assert operator_pod["spec"]["containers"][0]["image"] == image.image
+    lap("helm_install_s")
+
+    # 2. A ThpCheck on the loop-mounted btrfs: the agent's init container runs for real.
+    cluster.api("POST", CHECKS, {
+        "apiVersion": f"{names.GROUP}/{names.VERSION}", "kind": names.CHECK_KIND,
+        "metadata": {"name": CHECK},
+        "spec": {"paths": [str(scratch)], "maxConcurrent": 1,
+                 "remediation": {"label": True, "mitigate": False}},
+    })
+    found = eventually(lambda: (r := result(cluster, node.name)) and r.get("status", {}).get(
+        "verdict") and r, 300, "the ThpNodeResult", diagnose)
+    lap("first_result_s")
+    status = found["status"]
+    agent = [p for p in pods(cluster, names.AGENT_ROLE)
+             if p["metadata"]["uid"] == status["pod"]["uid"]]
+    assert agent, f"the result names pod {status['pod']}, not a current agent pod"
+    (init,) = agent[0]["status"]["initContainerStatuses"]
+    terminated = init["state"]["terminated"]
+    assert init["name"] == "check" and terminated["exitCode"] == 0, init
+    assert json.loads(terminated["message"])["verdict"] == status["verdict"]
+
+    # The same check, run here: the pod's verdict must agree.
+    code, local = check_json(str(scratch))
+    assert code == 0, local
+    assert status["verdict"] == local["verdict"] == "not-affected"
+    assert status["kernelRelease"] == local["kernel"]["release"] == os.uname().release
+    assert status["bootID"] == local["kernel"]["boot_id"]
+    assert status["node"] == node.name and status["check"] == CHECK
+    assert status["mitigated"] is False and status["stale"] is False
+    (remote_path,), (local_path,) = status["paths"], local["paths"]
+    for key in ("path", "fstype", "verdict", "rule", "reason"):
+        assert remote_path[key] == local_path[key], key
+    assert remote_path["fstype"] == FSTYPE
+    assert remote_path["repro"] == local_path["repro"]["outcome"] == "collapse_unsupported"
+    eventually(lambda: node.node()["metadata"]["labels"].get(names.VERDICT_LABEL)
+               == "not-affected", 60, "the verdict label on the node", diagnose)
+    check_status = eventually(lambda: (c := cluster.api("GET", f"{CHECKS}/{CHECK}")).get(
+        "status", {}).get("phase") == "Completed" and c["status"], 60, "phase Completed",
+        diagnose)
+    assert check_status["nodes"] == check_status["checked"] == check_status["notAffected"] == 1
+    print("\n$ kubectl get thpchecks\n" + kubectl_get(cluster, "thpchecks")
+          + "$ kubectl get thpnoderesults\n" + kubectl_get(cluster, "thpnoderesults"))
+
+    # 3. Mitigation: the ThpCheck asks for it, the node is labelled by hand (see the module
+    # docstring), the privileged mitigation pod stops khugepaged on this machine.
+    cluster.kubectl("patch", f"thpchecks.{names.GROUP}", CHECK, "--type=merge", "-p",
+                    json.dumps({"spec": {"remediation": {"mitigate": True}}}))
+    eventually(lambda: names.MITIGATION_DAEMONSET in daemonsets(cluster), 60,
+               "the mitigation DaemonSet", diagnose)
+    assert not pods(cluster, names.MITIGATION_ROLE), "mitigation pod on an unlabelled node"
+    assert knob() == KERNEL_DEFAULT
+    mark = time.monotonic()
+    cluster.kubectl("label", "node", node.name, f"{names.MITIGATE_LABEL}=true")
+    mitigator = eventually(lambda: next((p for p in pods(cluster, names.MITIGATION_ROLE)
+                                         if ready(p)), None), 120, "mitigation pod Ready",
+                           diagnose)
+    assert mitigator["spec"]["nodeName"] == node.name
+    assert knob() == STOPPED
+    state = json.loads((state_dir / "mitigation.state").read_text())
+    assert state["original"] == int(KERNEL_DEFAULT)
+    lap("mitigation_applied_s")
+    eventually(lambda: (result(cluster, node.name) or {}).get("status", {}).get("mitigated")
+               is True, 60, "the result's mitigated: true", diagnose)
+    eventually(lambda: node.node()["metadata"]["labels"].get(names.MITIGATED_LABEL) == "true",
+               60, "the mitigated label", diagnose)
+    print("\n$ kubectl get thpchecks   (mitigated)\n" + kubectl_get(cluster, "thpchecks")
+          + "$ kubectl get thpnoderesults   (mitigated)\n"
+          + kubectl_get(cluster, "thpnoderesults"))
+
+    # 4. The label goes: the pod gets SIGTERM and restores the exact previous value. (Its log
+    # is read through a file opened now: kubelet deletes it with the pod.)
+    with node.open_pod_log(NAMESPACE, mitigator["metadata"]["name"], "mitigate") as log:
+        cluster.kubectl("label", "node", node.name, f"{names.MITIGATE_LABEL}-")
+        eventually(lambda: not pods(cluster, names.MITIGATION_ROLE), 120,
+                   "mitigation pod gone", diagnose)
+        assert knob() == KERNEL_DEFAULT
+        assert not (state_dir / "mitigation.state").exists()
+        lap("mitigation_restored_s")
+        text = cri_log_text(log.read()) or "(empty: it logs at info, its level is warning)\n"
+        print("mitigation pod log:\n" + text)
+
+    # 5. The ThpCheck goes: its DaemonSets, results and node labels go with it.
+    cluster.api("DELETE", f"{CHECKS}/{CHECK}")
+    eventually(lambda: not cluster.api("GET", CHECKS)["items"], 120, "the ThpCheck deleted",
+               diagnose)
+    eventually(lambda: not daemonsets(cluster), 60, "the DaemonSets deleted", diagnose)
+    assert not cluster.api("GET", RESULTS)["items"]
+    labels = node.node()["metadata"]["labels"]
+    assert not [k for k in labels if k.startswith(names.GROUP + "/")], labels
+    eventually(lambda: not pods(cluster, names.AGENT_ROLE), 120, "agent pods gone", diagnose)
+    lap("check_deleted_s")
+
+    # 6. helm uninstall runs the pre-delete hook (a Job on the real node) and removes the rest.
+    cluster.helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "5m",
+                 timeout=400)
+    eventually(lambda: not cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods")["items"],
+               120, "every pod of the release gone", diagnose)
+    lap("helm_uninstall_s")
+    assert knob() == KERNEL_DEFAULT
+    print(f"timings: {json.dumps(timings)}")
