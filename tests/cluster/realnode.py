@@ -111,6 +111,7 @@ STRAY_PATHS = (
 # kubelet's sockets sit deep under its root dir (.../kubelet/root/pod-resources/kubelet.sock)
 # and a unix socket path has at most 107 bytes.
 MAX_WORKDIR = 48
+THP_KNOB = Path("/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs")
 SERVER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -261,6 +262,14 @@ def top_cgroups() -> list[str]:
     return sorted(set(found))
 
 
+def thp_knob() -> str:
+    """khugepaged's scan_sleep_millisecs: what the project's mitigation pod changes."""
+    try:
+        return THP_KNOB.read_text().strip()
+    except OSError:
+        return "(absent)"
+
+
 def read_tunables() -> dict[str, str]:
     out = {}
     for name in KUBELET_TUNABLES:
@@ -294,6 +303,7 @@ class HostState:
     cgroups: tuple[str, ...]
     strays: tuple[str, ...]
     tunables: tuple[tuple[str, str], ...]
+    thp_knob: str
     processes: tuple[str, ...]
 
     @classmethod
@@ -302,7 +312,7 @@ class HostState:
                    links=tuple(link_names()),
                    iptables=tuple(iptables_rules()), cgroups=tuple(top_cgroups()),
                    strays=tuple(str(p) for p in STRAY_PATHS if os.path.lexists(p)),
-                   tunables=tuple(sorted(read_tunables().items())),
+                   tunables=tuple(sorted(read_tunables().items())), thp_knob=thp_knob(),
                    processes=tuple(daemon_processes()))
 
     def summary(self) -> str:
@@ -311,7 +321,8 @@ class HostState:
         return (f"mounts={len(self.mounts)} (/ {self.root_propagation}) "
                 f"links={','.join(self.links)} "
                 f"iptables-save lines={v4} ip6tables-save lines={len(self.iptables) - v4} "
-                f"top cgroups={len(self.cgroups)} daemons={len(self.processes)}")
+                f"top cgroups={len(self.cgroups)} daemons={len(self.processes)} "
+                f"scan_sleep_millisecs={self.thp_knob}")
 
     def leaks(self, later: HostState) -> dict[str, Any]:
         """What differs in `later` (added and removed), by kind; empty when equal."""
@@ -325,6 +336,8 @@ class HostState:
         if self.root_propagation != later.root_propagation:
             out["root_propagation"] = {"before": self.root_propagation,
                                        "after": later.root_propagation}
+        if self.thp_knob != later.thp_knob:
+            out["thp_knob"] = {"before": self.thp_knob, "after": later.thp_knob}
         if self.tunables != later.tunables:
             out["tunables"] = {"before": dict(self.tunables), "after": dict(later.tunables)}
         return out
@@ -814,24 +827,28 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def drain(self, timeout: float = 120.0) -> None:
         """Delete every workload and pod so kubelet stops them through the CRI (which also
-        tears down their networks and netns), and wait until the node runs none."""
+        tears down their networks and netns), and wait until the node runs none.
+
+        Repeated until no pod is left: a controller still running (an operator being stopped)
+        may create a workload again meanwhile."""
         c = self.cluster
-        c.kubectl("delete", "daemonsets,deployments,replicasets,statefulsets,jobs,cronjobs",
-                  "--all", "--all-namespaces", "--wait=false", check=False)
-        c.kubectl("delete", "pods", "--all", "--all-namespaces", "--wait=false",
-                  "--grace-period=10", check=False)
-
-        def empty() -> bool:
-            pods = c.api("GET", f"/api/v1/pods?fieldSelector=spec.nodeName%3D{self.name}")
-            return not pods["items"]
-
-        try:
-            wait_until(empty, timeout, f"pods on {self.name} to be gone",
-                       self._watch("kubelet"))
-        except ClusterError:
-            c.kubectl("delete", "pods", "--all", "--all-namespaces", "--force",
-                      "--grace-period=0", check=False)
-            raise
+        kinds = "daemonsets,deployments,replicasets,statefulsets,jobs,cronjobs"
+        path = f"/api/v1/pods?fieldSelector=spec.nodeName%3D{self.name}"
+        deadline = time.monotonic() + timeout
+        while True:
+            c.kubectl("delete", kinds, "--all", "--all-namespaces", "--wait=false",
+                      check=False)
+            c.kubectl("delete", "pods", "--all", "--all-namespaces", "--wait=false",
+                      "--grace-period=10", check=False)
+            with contextlib.suppress(ClusterError):
+                wait_until(lambda: not c.api("GET", path)["items"], 15,
+                           f"pods on {self.name} to be gone", self._watch("kubelet"))
+            if not c.api("GET", path)["items"]:
+                break
+            if time.monotonic() > deadline:
+                c.kubectl("delete", "pods", "--all", "--all-namespaces", "--force",
+                          "--grace-period=0", check=False)
+                raise RealNodeError(f"pods on {self.name} still there after {timeout:.0f}s")
         # kubelet stops sandboxes after the API objects are gone; wait for the runtime too.
         wait_until(lambda: not self._running_tasks(), 60, "containers to stop",
                    self._watch("kubelet"))

@@ -32,7 +32,8 @@ import pytest
 import yaml
 
 from tests.cluster.harness import REPO_ROOT, Cluster, ClusterError
-from tests.cluster.realnode import cri_log_text
+from tests.cluster.realnode import THP_KNOB, cri_log_text
+from tests.cluster.realnode import thp_knob as knob
 from tests.host.agent import check_json, listing
 from tests.host.loopfs import MKFS, loop_mount
 from tests.realnode.conftest import RealCluster
@@ -43,7 +44,6 @@ pytestmark = pytest.mark.realnode
 
 CHART = REPO_ROOT / "charts" / "thp-checker"
 VALUES = Path(__file__).with_name("values.yaml")
-KNOB = Path("/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs")
 STOPPED = "4294967295"
 KERNEL_DEFAULT = "10000"  # khugepaged's default; what this machine has
 RELEASE = "thp"
@@ -70,10 +70,6 @@ def eventually(check: Callable[[], Any], timeout: float, what: str,
                 pytrace=False)
 
 
-def knob() -> str:
-    return KNOB.read_text().strip()
-
-
 @contextmanager
 def knob_restored(original: str, state_file: Path) -> Iterator[None]:
     """Put the khugepaged knob back to ``original`` on the way out, whatever happened; fail
@@ -87,10 +83,10 @@ def knob_restored(original: str, state_file: Path) -> Iterator[None]:
     finally:
         value = knob()
         if value != original:
-            KNOB.write_text(original + "\n")
+            THP_KNOB.write_text(original + "\n")
         state_file.unlink(missing_ok=True)
         if value != original and not failing:
-            pytest.fail(f"{KNOB} was {value} after the test; restored {original}",
+            pytest.fail(f"{THP_KNOB} was {value} after the test; restored {original}",
                         pytrace=False)
 
 
@@ -145,7 +141,7 @@ def test_chart_on_real_node(realnode: RealCluster, scratch: Path, tmp_path: Path
     node = realnode.node
     original = knob()
     assert original == KERNEL_DEFAULT, (
-        f"{KNOB} is {original}, not khugepaged's default {KERNEL_DEFAULT}: something left "
+        f"{THP_KNOB} is {original}, not khugepaged's default {KERNEL_DEFAULT}: something left "
         "it changed; restore it before running this test")
     state_dir = node.workdir / "mitigation-state"
     with knob_restored(original, state_dir / "mitigation.state"):
