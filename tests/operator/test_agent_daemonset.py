@@ -131,12 +131,12 @@ def observed(ds: dict[str, Any], *, desired: int = 3, ready: int = 3) -> Any:
 
 def test_rollout_creates_on_standby_then_starts_a_run_once_standby_is_up() -> None:
     spec = parse_spec({})
-    plan = plan_rollout(spec, CHECK_REF, CONFIG, None, NOW)
+    plan = plan_rollout(spec, CHECK_REF, CONFIG, None, NOW, 30)
     assert plan.step is Step.CREATE and plan.body is not None
     standby = plan.body
-    assert plan_rollout(spec, CHECK_REF, CONFIG, observed(standby, ready=1), NOW).step is (
+    assert plan_rollout(spec, CHECK_REF, CONFIG, observed(standby, ready=1), NOW, 3).step is (
         Step.NONE)
-    start = plan_rollout(spec, CHECK_REF, CONFIG, observed(standby), NOW)
+    start = plan_rollout(spec, CHECK_REF, CONFIG, observed(standby), NOW, 3)
     assert start.step is Step.START_RUN and start.starts_run and start.run == run_token(NOW)
     assert start.body is not None
     assert start.body["spec"]["template"]["metadata"]["annotations"][
@@ -147,15 +147,15 @@ def test_rollout_reruns_after_the_interval_and_updates_on_spec_change() -> None:
     spec = parse_spec({"schedule": {"interval": "24h"}})
     running = agent_daemonset(spec, CHECK_REF, CONFIG, template=CHECK, run=run_token(NOW))
     view = observed(running)
-    assert plan_rollout(spec, CHECK_REF, CONFIG, view, NOW + timedelta(hours=23)).step is (
+    assert plan_rollout(spec, CHECK_REF, CONFIG, view, NOW + timedelta(hours=23), 3).step is (
         Step.NONE)
-    rerun = plan_rollout(spec, CHECK_REF, CONFIG, view, NOW + timedelta(hours=24))
+    rerun = plan_rollout(spec, CHECK_REF, CONFIG, view, NOW + timedelta(hours=24), 3)
     assert rerun.step is Step.RERUN and rerun.run == run_token(NOW + timedelta(hours=24))
     changed = parse_spec({"schedule": {"interval": "24h"}, "paths": ["/srv"]})
-    update = plan_rollout(changed, CHECK_REF, CONFIG, view, NOW)
+    update = plan_rollout(changed, CHECK_REF, CONFIG, view, NOW, 3)
     assert update.step is Step.UPDATE and update.run == run_token(NOW)
     paused = parse_spec({"schedule": {"interval": "24h"}, "paused": True})
-    assert plan_rollout(paused, CHECK_REF, CONFIG, view, NOW + timedelta(days=9)).step is (
+    assert plan_rollout(paused, CHECK_REF, CONFIG, view, NOW + timedelta(days=9), 3).step is (
         Step.NONE)
 
 
@@ -170,3 +170,13 @@ def test_the_mitigation_daemonset_is_privileged_and_selects_labelled_nodes() -> 
                                                                   "--verify"]
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert mounts == {"/host/sys/kernel/mm/transparent_hugepage", "/host/var/lib/thpcheck"}
+
+
+def test_when_every_node_may_run_at_once_there_is_no_standby_step() -> None:
+    spec = parse_spec({"maxConcurrent": "100%"})
+    plan = plan_rollout(spec, CHECK_REF, CONFIG, None, NOW, 5000)
+    assert plan.step is Step.CREATE and plan.starts_run and plan.body is not None
+    assert plan.body["spec"]["template"]["metadata"]["labels"][names.TEMPLATE_LABEL] == CHECK
+    few = plan_rollout(parse_spec({"maxConcurrent": 5}), CHECK_REF, CONFIG, None, NOW, 5)
+    assert few.starts_run
+    assert not plan_rollout(parse_spec({}), CHECK_REF, CONFIG, None, NOW, 0).starts_run

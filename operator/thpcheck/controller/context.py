@@ -13,6 +13,7 @@ from typing import Any
 
 from thpcheck.controller.api import Kube
 from thpcheck.controller.metrics import Metrics
+from thpcheck.controller.recent import RecentWrites
 from thpcheck.controller.settings import Settings
 
 
@@ -42,11 +43,15 @@ class OperatorContext:
     kube: Kube
     metrics: Metrics
     triggers: Triggers = field(default_factory=Triggers)
+    recent: RecentWrites = field(default_factory=RecentWrites)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     mitigation_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # The status each check's last write produced: the watch may not have delivered it yet,
     # and comparing against it avoids writing the same status twice.
     written_status: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    # resourceVersion of each check before and after our last status write: while the watch
+    # still shows "before", "after" is the version to use as a precondition.
+    status_versions: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def lock(self, check: str) -> asyncio.Lock:
         """Serialises a check's reconciles and its deletion clean-up."""
@@ -55,6 +60,7 @@ class OperatorContext:
     def forget(self, check: str) -> None:
         self.locks.pop(check, None)
         self.written_status.pop(check, None)
+        self.status_versions.pop(check, None)
         self.triggers.forget(check)
         self.metrics.forget_check(check)
 

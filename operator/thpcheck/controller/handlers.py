@@ -22,6 +22,7 @@ from thpcheck.controller.indexes import Indexes
 from thpcheck.controller.reconciler import CheckReconciler, bounded, manage_mitigation_daemonset
 from thpcheck.specs import names
 from thpcheck.specs.remediation import NodeChange, event_reason, plan_cleanup
+from thpcheck.specs.views import NodeView, node_view
 
 log = structlog.get_logger("thpcheck.operator")
 
@@ -115,7 +116,7 @@ async def clean_up_check(name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: 
     ctx = context_of(memo)
     idx = Indexes.of(kwargs)
     async with ctx.lock(name):
-        nodes = {n.name: n for n in idx.all_nodes()}
+        nodes = {n.name: n for n in ctx.recent.overlay_nodes(idx.all_nodes())}
         changes = plan_cleanup(name, nodes.values())
         failed = await _undo(ctx, changes, nodes)
         await ctx.kube.delete_daemonset(ctx.settings.namespace,
@@ -136,13 +137,14 @@ async def clean_up_check(name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: 
 
 
 async def _undo(ctx: OperatorContext, changes: list[NodeChange],
-                nodes: dict[str, Any]) -> int:
+                nodes: dict[str, NodeView]) -> int:
     async def undo(change: NodeChange) -> bool:
         try:
-            await ctx.kube.patch_node(change.node, change.patch())
+            written = await ctx.kube.patch_node(change.node, change.patch())
         except ApiError as exc:
             log.warning("node not restored", node=change.node, error=str(exc))
             return False
+        ctx.recent.wrote_node(node_view(written), nodes[change.node].resource_version)
         events.on_node(nodes[change.node], reason=event_reason(change.actions, applied=True),
                        message="; ".join(f"{a.action.value.lower()}: {a.reason}"
                                          for a in change.actions))

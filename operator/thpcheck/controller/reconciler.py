@@ -34,11 +34,11 @@ from thpcheck.specs.remediation import (
     event_reason,
     plan_remediation,
 )
-from thpcheck.specs.results import ResultPlan, ResultWrite, plan_results
+from thpcheck.specs.results import ResultPatch, ResultPlan, ResultWrite, plan_results
 from thpcheck.specs.rollout import RolloutPlan, Step, plan_rollout
 from thpcheck.specs.selection import selected_nodes
 from thpcheck.specs.status import StatusInputs, build_status
-from thpcheck.specs.views import NodeView
+from thpcheck.specs.views import NodeView, ResultView, node_view, result_view
 
 log = structlog.get_logger("thpcheck.operator")
 T = TypeVar("T")
@@ -81,7 +81,7 @@ class CheckReconciler:
         self.name = str(meta.get("name"))
         self.check = CheckRef(self.name, str(meta.get("uid")))
         self.generation = int(meta.get("generation") or 0)
-        self.resource_version = str(meta.get("resourceVersion") or "")
+        self.live_version = str(meta.get("resourceVersion") or "")
         self.spec: CheckSpec = parse_spec(body.get("spec"))
         live = dict(body.get("status") or {})
         self.previous: Mapping[str, Any] = ctx.written_status.get(self.name) or live
@@ -90,12 +90,14 @@ class CheckReconciler:
         self.notes = NodeNotes()
 
     async def run(self) -> None:
-        nodes = self.idx.all_nodes()
+        recent = self.ctx.recent
+        nodes = recent.overlay_nodes(self.idx.all_nodes())
         by_name = {n.name: n for n in nodes}
         selected = selected_nodes(self.spec, nodes)
-        rollout = await self._roll_out()
+        rollout = await self._roll_out(len(selected))
+        observed = recent.overlay_results(self.idx.results_of(self.name), self.name)
         results = plan_results(
-            self.check, selected, self.idx.pods_of(self.name), self.idx.results_of(self.name),
+            self.check, selected, self.idx.pods_of(self.name), observed,
             self._mitigation_readiness(nodes), self.now,
             timedelta(seconds=self.ctx.settings.empty_result_grace))
         await self._write_results(results, by_name)
@@ -106,14 +108,14 @@ class CheckReconciler:
         cordoned = await self._remediate(remedy, by_name)
         await manage_mitigation_daemonset(self.ctx, self.idx)
         self._post_node_events(by_name, remedy)
-        await self._write_status(rollout, results, remedy, cordoned, selected)
+        await self._write_status(rollout, results, remedy, cordoned, selected, nodes, observed)
 
     # -- the agent DaemonSet -------------------------------------------------------------
 
-    async def _roll_out(self) -> RolloutPlan:
+    async def _roll_out(self, nodes: int) -> RolloutPlan:
         observed = self.idx.daemonset(self.name)
         plan = plan_rollout(self.spec, self.check, self.ctx.settings.workload(), observed,
-                            self.now)
+                            self.now, nodes)
         if plan.step is Step.NONE or plan.body is None:
             return plan
         kube = self.ctx.kube
@@ -143,21 +145,24 @@ class CheckReconciler:
     async def _write_results(self, plan: ResultPlan, nodes: Mapping[str, NodeView]) -> None:
         kube = self.ctx.kube
 
+        recent = self.ctx.recent
+
         async def write(item: ResultWrite) -> None:
             try:
                 if item.create:
                     try:
-                        await kube.create_result(item.body)
+                        written = await kube.create_result(item.body)
                     except Conflict:
-                        await kube.replace_result(item.body)
+                        written = await kube.replace_result(item.body)
                 else:
                     try:
-                        await kube.replace_result(item.body)
+                        written = await kube.replace_result(item.body)
                     except NotFound:
-                        await kube.create_result(item.body)
+                        written = await kube.create_result(item.body)
             except ApiError as exc:
                 self.log.warning("result not written", node=item.node, error=str(exc))
                 return
+            recent.wrote_result(result_view(written), item.before)
             self.ctx.metrics.results_written.labels(check=self.name).inc()
             if item.duration_seconds is not None:
                 self.ctx.metrics.check_duration.observe(item.duration_seconds)
@@ -165,20 +170,23 @@ class CheckReconciler:
                 self.notes.verdicts[item.node] = (item.previous_verdict, item.verdict.value,
                                                   item.body["status"].get("message", ""))
 
-        async def patch(name: str, body: Mapping[str, Any]) -> None:
+        async def patch(item: ResultPatch) -> None:
             try:
-                await kube.patch_result(name, body)
+                written = await kube.patch_result(item.name, item.patch)
             except ApiError as exc:
-                self.log.warning("result not patched", result=name, error=str(exc))
+                self.log.warning("result not patched", result=item.name, error=str(exc))
+                return
+            recent.wrote_result(result_view(written), item.before)
 
         async def delete(name: str) -> None:
+            recent.forget_result(name)
             try:
                 await kube.delete_result(name)
             except ApiError as exc:
                 self.log.warning("result not deleted", result=name, error=str(exc))
 
         jobs = [*(write(item) for item in plan.writes),
-                *(patch(p.name, p.patch) for p in plan.patches),
+                *(patch(p) for p in plan.patches),
                 *(delete(name) for name in plan.deletes)]
         if jobs:
             await bounded(self.ctx.settings.api_workers, jobs)
@@ -193,20 +201,19 @@ class CheckReconciler:
         stored = sorted(self.previous.get("cordonedNodes") or [])
         if plan.changes and plan.cordoned_before != stored:
             try:
-                response = await self.ctx.kube.patch_check_status(self.name, {
-                    "metadata": {"resourceVersion": self.resource_version},
-                    "status": {"cordonedNodes": plan.cordoned_before,
-                               "cordoned": len(plan.cordoned_before)}})
+                response = await self._patch_status(
+                    {"cordonedNodes": plan.cordoned_before,
+                     "cordoned": len(plan.cordoned_before)}, precondition=True)
             except ApiError as exc:
                 # A conflict means someone else wrote in between: plan again from fresh state.
                 self.log.info("cordon budget not persisted; retrying", error=str(exc))
                 self.ctx.triggers.poke(self.name)
                 return stored
-            self.previous = {**self.previous, **(response or {}).get("status", {})}
+            self.previous = {**self.previous, **response}
 
         async def change(item: NodeChange) -> None:
             try:
-                await self.ctx.kube.patch_node(item.node, item.patch())
+                written = await self.ctx.kube.patch_node(item.node, item.patch())
             except (Conflict, NotFound) as exc:
                 self.log.info("node changed meanwhile; retrying", node=item.node,
                               error=str(exc))
@@ -215,6 +222,7 @@ class CheckReconciler:
             except ApiError as exc:
                 self.log.warning("node not changed", node=item.node, error=str(exc))
                 return
+            self.ctx.recent.wrote_node(node_view(written), nodes[item.node].resource_version)
             self.notes.actions[item.node] = item.actions
             self.log.info("node changed", node=item.node,
                           actions=[a.action.value for a in item.actions])
@@ -271,11 +279,12 @@ class CheckReconciler:
 
     async def _write_status(self, rollout: RolloutPlan, results: ResultPlan,
                             remedy: RemediationPlan, cordoned: Sequence[str],
-                            selected: Sequence[NodeView]) -> None:
-        observed = self.idx.daemonset(self.name)
+                            selected: Sequence[NodeView], nodes: Sequence[NodeView],
+                            observed: Sequence[ResultView]) -> None:
+        daemonset = self.idx.daemonset(self.name)
         pods = self.idx.pods_of(self.name)
-        rolling = (rollout.step is not Step.NONE or observed is None
-                   or observed.template != "check" or not observed.rolled_out)
+        rolling = (rollout.step is not Step.NONE or daemonset is None
+                   or daemonset.template != "check" or not daemonset.rolled_out)
         status = build_status(StatusInputs(
             generation=self.generation,
             selected=[n.name for n in selected],
@@ -292,7 +301,7 @@ class CheckReconciler:
             else (),
             previous_conditions=list(self.previous.get("conditions") or []),
         ))
-        self._record_metrics(status, results)
+        self._record_metrics(status, results, nodes, observed)
         if canonical(status) in (canonical(self.live_status), canonical(self.previous)):
             return
         if status["phase"] != self.previous.get("phase"):
@@ -300,23 +309,38 @@ class CheckReconciler:
                             warning=status["phase"] == "Degraded")
         patch = {**{k: None for k in self.live_status if k not in status}, **status}
         try:
-            response = await self.ctx.kube.patch_check_status(self.name, {"status": patch})
+            self.ctx.written_status[self.name] = await self._patch_status(patch) or status
         except ApiError as exc:
             self.log.warning("status not written", error=str(exc))
             return
-        self.ctx.written_status[self.name] = (response or {}).get("status") or status
         self.log.info("status", phase=status["phase"], checked=status["checked"],
                       nodes=status["nodes"], affected=status["affected"])
 
-    def _record_metrics(self, status: Mapping[str, Any], results: ResultPlan) -> None:
+    async def _patch_status(self, status: Mapping[str, Any], *,
+                            precondition: bool = False) -> dict[str, Any]:
+        """Patch the status (optionally only if unchanged since read); returns the stored one."""
+        version = self.live_version
+        before, after = self.ctx.status_versions.get(self.name, ("", ""))
+        if version == before and after:
+            version = after  # the watch has not delivered our last write yet
+        body: dict[str, Any] = {"status": dict(status)}
+        if precondition:
+            body["metadata"] = {"resourceVersion": version}
+        response = await self.ctx.kube.patch_check_status(self.name, body) or {}
+        self.ctx.status_versions[self.name] = (
+            self.live_version, str(response.get("metadata", {}).get("resourceVersion", "")))
+        stored: dict[str, Any] = response.get("status") or {}
+        return stored
+
+    def _record_metrics(self, status: Mapping[str, Any], results: ResultPlan,
+                        nodes: Sequence[NodeView], observed: Sequence[ResultView]) -> None:
         by_verdict = {v.value: 0 for v in Verdict}
         for state in results.states.values():
             if state.verdict is not None:
                 by_verdict[state.verdict.value] += 1
         unchecked = sum(1 for s in results.states.values() if s.verdict is None)
-        labelled = self._mitigation_readiness(self.idx.all_nodes())
-        times = [t for t in (_parse_time(r.checked_at) for r in self.idx.results_of(self.name))
-                 if t is not None]
+        labelled = self._mitigation_readiness(nodes)
+        times = [t for t in (_parse_time(r.checked_at) for r in observed) if t is not None]
         self.ctx.metrics.record_check(
             self.name, by_verdict, unchecked=unchecked, mitigated=int(status["mitigated"]),
             cordoned=int(status["cordoned"]),
@@ -339,7 +363,7 @@ async def manage_mitigation_daemonset(ctx: OperatorContext, idx: Indexes,
     async with ctx.mitigation_lock:
         wanted = any(c.mitigate and not c.deleting for c in idx.check_summaries())
         labelled = any(n.labels.get(names.MITIGATE_LABEL) == "true" and n.name not in unlabelled
-                       for n in idx.all_nodes())
+                       for n in ctx.recent.overlay_nodes(idx.all_nodes()))
         observed = idx.daemonset(names.MITIGATION_DAEMONSET)
         workload = ctx.settings.workload()
         try:

@@ -44,6 +44,7 @@ class ResultWrite:
     verdict: Verdict
     create: bool
     duration_seconds: float | None
+    before: str = ""  # the observed result's resourceVersion ("" when creating)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class ResultPatch:
     name: str
     node: str
     patch: dict[str, Any]
+    before: str = ""  # the observed result's resourceVersion
 
 
 @dataclass(frozen=True)
@@ -222,10 +224,12 @@ def plan_results(check: CheckRef, selected: Sequence[NodeView],
                 name=body["metadata"]["name"], node=node.name, body=body,
                 previous_verdict=existing.verdict if existing else None,
                 verdict=result.verdict, create=existing is None,
-                duration_seconds=sum(durations) if durations else None))
+                duration_seconds=sum(durations) if durations else None,
+                before=existing.resource_version if existing else ""))
         elif (existing.mitigated, existing.stale) != (mitigated, stale):
             plan.patches.append(ResultPatch(existing.name, node.name, {
-                "status": {"mitigated": mitigated, "stale": stale}}))
+                "status": {"mitigated": mitigated, "stale": stale}},
+                existing.resource_version))
     node_names = {n.name for n in selected}
     plan.deletes.extend(r.name for r in results.values() if r.node not in node_names)
     return plan
@@ -240,4 +244,4 @@ def _keep(plan: ResultPlan, node: NodeView, existing: ResultView,
     plan.states[node.name] = NodeState(node.name, verdict, mitigated, stale)
     if (existing.mitigated, existing.stale) != (mitigated, stale):
         plan.patches.append(ResultPatch(existing.name, node.name, {
-            "status": {"mitigated": mitigated, "stale": stale}}))
+            "status": {"mitigated": mitigated, "stale": stale}}, existing.resource_version))

@@ -3,7 +3,9 @@
 Create on standby; switch to the check template once every standby pod is up (so the
 rolling update, not pod creation, paces the first run); roll again when the template changes
 or ``schedule.interval`` has passed since the current run started. Paused checks keep their
-DaemonSet as it is.
+DaemonSet as it is. When ``maxConcurrent`` covers every selected node anyway, the standby
+step would only cost two extra pod operations per node: the DaemonSet starts on the check
+template.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from thpcheck.specs import names
 from thpcheck.specs.agent import CHECK, STANDBY, CheckRef, WorkloadConfig, agent_daemonset
 from thpcheck.specs.checkspec import CheckSpec
+from thpcheck.specs.quantities import concurrency
 from thpcheck.specs.views import DaemonSetView
 
 _TOKEN_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -37,7 +40,8 @@ class RolloutPlan:
 
     @property
     def starts_run(self) -> bool:
-        return self.step in (Step.START_RUN, Step.RERUN)
+        return self.step in (Step.START_RUN, Step.RERUN) or (
+            self.step is Step.CREATE and bool(self.run))
 
 
 def run_token(now: datetime) -> str:
@@ -57,9 +61,14 @@ def _changed(desired: dict[str, Any], observed: DaemonSetView) -> bool:
 
 
 def plan_rollout(spec: CheckSpec, check: CheckRef, config: WorkloadConfig,
-                 observed: DaemonSetView | None, now: datetime) -> RolloutPlan:
-    """What to do with the agent DaemonSet now (``now`` is timezone-aware)."""
+                 observed: DaemonSetView | None, now: datetime, nodes: int) -> RolloutPlan:
+    """What to do with the agent DaemonSet now (``now`` is timezone-aware; ``nodes`` is the
+    number of selected nodes)."""
     if observed is None:
+        if nodes and not spec.paused and concurrency(spec.max_concurrent, nodes) >= nodes:
+            run = run_token(now)
+            return RolloutPlan(Step.CREATE, agent_daemonset(spec, check, config, template=CHECK,
+                                                            run=run), run)
         return RolloutPlan(Step.CREATE, agent_daemonset(spec, check, config, template=STANDBY,
                                                         run=""))
     if spec.paused:

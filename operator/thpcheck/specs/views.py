@@ -91,6 +91,7 @@ class ResultView:
     kernel_release: str
     boot_id: str
     checked_at: str = ""
+    resource_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ def result_view(body: Mapping[str, Any]) -> ResultView:
         kernel_release=status.get("kernelRelease", "") or "",
         boot_id=status.get("bootID", "") or "",
         checked_at=status.get("checkedAt", "") or "",
+        resource_version=meta.get("resourceVersion", ""),
     )
 
 
