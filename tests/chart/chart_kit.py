@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -210,6 +211,12 @@ def can_i(cluster: Cluster, kubeconfig: Path, verb: str, resource: str,
 # -- the operator, as the chart runs it -------------------------------------------------------
 
 
+# A refused call as the operator logs it: its own ApiError ("PATCH ...: 403 Forbidden: ..."),
+# kopf's APIForbiddenError and its "Not enough permissions" warnings. (A bare "403" would
+# also match timestamps.)
+_REFUSED = re.compile(r"forbidden|not enough permissions", re.IGNORECASE)
+
+
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: never leak an operator
@@ -289,8 +296,7 @@ class ChartOperator:
             text = self.log.read_text(errors="replace")
         except FileNotFoundError:
             return []
-        return [line for line in text.splitlines()
-                if "403" in line or "forbidden" in line.lower()]
+        return [line for line in text.splitlines() if _REFUSED.search(line)]
 
 
 def run_hook_script(kubeconfig: Path, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
