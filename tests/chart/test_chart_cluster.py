@@ -240,8 +240,13 @@ def test_install_run_as_the_service_account_and_upgrade(
             return can_i(cluster, token, verb, resource, ns, **kw)
 
         assert may("patch", "nodes") and may("create", "daemonsets.apps", namespace)
+        assert may("watch", "pods", namespace) and may("list", "daemonsets.apps", namespace)
         assert may("create", "events", "default") and may("patch", "thpchecks.thpcheck.io")
         assert may("patch", "thpchecks.thpcheck.io", subresource="status")
+        assert may("get", "customresourcedefinitions.apiextensions.k8s.io",
+                   name="thpchecks.thpcheck.io")
+        assert not may("get", "customresourcedefinitions.apiextensions.k8s.io",
+                       name="roles.rbac.authorization.k8s.io")
         for verb, resource, ns, sub in (
                 ("get", "secrets", namespace, None), ("list", "secrets", None, None),
                 ("watch", "secrets", "kube-system", None),
@@ -259,7 +264,11 @@ def test_install_run_as_the_service_account_and_upgrade(
                 ("escalate", "clusterroles", None, None),
                 ("impersonate", "serviceaccounts", namespace, None),
                 ("create", "serviceaccounts", namespace, "token"),
-                ("create", "events", namespace, None)):
+                ("create", "events", namespace, None),
+                # Pods and DaemonSets are read in the release namespace only.
+                ("list", "pods", None, None), ("watch", "pods", "kube-system", None),
+                ("list", "daemonsets.apps", "default", None),
+                ("list", "customresourcedefinitions.apiextensions.k8s.io", None, None)):
             kw = {"subresource": sub} if sub else {}
             assert not may(verb, resource, ns, **kw), \
                 f"the operator may {verb} {resource}{'/' + sub if sub else ''} in {ns}"

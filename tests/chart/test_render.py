@@ -208,9 +208,10 @@ def _rules(docs: list[dict[str, Any]], subject: str) -> list[tuple[str, str, str
         ref = binding["roleRef"]
         role = roles[(ref["kind"], ref["name"], scope if ref["kind"] == "Role" else "*")]
         for rule in role["rules"]:
+            only = f"[{','.join(rule['resourceNames'])}]" if "resourceNames" in rule else ""
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
-                    granted += [(scope, group, resource, verb) for verb in rule["verbs"]]
+                    granted += [(scope, group, resource + only, verb) for verb in rule["verbs"]]
     return sorted(granted)
 
 
@@ -220,11 +221,11 @@ OPERATOR_RULES = sorted([
     *[("*", "thpcheck.io", "thpnoderesults", v)
       for v in ("list", "watch", "create", "patch", "delete", "deletecollection")],
     ("*", "", "nodes", "list"), ("*", "", "nodes", "watch"),
-    ("*", "", "pods", "list"), ("*", "", "pods", "watch"),
-    ("*", "apps", "daemonsets", "list"), ("*", "apps", "daemonsets", "watch"),
-    *[("*", "apiextensions.k8s.io", "customresourcedefinitions", v)
-      for v in ("get", "list", "watch")],
-    *[("thp-checker", "apps", "daemonsets", v) for v in ("create", "patch", "delete")],
+    ("*", "apiextensions.k8s.io",
+     "customresourcedefinitions[thpchecks.thpcheck.io,thpnoderesults.thpcheck.io]", "get"),
+    ("thp-checker", "", "pods", "list"), ("thp-checker", "", "pods", "watch"),
+    *[("thp-checker", "apps", "daemonsets", v)
+      for v in ("list", "watch", "create", "patch", "delete")],
     ("default", "", "events", "create"),
 ])
 
