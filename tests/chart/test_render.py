@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -363,3 +364,14 @@ def test_offline_crd_validation_catches_mistakes(helm: Helm) -> None:
     bad["spec"]["mode"] = "quick"
     messages = [e.message for e in validator.iter_errors(bad)]
     assert any("cordonn" in m for m in messages) and any("quick" in m for m in messages)
+
+
+def test_renders_as_a_dependency_of_another_chart(helm: Helm, tmp_path: Path) -> None:
+    """A parent chart passes `global` values: the schema must let them through."""
+    parent = tmp_path / "parent"
+    (parent / "charts").mkdir(parents=True)
+    (parent / "Chart.yaml").write_text("apiVersion: v2\nname: parent\nversion: 0.0.1\n")
+    shutil.copytree(CHART, parent / "charts" / CHART.name)
+    out = helm.run("template", "p", str(parent), "--kube-version", helm.kube_version,
+                   "--set", "global.imageRegistry=example.com").stdout
+    assert find(documents(out), "Deployment")["metadata"]["name"] == "p-thp-checker-operator"
