@@ -61,7 +61,7 @@ import subprocess
 import tarfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -447,9 +447,8 @@ class RealNode:
     servers: list[Server] = field(default_factory=list)
     node_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     _strays_before: dict[Path, bool] = field(default_factory=dict)
-    _cgroups_made: list[Path] = field(default_factory=list)
-    _root_bind: bool = False
     _root_propagation: str | None = None  # "/" before we made it shared; None: untouched
+    timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.workdir = self.workdir.resolve()
@@ -493,12 +492,18 @@ class RealNode:
             self._make_cgroups()
             self._share_root()
             self._write_cni()
+            mark = time.monotonic()
             self._start_containerd()
+            self.timings["containerd_start_s"] = round(time.monotonic() - mark, 1)
+            mark = time.monotonic()
             self.ctr("images", "import", str(self.pause_archive), timeout=120)
             for archive in self.image_archives:
                 self.ctr("images", "import", str(archive), timeout=600)
+            self.timings["image_import_s"] = round(time.monotonic() - mark, 1)
+            mark = time.monotonic()
             self._start_kubelet()
             self.wait_ready()
+            self.timings["kubelet_ready_s"] = round(time.monotonic() - mark, 1)
         except BaseException:
             self.stop()
             raise
@@ -570,8 +575,6 @@ class RealNode:
             for rel in ("", "daemons"):
                 path = mount / self.cgroup_root.lstrip("/") / rel
                 path.mkdir(exist_ok=True)
-                if path not in self._cgroups_made:
-                    self._cgroups_made.append(path)
                 for knob in ("cpuset.cpus", "cpuset.mems"):
                     target = path / knob
                     if target.exists() and not target.read_text().strip():
@@ -777,7 +780,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         # kubelet's root dir must be a shared mount: pod volumes kubelet mounts in its own
         # mount namespace then appear on the host, where containerd bind-mounts them.
         _run("mount", "--bind", str(root_dir), str(root_dir))
-        self._root_bind = True
         _run("mount", "--make-shared", str(root_dir))
         self.ports = dict(zip(("kubelet", "kubelet-healthz"), free_ports(2), strict=True))
         config = k / "config.json"
@@ -880,7 +882,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         for _ in range(5):
             ours = self._our_mounts()
             if not ours:
-                self._root_bind = False
                 return
             for mount in sorted(set(ours), key=lambda m: (-m.count("/"), m)):
                 if _run("umount", mount, check=False).returncode != 0:
@@ -969,21 +970,3 @@ def _socket_alive(path: Path) -> bool:
         return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
     finally:
         sock.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# Convenience for tests
-
-
-@contextlib.contextmanager
-def started(cluster: Cluster, workdir: Path, *, pause_archive: Path,
-            image_archives: Iterable[Path] = (), name: str = "realnode",
-            labels: Mapping[str, str] | None = None) -> Iterator[RealNode]:
-    """A started RealNode, stopped (and cleaned up) on exit."""
-    node = RealNode(cluster, workdir, pause_archive=pause_archive,
-                    image_archives=list(image_archives), name=name, labels=dict(labels or {}))
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()

@@ -128,6 +128,7 @@ def real_cluster(kit: RealNodeKit, tmp_path: Path, *,
         started = time.monotonic()
         node.start()
         kit.timings["node_start_s"] = round(time.monotonic() - started, 1)
+        kit.timings.update(node.timings)
         yield RealCluster(cluster, node, kit.image)
     finally:
         try:
