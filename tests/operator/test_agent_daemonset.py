@@ -41,7 +41,9 @@ def test_pods_are_locked_down() -> None:
         assert context["readOnlyRootFilesystem"] is True
         assert context["capabilities"] == {"drop": ["ALL"]}
         assert context["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert context["runAsUser"] == 0
+    assert spec["initContainers"][0]["securityContext"]["runAsUser"] == 0  # scratch dirs
+    idle = spec["containers"][0]["securityContext"]
+    assert idle["runAsNonRoot"] is True and idle["runAsUser"] == 65532
 
 
 def test_the_check_container_runs_the_agent_in_pod_mode() -> None:
