@@ -32,21 +32,21 @@ pytestmark = pytest.mark.cluster
 
 CLUSTER_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["thpcheck.io"], "resources": ["thpchecks"],
-     "verbs": ["get", "list", "watch", "patch"]},
+     "verbs": ["list", "watch", "patch"]},
     {"apiGroups": ["thpcheck.io"], "resources": ["thpchecks/status"], "verbs": ["patch"]},
     {"apiGroups": ["thpcheck.io"], "resources": ["thpnoderesults"],
-     "verbs": ["get", "list", "watch", "create", "patch", "delete", "deletecollection"]},
-    # patch only with remediation (labels, cordons, mitigation labels); get/list/watch always.
-    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
+     "verbs": ["list", "watch", "create", "patch", "delete", "deletecollection"]},
+    # patch only with remediation (labels, cordons, mitigation labels); list/watch always.
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch", "patch"]},
     # Events on cluster-scoped objects (Nodes, ThpChecks) go to the "default" namespace.
-    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
      "resourceNames": list(names.CRD_NAMES), "verbs": ["get"]},
 ]
 NAMESPACE_RULES: list[dict[str, Any]] = [
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": ["apps"], "resources": ["daemonsets"],
-     "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+     "verbs": ["list", "watch", "create", "patch", "delete"]},
 ]
 
 
