@@ -41,6 +41,8 @@ def _route_stdlib_logging(log_format: str, level: str) -> None:
     root.setLevel(getattr(logging, level.upper()))
     # kopf's per-object handler chatter is debug-level noise at fleet scale.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # One access line per kubelet probe of /healthz is noise; errors still show.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def main(args: argparse.Namespace) -> int:
