@@ -6,9 +6,7 @@ import json
 import os
 import subprocess
 import textwrap
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +22,9 @@ from tests.cluster.harness import (
     read_pins,
 )
 from tests.cluster.procs import Server
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.cluster
-
-
-def eventually(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.5) -> Any:
-    """Return check()'s first truthy result, or fail with the last falsy one."""
-    deadline = time.monotonic() + timeout
-    result = None
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(interval)
-    pytest.fail(f"condition not met within {timeout}s; last result: {result!r}")
 
 
 def get_json(cluster: Cluster, *args: str) -> Any:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.harness import Cluster, free_ports
+from tests.support.wait import eventually
 from thpcheck.model.report import compact
 from thpcheck.specs import names
 
@@ -36,19 +37,6 @@ CRD_DIR = REPO / "charts" / "thp-checker" / "crds"
 AGENT_IMAGE = "thp-checker:test"
 RESULTS_PATH = f"/apis/{names.GROUP}/{names.VERSION}/{names.RESULT_PLURAL}"
 CHECKS_PATH = f"/apis/{names.GROUP}/{names.VERSION}/{names.CHECK_PLURAL}"
-
-
-def eventually(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.25,
-               what: str = "condition") -> Any:
-    """Return check()'s first truthy result, or fail with the last falsy one."""
-    deadline = time.monotonic() + timeout
-    result = None
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(interval)
-    pytest.fail(f"{what} not met within {timeout}s; last result: {result!r}")
 
 
 def this_machine() -> dict[str, str]:
