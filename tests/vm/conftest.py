@@ -17,7 +17,8 @@ from tests.vm.guest import FILESYSTEMS, BootResult, Kernel, Step, boot
 from tests.vm.matrix import Artifacts, MatrixMissing, load_artifacts
 from tests.vm.rootfs import build_app
 
-BUILD_HINT = "build them with `.venv/bin/python -m tests.vm.build` (about 25 min cold)"
+BUILD_HINT = ("build them with `tests/vm/build.sh` (= `.venv/bin/python -m tests.vm.build`; "
+              "cold: about 28 CPU-minutes, 15 min on an idle 2-core machine)")
 
 
 def require_vm() -> bool:
