@@ -7,7 +7,7 @@ packages=(
   # the agent's real-kernel tests: loop-mounted filesystems, signal tests
   e2fsprogs btrfs-progs xfsprogs util-linux strace
   # the kernel matrix: Debian kernel sources, kernel build, guest root, qemu
-  qemu-system-x86 busybox-static flex bison bc libelf-dev libssl-dev cpio dpkg-dev xz-utils
+  qemu-system-x86 busybox-static flex bison bc libelf-dev libssl-dev cpio dpkg-dev xz-utils python3.11
   debootstrap gcc make
   # container images and the real node: podman/buildah, containerd, runc, CNI
   podman buildah containerd runc containernetworking-plugins iptables conntrack skopeo
