@@ -307,11 +307,13 @@ def test_startup_fails_clearly_without_crds_or_with_old_ones(
     old.mkdir()
     for source in (REPO / "charts" / "thp-checker" / "crds").glob("*.yaml"):
         (old / source.name).write_text(source.read_text().replace(
-            'thpcheck.io/schema-version: "1"', 'thpcheck.io/schema-version: "0"'))
+            f'thpcheck.io/schema-version: "{names.SCHEMA_VERSION}"',
+            f'thpcheck.io/schema-version: "{names.SCHEMA_VERSION - 1}"'))
     install_crds(cluster, old)
     process = operator.launch()
     assert process.wait(60) == 2
-    assert "has schema version 0, this operator needs 1 or newer" in operator.tail()
+    assert (f"has schema version {names.SCHEMA_VERSION - 1}, this operator needs "
+            f"{names.SCHEMA_VERSION} or newer") in operator.tail()
 
     install_crds(cluster)
     operator.start()

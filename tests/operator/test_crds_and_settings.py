@@ -79,7 +79,7 @@ def test_printer_columns_are_the_ones_the_issue_lists() -> None:
                                                      "AGE"]
 
 
-def established(version: str = "1") -> dict[str, Any]:
+def established(version: str = str(names.SCHEMA_VERSION)) -> dict[str, Any]:
     return {"metadata": {"annotations": {names.SCHEMA_VERSION_ANNOTATION: version}},
             "spec": {"versions": [{"name": "v1alpha1", "served": True}]},
             "status": {"conditions": [{"type": "Established", "status": "True"}]}}
@@ -90,8 +90,10 @@ def test_startup_check_names_the_problem_and_the_fix() -> None:
     with pytest.raises(crds.CrdProblem, match=r"thpchecks.thpcheck.io is not installed.*"
                        r"kubectl apply --server-side -f charts/thp-checker/crds/"):
         crds.verify(lambda name: None)
-    with pytest.raises(crds.CrdProblem, match="schema version 0, this operator needs 1"):
-        crds.verify(lambda name: established("0"))
+    older = names.SCHEMA_VERSION - 1
+    with pytest.raises(crds.CrdProblem, match=f"schema version {older}, this operator needs "
+                       f"{names.SCHEMA_VERSION}"):
+        crds.verify(lambda name: established(str(older)))
     old = established()
     del old["metadata"]["annotations"]
     assert "schema version none" in crds.problems("x", old)[0]

@@ -86,6 +86,7 @@ async def run_check(name: str, body: kopf.Body, memo: kopf.Memo,
             raise
         except Exception:  # one bad reconcile must not end the daemon
             bound.exception("reconcile failed")
+            ctx.metrics.reconcile_errors.labels(check=name).inc()
         finally:
             ctx.metrics.reconcile_seconds.observe(time.monotonic() - started)
         await _wait_for_poke(flag, stopped, within=settings.status_interval)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import kopf
 
 from thpcheck.specs import names
-from thpcheck.specs.checkspec import parse_spec
+from thpcheck.specs.checkspec import Mode, parse_spec
 from thpcheck.specs.views import (
     AgentPodView,
     DaemonSetView,
@@ -81,8 +81,9 @@ async def index_check(body: kopf.Body, **_: Any) -> dict[str, CheckSummary]:
     meta = body.get("metadata", {})
     spec = parse_spec(body.get("spec"))
     name = str(meta.get("name", ""))
-    return {name: CheckSummary(name, spec.remediation.mitigate,
-                               bool(meta.get("deletionTimestamp")))}
+    # A preflight check runs no pod on any node, the mitigation's included.
+    mitigate = spec.remediation.mitigate and spec.mode is Mode.FULL
+    return {name: CheckSummary(name, mitigate, bool(meta.get("deletionTimestamp")))}
 
 
 def _values(index: Mapping[Any, Iterable[T]]) -> Iterator[T]:

@@ -50,6 +50,22 @@ class Metrics:
             "thpcheck_mitigation_unverified",
             "Nodes labelled for mitigation whose mitigation pod is not Ready.", ["check"],
             registry=r)
+        self.affected_unmitigated = Gauge(
+            "thpcheck_affected_nodes_unmitigated",
+            "Selected nodes whose current verdict is affected and that are not mitigated.",
+            ["check"], registry=r)
+        self.disagreements = Gauge(
+            "thpcheck_prediction_disagreements",
+            "Selected nodes whose agent result contradicts the preflight prediction (the "
+            "model or the distro table is wrong for them).", ["check"], registry=r)
+        self.schedule_interval = Gauge(
+            "thpcheck_schedule_interval_seconds",
+            "spec.schedule.interval of a full-mode check (absent without an interval): "
+            "results should never be much older.", ["check"], registry=r)
+        self.reconcile_errors = Counter(
+            "thpcheck_reconcile_errors_total",
+            "Reconciles of a ThpCheck that failed with an unexpected error.", ["check"],
+            registry=r)
         self.reconcile_seconds = Histogram(
             "thpcheck_reconcile_duration_seconds", "Time of one reconcile of a ThpCheck.",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
@@ -60,7 +76,8 @@ class Metrics:
 
     def record_check(self, check: str, by_verdict: Mapping[str, int], *, unchecked: int,
                      mitigated: int, cordoned: int, unverified: int,
-                     oldest_age: float | None) -> None:
+                     oldest_age: float | None, affected_unmitigated: int = 0,
+                     disagreements: int = 0, interval: float | None = None) -> None:
         for verdict in Verdict:
             self.nodes.labels(check=check, verdict=verdict.value).set(
                 by_verdict.get(verdict.value, 0))
@@ -71,12 +88,20 @@ class Metrics:
         self.mitigation_unverified.labels(check=check).set(unverified)
         if oldest_age is not None:
             self.oldest_result_age.labels(check=check).set(oldest_age)
+        self.affected_unmitigated.labels(check=check).set(affected_unmitigated)
+        self.disagreements.labels(check=check).set(disagreements)
+        if interval:
+            self.schedule_interval.labels(check=check).set(interval)
+        else:
+            with contextlib.suppress(KeyError):
+                self.schedule_interval.remove(check)
 
     def forget_check(self, check: str) -> None:
         """Drop a deleted check's series, so dashboards do not show ghosts."""
         for metric in (self.mitigated, self.cordoned, self.results_failed,
                        self.mitigation_unverified, self.oldest_result_age,
-                       self.results_written):
+                       self.results_written, self.affected_unmitigated, self.disagreements,
+                       self.schedule_interval, self.reconcile_errors):
             with contextlib.suppress(KeyError):
                 metric.remove(check)
         for verdict in [*(v.value for v in Verdict), "unchecked"]:

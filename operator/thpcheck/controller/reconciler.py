@@ -4,6 +4,10 @@ Order within a reconcile: the agent DaemonSet's rollout, the node results, remed
 (persisting the cordon budget before any cordon), the shared mitigation DaemonSet, Events,
 then the status. Each step is idempotent, so a reconcile cut short by a crash or a conflict
 is finished by the next one, and a reconcile with nothing to do writes nothing.
+
+``mode: preflight`` skips the rollout (and deletes a DaemonSet left by full mode): the
+results are the predictions from each node's ``status.nodeInfo``, and nothing that needs a
+pod (mitigation) is planned.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -25,7 +29,7 @@ from thpcheck.controller.indexes import Indexes
 from thpcheck.model.verdict import Verdict
 from thpcheck.specs import names
 from thpcheck.specs.agent import CheckRef
-from thpcheck.specs.checkspec import CheckSpec, parse_spec
+from thpcheck.specs.checkspec import CheckSpec, Mode, parse_spec
 from thpcheck.specs.mitigation import mitigation_daemonset
 from thpcheck.specs.remediation import (
     NodeChange,
@@ -34,7 +38,13 @@ from thpcheck.specs.remediation import (
     event_reason,
     plan_remediation,
 )
-from thpcheck.specs.results import ResultPatch, ResultPlan, ResultWrite, plan_results
+from thpcheck.specs.results import (
+    ResultPatch,
+    ResultPlan,
+    ResultWrite,
+    plan_predicted_results,
+    plan_results,
+)
 from thpcheck.specs.rollout import RolloutPlan, Step, plan_rollout
 from thpcheck.specs.selection import selected_nodes
 from thpcheck.specs.status import StatusInputs, build_status
@@ -43,6 +53,7 @@ from thpcheck.specs.views import NodeView, ResultView, node_view, result_view
 log = structlog.get_logger("thpcheck.operator")
 T = TypeVar("T")
 _WARNING_VERDICTS = {Verdict.AFFECTED.value, Verdict.SUSCEPTIBLE.value, Verdict.ERROR.value}
+DISAGREEMENT_REASON = "PredictionDisagreement"
 
 
 @dataclass
@@ -51,6 +62,8 @@ class NodeNotes:
 
     verdicts: dict[str, tuple[str | None, str, str]] = field(default_factory=dict)
     actions: dict[str, list[PlannedAction]] = field(default_factory=dict)
+    # New or changed contradictions of the preflight prediction (one Warning each).
+    disagreements: dict[str, str] = field(default_factory=dict)
 
 
 async def bounded(limit: int, jobs: Iterable[Awaitable[T]]) -> list[T]:
@@ -83,6 +96,7 @@ class CheckReconciler:
         self.generation = int(meta.get("generation") or 0)
         self.live_version = str(meta.get("resourceVersion") or "")
         self.spec: CheckSpec = parse_spec(body.get("spec"))
+        self.preflight = self.spec.mode is Mode.PREFLIGHT
         live = dict(body.get("status") or {})
         self.previous: Mapping[str, Any] = ctx.written_status.get(self.name) or live
         self.live_status = live
@@ -94,15 +108,23 @@ class CheckReconciler:
         nodes = recent.overlay_nodes(self.idx.all_nodes())
         by_name = {n.name: n for n in nodes}
         selected = selected_nodes(self.spec, nodes)
-        rollout = await self._roll_out(len(selected))
-        observed = recent.overlay_results(self.idx.results_of(self.name), self.name)
-        results = plan_results(
-            self.check, selected, self.idx.pods_of(self.name), observed,
-            self._mitigation_readiness(nodes), self.now,
-            timedelta(seconds=self.ctx.settings.empty_result_grace))
+        remediation = self.spec.remediation
+        if self.preflight:
+            rollout = await self._retire_agent()
+            observed = recent.overlay_results(self.idx.results_of(self.name), self.name)
+            results = plan_predicted_results(self.check, selected, observed,
+                                             self._mitigation_readiness(nodes), self.now)
+            remediation = replace(remediation, mitigate=False)
+        else:
+            rollout = await self._roll_out(len(selected))
+            observed = recent.overlay_results(self.idx.results_of(self.name), self.name)
+            results = plan_results(
+                self.check, selected, self.idx.pods_of(self.name), observed,
+                self._mitigation_readiness(nodes), self.now,
+                timedelta(seconds=self.ctx.settings.empty_result_grace))
         await self._write_results(results, by_name)
         remedy = plan_remediation(
-            self.name, self.spec.remediation, paused=self.spec.paused, selected=selected,
+            self.name, remediation, paused=self.spec.paused, selected=selected,
             all_nodes=nodes, states=results.states,
             cordoned=list(self.previous.get("cordonedNodes") or []))
         cordoned = await self._remediate(remedy, by_name)
@@ -135,6 +157,18 @@ class CheckReconciler:
                 f"(run {plan.run})"))
         return plan
 
+    async def _retire_agent(self) -> RolloutPlan:
+        """``mode: preflight`` runs nothing on the nodes: delete a DaemonSet from full mode."""
+        if self.idx.daemonset(self.name) is not None:
+            try:
+                await self.ctx.kube.delete_daemonset(self.ctx.settings.namespace,
+                                                     names.agent_daemonset_name(self.name))
+            except ApiError as exc:
+                self.log.warning("agent daemonset not deleted", error=str(exc))
+            else:
+                self.log.info("agent daemonset deleted", reason="mode preflight")
+        return RolloutPlan(Step.NONE)
+
     # -- results -----------------------------------------------------------------------
 
     def _mitigation_readiness(self, nodes: Iterable[NodeView]) -> dict[str, bool]:
@@ -164,11 +198,13 @@ class CheckReconciler:
                 return
             recent.wrote_result(result_view(written), item.before)
             self.ctx.metrics.results_written.labels(check=self.name).inc()
-            if item.duration_seconds is not None:
+            if item.duration_seconds is not None and item.new_run:
                 self.ctx.metrics.check_duration.observe(item.duration_seconds)
             if item.previous_verdict != item.verdict.value:
                 self.notes.verdicts[item.node] = (item.previous_verdict, item.verdict.value,
                                                   item.body["status"].get("message", ""))
+            if item.disagreement and item.disagreement != item.previous_disagreement:
+                self.notes.disagreements[item.node] = item.disagreement
 
         async def patch(item: ResultPatch) -> None:
             try:
@@ -257,6 +293,24 @@ class CheckReconciler:
                            message=f"ThpCheck {self.name}: " + "; ".join(parts))
         if self.spec.remediation.dry_run or self.spec.paused:
             self._post_planned_events(nodes, plan.planned)
+        self._post_disagreements(nodes)
+
+    def _post_disagreements(self, nodes: Mapping[str, NodeView]) -> None:
+        """A Warning on each node whose agent result newly contradicts its prediction, and
+        one on the check listing them: the model or the distro table is wrong there."""
+        found = self.notes.disagreements
+        for name, text in sorted(found.items()):
+            node = nodes.get(name)
+            if node is not None:
+                events.on_node(node, reason=DISAGREEMENT_REASON, warning=True, message=(
+                    f"ThpCheck {self.name}: the agent contradicts the preflight prediction: "
+                    f"{text}"))
+        if found:
+            listed = "; ".join(f"{n}: {t}" for n, t in sorted(found.items())[:3])
+            more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+            events.on_check(self.body, reason=DISAGREEMENT_REASON, warning=True, message=(
+                f"{len(found)} nodes contradict the preflight prediction, so the model or the "
+                f"distro table is wrong for them: {listed}{more}"))
 
     def _post_planned_events(self, nodes: Mapping[str, NodeView],
                              planned: Sequence[PlannedAction]) -> None:
@@ -282,9 +336,10 @@ class CheckReconciler:
                             selected: Sequence[NodeView], nodes: Sequence[NodeView],
                             observed: Sequence[ResultView]) -> None:
         daemonset = self.idx.daemonset(self.name)
-        pods = self.idx.pods_of(self.name)
-        rolling = (rollout.step is not Step.NONE or daemonset is None
-                   or daemonset.template != "check" or not daemonset.rolled_out)
+        pods = [] if self.preflight else self.idx.pods_of(self.name)
+        rolling = not self.preflight and (
+            rollout.step is not Step.NONE or daemonset is None
+            or daemonset.template != "check" or not daemonset.rolled_out)
         status = build_status(StatusInputs(
             generation=self.generation,
             selected=[n.name for n in selected],
@@ -300,6 +355,8 @@ class CheckReconciler:
             planned=remedy.planned if (self.spec.remediation.dry_run or self.spec.paused)
             else (),
             previous_conditions=list(self.previous.get("conditions") or []),
+            predicted=self.preflight,
+            disagreements=len(results.disagreements),
         ))
         self._record_metrics(status, results, nodes, observed)
         if canonical(status) in (canonical(self.live_status), canonical(self.previous)):
@@ -341,11 +398,16 @@ class CheckReconciler:
         unchecked = sum(1 for s in results.states.values() if s.verdict is None)
         labelled = self._mitigation_readiness(nodes)
         times = [t for t in (_parse_time(r.checked_at) for r in observed) if t is not None]
+        interval = self.spec.interval
         self.ctx.metrics.record_check(
             self.name, by_verdict, unchecked=unchecked, mitigated=int(status["mitigated"]),
             cordoned=int(status["cordoned"]),
             unverified=sum(1 for ready in labelled.values() if not ready),
-            oldest_age=(self.now - min(times)).total_seconds() if times else None)
+            oldest_age=(self.now - min(times)).total_seconds() if times else None,
+            affected_unmitigated=sum(1 for s in results.states.values()
+                                     if s.verdict is Verdict.AFFECTED and not s.mitigated),
+            disagreements=len(results.disagreements),
+            interval=(interval.total_seconds() if interval and not self.preflight else None))
 
 
 def _parse_time(text: str) -> datetime | None:

@@ -3,19 +3,24 @@ bring the observed results there.
 
 Level-based, so a restarted operator neither loses nor duplicates anything: result names are
 deterministic, and a result is rewritten only when its content hash (over what came from the
-pod) differs, or patched when only ``mitigated``/``stale`` changed.
+pod, and the preflight prediction recorded beside it) differs, or patched when only
+``mitigated``/``stale`` changed. In ``mode: preflight`` the prediction is the whole result
+(``plan_predicted_results``), rewritten when the node's kernel or OS image changes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from thpcheck import __version__
+from thpcheck.model.preflight import NodePrediction
 from thpcheck.model.verdict import Verdict
 from thpcheck.specs import names
 from thpcheck.specs.agent import CHECK, CheckRef, hash_of
+from thpcheck.specs.prediction import disagreement, predict_view, prediction_record
 from thpcheck.specs.termination import AgentResult, error_result
 from thpcheck.specs.views import AgentPodView, NodeView, ResultView
 
@@ -45,6 +50,9 @@ class ResultWrite:
     create: bool
     duration_seconds: float | None
     before: str = ""  # the observed result's resourceVersion ("" when creating)
+    new_run: bool = True  # an agent run this result had not recorded yet (or a prediction)
+    disagreement: str = ""  # the agent contradicts the prediction (see specs.prediction)
+    previous_disagreement: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,8 @@ class ResultPlan:
     deletes: list[str]
     states: dict[str, NodeState]
     pending: list[str]  # nodes with a finished pod but no result yet (awaiting the message)
+    # Selected nodes whose current result contradicts its prediction, and why.
+    disagreements: dict[str, str] = field(default_factory=dict)
 
 
 def _utf8_cap(text: str, limit: int) -> str:
@@ -100,13 +110,17 @@ def is_stale(kernel_release: str | None, boot_id: str | None, node: NodeView) ->
 
 
 def result_content(check: CheckRef, node: NodeView, pod: AgentPodView,
-                   result: AgentResult) -> dict[str, Any]:
-    """The pod-derived part of a result's status (hashed to detect changes)."""
+                   result: AgentResult,
+                   prediction: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The pod-derived part of a result's status, with the prediction recorded beside it
+    (hashed to detect changes)."""
     run = pod.run
     return _drop_none({
         "node": node.name,
         "check": check.name,
         "verdict": result.verdict.value,
+        "predicted": False,
+        "prediction": dict(prediction) if prediction is not None else None,
         "kernelRelease": result.kernel_release,
         "bootID": result.boot_id,
         "osImage": node.os_image or None,
@@ -155,6 +169,27 @@ def result_body(check: CheckRef, node: NodeView, content: Mapping[str, Any], *,
         },
         "status": {**content, "mitigated": mitigated, "stale": stale},
     }
+
+
+def predicted_content(check: CheckRef, node: NodeView,
+                      prediction: NodePrediction) -> dict[str, Any]:
+    """A ``mode: preflight`` result's status from the prediction alone (hashed; ``checkedAt``
+    is added at write time, so an unchanged prediction is never rewritten)."""
+    config = prediction.config
+    return _drop_none({
+        "node": node.name,
+        "check": check.name,
+        "verdict": prediction.verdict.value,
+        "predicted": True,
+        "prediction": prediction_record(prediction),
+        "kernelRelease": node.kernel_version or None,
+        "osImage": node.os_image or None,
+        "readOnlyThpForFs": config.read_only_thp,
+        "configSource": config.source,
+        "agentVersion": __version__,
+        "message": _utf8_cap(f"predicted from kernel and OS image ({prediction.confidence}): "
+                             f"{prediction.reason}", MESSAGE_LIMIT),
+    })
 
 
 def latest_run(pods: Iterable[AgentPodView]) -> AgentPodView | None:
@@ -213,19 +248,27 @@ def plan_results(check: CheckRef, selected: Sequence[NodeView],
             continue
         mitigated = mitigated_by_pod.get(node.name, result.mitigated)
         stale = is_stale(result.kernel_release, result.boot_id, node)
-        content = result_content(check, node, pod, result)
+        prediction = predict_view(node)
+        why = disagreement(prediction, result, node.kernel_version) or ""
+        content = result_content(check, node, pod, result, prediction_record(prediction, why))
         body = result_body(check, node, content, mitigated=mitigated, stale=stale)
         digest = body["metadata"]["annotations"][names.CONTENT_HASH_ANNOTATION]
         plan.states[node.name] = NodeState(node.name, result.verdict, mitigated, stale)
+        if why:
+            plan.disagreements[node.name] = why
         if existing is None or existing.content_hash != digest:
             durations = [p.duration_seconds for p in result.paths
                          if p.duration_seconds is not None]
+            run = f"{pod.uid}/{pod.run.finished_at if pod.run else ''}"
             plan.writes.append(ResultWrite(
                 name=body["metadata"]["name"], node=node.name, body=body,
-                previous_verdict=existing.verdict if existing else None,
+                previous_verdict=(existing.verdict if existing and not existing.predicted
+                                  else None),
                 verdict=result.verdict, create=existing is None,
                 duration_seconds=sum(durations) if durations else None,
-                before=existing.resource_version if existing else ""))
+                before=existing.resource_version if existing else "",
+                new_run=existing is None or existing.run != run, disagreement=why,
+                previous_disagreement=existing.disagreement if existing else ""))
         elif (existing.mitigated, existing.stale) != (mitigated, stale):
             plan.patches.append(ResultPatch(existing.name, node.name, {
                 "status": {"mitigated": mitigated, "stale": stale}},
@@ -237,11 +280,52 @@ def plan_results(check: CheckRef, selected: Sequence[NodeView],
 
 def _keep(plan: ResultPlan, node: NodeView, existing: ResultView,
           mitigated_by_pod: Mapping[str, bool]) -> None:
-    """No newer run: keep the result, refreshing only ``mitigated`` and ``stale``."""
+    """No newer run: keep the result, refreshing only ``mitigated`` and ``stale``. A result
+    left by ``mode: preflight`` is kept (its verdict keeps the node's labels) but counts as
+    stale until the agent's result replaces it; the object itself is not patched for that."""
     mitigated = mitigated_by_pod.get(node.name, existing.mitigated)
     stale = is_stale(existing.kernel_release, existing.boot_id, node)
     verdict = _VERDICTS.get(existing.verdict or "", Verdict.ERROR)
-    plan.states[node.name] = NodeState(node.name, verdict, mitigated, stale)
+    plan.states[node.name] = NodeState(node.name, verdict, mitigated,
+                                       stale or existing.predicted)
+    if existing.disagreement:
+        plan.disagreements[node.name] = existing.disagreement
     if (existing.mitigated, existing.stale) != (mitigated, stale):
         plan.patches.append(ResultPatch(existing.name, node.name, {
             "status": {"mitigated": mitigated, "stale": stale}}, existing.resource_version))
+
+
+def plan_predicted_results(check: CheckRef, selected: Sequence[NodeView],
+                           observed: Iterable[ResultView],
+                           mitigated_by_pod: Mapping[str, bool], now: datetime) -> ResultPlan:
+    """``mode: preflight``: every selected node's result is its prediction from
+    ``status.nodeInfo``, rewritten only when the prediction's inputs or outcome change (a new
+    kernel or OS image, or a new model version). No pod is involved; ``mitigated`` still
+    comes from a mitigation pod another check may run on the node. Results of nodes no
+    longer selected are deleted, as in full mode."""
+    results = {r.node: r for r in observed}
+    plan = ResultPlan([], [], [], {}, [])
+    written_at = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for node in selected:
+        existing = results.get(node.name)
+        prediction = predict_view(node)
+        mitigated = mitigated_by_pod.get(node.name, False)
+        body = result_body(check, node, predicted_content(check, node, prediction),
+                           mitigated=mitigated, stale=False)
+        digest = body["metadata"]["annotations"][names.CONTENT_HASH_ANNOTATION]
+        plan.states[node.name] = NodeState(node.name, prediction.verdict, mitigated, False)
+        if existing is None or existing.content_hash != digest:
+            body["status"]["checkedAt"] = written_at
+            plan.writes.append(ResultWrite(
+                name=body["metadata"]["name"], node=node.name, body=body,
+                previous_verdict=existing.verdict if existing else None,
+                verdict=prediction.verdict, create=existing is None, duration_seconds=None,
+                before=existing.resource_version if existing else "", new_run=False,
+                previous_disagreement=existing.disagreement if existing else ""))
+        elif (existing.mitigated, existing.stale) != (mitigated, False):
+            plan.patches.append(ResultPatch(existing.name, node.name, {
+                "status": {"mitigated": mitigated, "stale": False}},
+                existing.resource_version))
+    node_names = {n.name for n in selected}
+    plan.deletes.extend(r.name for r in results.values() if r.node not in node_names)
+    return plan

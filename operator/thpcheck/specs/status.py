@@ -41,6 +41,8 @@ class StatusInputs:
     dry_run: bool = False
     planned: Sequence[PlannedAction] = ()
     previous_conditions: Sequence[Mapping[str, Any]] = field(default_factory=list)
+    predicted: bool = False  # mode: preflight (results are predictions, no agent runs)
+    disagreements: int = 0  # selected nodes whose agent result contradicts the prediction
 
 
 def counts(selected: Sequence[str], states: Mapping[str, NodeState]) -> dict[str, int]:
@@ -76,10 +78,11 @@ def condition(previous: Sequence[Mapping[str, Any]], type_: str, status: bool, r
             "lastTransitionTime": since, "observedGeneration": generation}
 
 
-def _message(numbers: Mapping[str, int], current: str) -> str:
+def _message(numbers: Mapping[str, int], current: str, predicted: bool = False) -> str:
     if numbers["nodes"] == 0:
         return "no node matches spec.nodeSelector and spec.tolerations"
-    text = (f"{numbers['checked']}/{numbers['nodes']} nodes checked: "
+    done = "predicted from kernel and OS image" if predicted else "checked"
+    text = (f"{numbers['checked']}/{numbers['nodes']} nodes {done}: "
             f"{numbers['affected']} affected, {numbers['susceptible']} susceptible, "
             f"{numbers['notAffected']} not affected, {numbers['unknown']} unknown, "
             f"{numbers['errors']} errors")
@@ -98,7 +101,7 @@ def build_status(inputs: StatusInputs) -> dict[str, Any]:
     blocked_reason, blocked_message = _blocked(inputs)
     conditions = [
         condition(previous, "Ready", complete, "AllNodesChecked" if complete else "Checking",
-                  _message(numbers, current), now, generation),
+                  _message(numbers, current, inputs.predicted), now, generation),
         condition(previous, "Progressing", progressing,
                   "RunInProgress" if progressing else "RunFinished",
                   "agent pods are rolling through the nodes" if progressing
@@ -117,7 +120,8 @@ def build_status(inputs: StatusInputs) -> dict[str, Any]:
         "cordonedNodes": sorted(inputs.cordoned_nodes),
         "plannedActions": [a.to_status() for a in inputs.planned[:PLANNED_LIMIT]],
         "plannedActionCount": len(inputs.planned),
-        "message": _message(numbers, current),
+        "disagreements": inputs.disagreements,
+        "message": _message(numbers, current, inputs.predicted),
         "conditions": conditions,
     }
     if inputs.last_run_at:

@@ -36,6 +36,7 @@ class NodeView:
     kernel_version: str = ""
     boot_id: str = ""
     os_image: str = ""
+    architecture: str = ""
 
     @property
     def excluded(self) -> bool:
@@ -92,6 +93,9 @@ class ResultView:
     boot_id: str
     checked_at: str = ""
     resource_version: str = ""
+    run: str = ""  # "<pod uid>/<finishedAt>" of the agent run the result came from
+    disagreement: str = ""  # status.prediction.disagreement
+    predicted: bool = False  # written from the preflight prediction (mode: preflight)
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,7 @@ def node_view(body: Mapping[str, Any]) -> NodeView:
         kernel_version=info.get("kernelVersion", "") or "",
         boot_id=info.get("bootID", "") or "",
         os_image=info.get("osImage", "") or "",
+        architecture=info.get("architecture", "") or "",
     )
 
 
@@ -220,7 +225,20 @@ def result_view(body: Mapping[str, Any]) -> ResultView:
         boot_id=status.get("bootID", "") or "",
         checked_at=status.get("checkedAt", "") or "",
         resource_version=meta.get("resourceVersion", ""),
+        run=_run_of(status.get("pod")),
+        disagreement=_disagreement_of(status.get("prediction")),
+        predicted=status.get("predicted") is True,
     )
+
+
+def _run_of(pod: Any) -> str:
+    if not isinstance(pod, Mapping) or not pod.get("uid"):
+        return ""
+    return f"{pod['uid']}/{pod.get('finishedAt') or ''}"
+
+
+def _disagreement_of(prediction: Any) -> str:
+    return str(prediction.get("disagreement") or "") if isinstance(prediction, Mapping) else ""
 
 
 def daemonset_view(body: Mapping[str, Any]) -> DaemonSetView:
