@@ -85,3 +85,26 @@ def _processes_mentioning(text: str) -> list[str]:
         if text in argv:
             found.append(f"{proc.name}: {argv[:120]}")
     return found
+
+
+def test_extra_args_are_appended_per_server(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opt-in flags go after the harness's own (so they win), only to the named server."""
+    import tests.cluster.harness as harness
+
+    spawned: dict[str, list[str]] = {}
+
+    def fake_spawn(name: str, argv: list[str], *_: object, **__: object) -> object:
+        spawned[name] = argv
+        return object()
+
+    monkeypatch.setattr(harness, "spawn", fake_spawn)
+    cluster = Cluster(tmp_path / "c", bin_dir=tmp_path, extra_args={
+        "kube-controller-manager": ["--kube-api-qps=500", "--kube-api-burst=1000"]})
+    cluster._spawn("kube-controller-manager", ["--v=1"])
+    cluster._spawn("kube-scheduler", ["--v=1"])
+    assert spawned["kube-controller-manager"][1:] == [
+        "--v=1", "--kube-api-qps=500", "--kube-api-burst=1000"]
+    assert spawned["kube-scheduler"][1:] == ["--v=1"]
+    with pytest.raises(ClusterError, match="unknown servers"):
+        Cluster(tmp_path / "d", bin_dir=tmp_path, extra_args={"kubelet": ["--v=2"]})
