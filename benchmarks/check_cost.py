@@ -1,11 +1,16 @@
 """What `thpcheck check` costs a node, per path, on this machine's kernel (run as root).
 
-Creates loop-mounted ext4, btrfs and xfs filesystems, runs the real command once per path
-(``--repeat`` times), and prints wall time, CPU time, peak RSS, bytes the filesystem's block
-device wrote (after ``sync``, so journal and metadata count), bytes the agent reported writing,
-and what was left on disk (must be 0). A benchmark, not a test: it prints figures.
+Creates loop-mounted ext4, btrfs and xfs filesystems and runs the real command once per path
+(``--repeat`` times) through benchmarks/measure.py: wall time (spawn to exit), CPU time, peak
+RSS, bytes the filesystem's block device wrote (after ``sync``, so journal and metadata
+count), bytes the agent reported writing, the reproducer's own duration (in-process), and
+what was left on disk (must be 0). A benchmark, not a test: it prints figures.
 
-    sudo .venv/bin/python -m benchmarks.check_cost [--repeat 5] [--json]
+    sudo .venv/bin/python -m benchmarks.check_cost [--repeat 10] [--json]
+        [--python /usr/bin/python3.11] [--agent-src DIR] [-- extra thpcheck check args]
+
+``--agent-src`` runs another tree's agent (a `git worktree` of an older commit holds its
+``operator/``), for before/after figures on the same machine at the same load.
 """
 
 from __future__ import annotations
@@ -15,62 +20,32 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
 from tests.host.loopfs import loop_mount
 
+from benchmarks.measure import measure
+
 REPO = Path(__file__).resolve().parents[1]
 FILESYSTEMS = ("ext4", "btrfs", "xfs")
 
 
-def _device_of(mountpoint: Path) -> str:
-    source = subprocess.run(["findmnt", "-no", "SOURCE", str(mountpoint)], check=True,
-                            capture_output=True, text=True).stdout.strip()
-    return os.path.basename(source)
-
-
-def _sectors_written(device: str) -> int:
-    """Field 7 of /sys/block/<dev>/stat: 512-byte sectors written."""
-    return int(Path(f"/sys/block/{device}/stat").read_text().split()[6])
-
-
-def _leftovers(path: Path) -> int:
-    return sum(1 for _ in path.rglob("*"))
-
-
-def _run_child(path: Path, extra: list[str]) -> dict[str, Any]:
-    """Run via os.posix_spawn + wait4 so rusage is the agent's own, not the whole tree's."""
-    device = _device_of(path)
-    os.sync()
-    sectors = _sectors_written(device)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
-    read_fd, write_fd = os.pipe()
-    started = time.monotonic()
-    pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "thpcheck", "check", "--json",
-                                          str(path), *extra], env,
-                         file_actions=[(os.POSIX_SPAWN_DUP2, write_fd, 1)])
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        stdout = pipe.read()
-    _, _, usage = os.wait4(pid, 0)
-    wall = time.monotonic() - started
-    os.sync()
-    entry = json.loads(stdout)["paths"][0]
+def _run_child(python: str, path: Path, extra: list[str]) -> dict[str, Any]:
+    run = measure(str(path), [python, "-m", "thpcheck", "check", "--json", str(path), *extra])
+    entry = json.loads(run["stdout"])["paths"][0]
     return {
-        "wall_s": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "peak_rss_mib": usage.ru_maxrss / 1024,
-        "device_bytes_written": (_sectors_written(device) - sectors) * 512,
+        "wall_s": run["wall_s"],
+        "cpu_s": run["cpu_s"],
+        "peak_rss_mib": run["peak_rss_kib"] / 1024,
+        "device_bytes_written": run["device_bytes_written"],
         "agent_bytes_written": entry["repro"].get("bytes_written", 0),
         "repro_s": entry["repro"].get("duration_s"),
         "verdict": entry["verdict"],
         "outcome": entry["repro"]["outcome"],
-        "left_on_disk": _leftovers(path),
+        "left_on_disk": len(run["left_on_disk"]),
     }
 
 
@@ -81,6 +56,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "runs": len(runs),
         "wall_s_median": round(med("wall_s"), 3),
+        "wall_s_min": round(min(r["wall_s"] for r in runs), 3),
         "wall_s_max": round(max(r["wall_s"] for r in runs), 3),
         "repro_s_median": round(med("repro_s"), 3),
         "cpu_s_median": round(med("cpu_s"), 3),
@@ -95,30 +71,43 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter that runs the agent (default: this one)")
+    parser.add_argument("--agent-src", type=Path, default=REPO / "operator",
+                        help="directory holding the thpcheck package (default: this tree's)")
     parser.add_argument("agent_args", nargs="*", help="extra `thpcheck check` arguments")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("check_cost: needs root (loop devices)", file=sys.stderr)
         return 2
-    results: dict[str, Any] = {"kernel": os.uname().release, "machine": os.uname().machine}
+    os.environ["PYTHONPATH"] = str(args.agent_src.resolve())
+    load_before = os.getloadavg()
+    results: dict[str, Any] = {"kernel": os.uname().release, "machine": os.uname().machine,
+                               "python": args.python, "agent_src": str(args.agent_src),
+                               "repeat": args.repeat}
     with TemporaryDirectory(prefix="thpcheck-bench-") as tmp, contextlib.ExitStack() as stack:
         for fs in FILESYSTEMS:
             scratch = stack.enter_context(loop_mount(Path(tmp), fs)) / "bench"
             scratch.mkdir()
-            runs = [_run_child(scratch, args.agent_args) for _ in range(args.repeat)]
+            runs = [_run_child(args.python, scratch, args.agent_args)
+                    for _ in range(args.repeat)]
             results[fs] = _summary(runs)
+    results["load_before"] = [round(x, 2) for x in load_before]
+    results["load_after"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"kernel {results['kernel']} ({results['machine']}), {args.repeat} runs per path")
-    print(f"{'fs':6} {'wall med':>9} {'wall max':>9} {'repro':>7} {'cpu':>7} {'rss MiB':>8} "
-          f"{'dev written':>12} {'agent wrote':>12} {'left':>5}  verdict/outcome")
+    print(f"kernel {results['kernel']} ({results['machine']}), {args.python}, agent "
+          f"{args.agent_src}, {args.repeat} runs per path; load {results['load_before']} -> "
+          f"{results['load_after']}")
+    print(f"{'fs':6} {'wall med':>9} {'min':>7} {'max':>7} {'repro':>7} {'cpu':>7} "
+          f"{'rss MiB':>8} {'dev written':>12} {'agent wrote':>12} {'left':>5}  verdict/outcome")
     for fs in FILESYSTEMS:
         r = results[fs]
-        print(f"{fs:6} {r['wall_s_median']:>8.3f}s {r['wall_s_max']:>8.3f}s "
-              f"{r['repro_s_median']:>6.3f}s {r['cpu_s_median']:>6.3f}s "
+        print(f"{fs:6} {r['wall_s_median']:>8.3f}s {r['wall_s_min']:>6.3f}s "
+              f"{r['wall_s_max']:>6.3f}s {r['repro_s_median']:>6.3f}s {r['cpu_s_median']:>6.3f}s "
               f"{r['peak_rss_mib_max']:>8.1f} {r['device_bytes_written_median']:>12} "
               f"{r['agent_bytes_written']:>12} {r['left_on_disk_max']:>5}  "
               f"{r['verdict']}/{r['outcome']}")
