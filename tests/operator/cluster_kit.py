@@ -235,6 +235,15 @@ def node(cluster: Cluster, name: str) -> dict[str, Any]:
     return found
 
 
+DISAGREEMENT = "PredictionDisagreement"
+
+
+def change_events(cluster: Cluster, name: str) -> list[str]:
+    """Reasons of the node's Events about changes (without the Warnings saying that an agent
+    result contradicts the preflight prediction, as the tests' injected results often do)."""
+    return [e["reason"] for e in node_events(cluster, name) if e["reason"] != DISAGREEMENT]
+
+
 def node_events(cluster: Cluster, name: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = cluster.api(
         "GET", "/api/v1/events?fieldSelector=involvedObject.kind=Node,"

@@ -14,6 +14,7 @@ from tests.operator.cluster_kit import (
     CHECKS_PATH,
     Kubelet,
     OperatorProcess,
+    change_events,
     eventually,
     get_check,
     node,
@@ -97,8 +98,7 @@ def test_remediation_end_to_end(crds: Cluster, operator: OperatorProcess, kubele
     assert {n: marks(crds, n) for n in nodes} == before
     eventually(lambda: "WouldCordon" in [e["reason"] for e in node_events(crds, cordons[0])],
                what="a WouldCordon event")
-    assert sorted(e["reason"] for e in node_events(crds, others[-1])) == [
-        "VerdictChanged", "WouldLabel"]
+    assert sorted(change_events(crds, others[-1])) == ["VerdictChanged", "WouldLabel"]
 
     # 2. For real: exactly two cordons, never more; the admin's node and the excluded one alone.
     patch_remediation(crds, name, dryRun=False)
@@ -125,7 +125,7 @@ def test_remediation_end_to_end(crds: Cluster, operator: OperatorProcess, kubele
                                   names.LABELLED_BY_ANNOTATION: name}
     assert marks(crds, excluded) == before[excluded]
     # Checked and reported (an Event is not a change to the node), never acted on.
-    assert [e["reason"] for e in node_events(crds, excluded)] == ["VerdictChanged"]
+    assert change_events(crds, excluded) == ["VerdictChanged"]
     for n in others[4:]:
         assert marks(crds, n)[names.VERDICT_LABEL] == document["verdict"]
 

@@ -122,9 +122,13 @@ def test_ruled_out_by_a_rule_the_prediction_did_not_expect(fstype: str, rule: st
                     f"({fstype}) not-affected by {rule}")
 
 
-def test_data_lost_where_the_model_rules_it_out() -> None:
+def test_data_lost_where_the_prediction_said_safe() -> None:
     text = why(UEK8, agent(UEK8[1], ("xfs", "affected", "G6")))
-    assert text == ("data was lost on /scratch/xfs (xfs) although the model rules it out by G6")
+    assert text == ("predicted susceptible (G10) with xfs safe by G6, but data was lost on "
+                    "/scratch/xfs")
+    # Lost where the agent's own model (not the prediction) said safe: the prediction was right.
+    assert why(UEK8, agent(UEK8[1], ("ext4", "affected", "G1"), config=True)) is None
+    assert why(UNKNOWN, agent(UNKNOWN[1], ("xfs", "affected", "G6"))) is None
 
 
 def test_another_kernel_is_no_evidence_about_this_prediction() -> None:

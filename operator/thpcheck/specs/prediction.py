@@ -22,12 +22,15 @@ prediction when any of these holds:
    erofs, read-only mounts; G14: bcachefs). Anything else (config off G1, a fixed stable
    release G4, btrfs large folios G11, the runtime refusal RT1, ...) means the prediction's
    view of the kernel or its config is wrong.
-4. Data was lost (``affected``) on a path whose rule the model holds to be safe (the agent's
-   own model was contradicted the same way: its path ``disagreement``).
+4. **Predicted susceptible** but data was lost (``affected``) on a path whose filesystem
+   class the prediction listed as safe (its rule is one of theirs, e.g. xfs by G6).
 
-A prediction of ``unknown`` claims nothing, so only (1) can apply to it. The disagreement is
-part of the recorded result, so it is written (and its Warning Event posted) only when it
-changes, never on a quiet reconcile.
+A prediction of ``unknown`` claims nothing, so only (1) can apply to it. (An ``affected`` path
+whose rule says not-affected always contradicts the agent's own model, which the agent reports
+in the path's ``disagreement``; it contradicts the prediction only as in 2 or 4.)
+
+The disagreement is part of the recorded result, so it is written (and its Warning Event
+posted) only when it changes, never on a quiet reconcile.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from functools import lru_cache
 from typing import Any
 
 from thpcheck.model.preflight import NodeInfo, NodePrediction, predict_node
-from thpcheck.model.rules import PURGE_REMOVED, Outcome, rule_by_id
+from thpcheck.model.rules import PURGE_REMOVED
 from thpcheck.model.verdict import Verdict
 from thpcheck.specs.termination import AgentResult, PathOutcome
 from thpcheck.specs.views import NodeView
@@ -94,15 +97,6 @@ def _path_text(path: PathOutcome) -> str:
     return f"{path.path} ({path.fstype or '?'}) {path.verdict.value}{rule}"
 
 
-def _rule_is_safe(rule: str | None) -> bool:
-    if not rule:
-        return False
-    try:
-        return rule_by_id(rule).outcome is Outcome.NOT_AFFECTED
-    except KeyError:
-        return rule == "RT1"
-
-
 def _config_disagreement(prediction: NodePrediction, result: AgentResult) -> str | None:
     kernel = prediction.kernel
     predicted, found = prediction.config.read_only_thp, result.read_only_thp_for_fs
@@ -121,19 +115,21 @@ def disagreement(prediction: NodePrediction, result: AgentResult,
     if not result.kernel_release or result.kernel_release != node_kernel:
         return None
     found = [text] if (text := _config_disagreement(prediction, result)) else []
-    expected = {f.prediction.rule for f in prediction.ruled_out} | FILESYSTEM_FACT_RULES
+    safe = {f.prediction.rule for f in prediction.ruled_out}
+    expected = safe | FILESYSTEM_FACT_RULES
     head = f"predicted {prediction.verdict.value} ({prediction.rule})"
     for path in result.paths:
         if path.verdict in _NO_EVIDENCE:
             continue
-        if prediction.verdict is Verdict.NOT_AFFECTED and path.verdict in _AT_RISK:
-            found.append(f"{head} but the agent found {_path_text(path)}")
-        elif (prediction.verdict is Verdict.SUSCEPTIBLE and path.verdict is Verdict.NOT_AFFECTED
-              and path.rule not in expected):
-            found.append(f"{head} but the agent proved {_path_text(path)}")
-        elif path.verdict is Verdict.AFFECTED and _rule_is_safe(path.rule):
-            found.append(f"data was lost on {path.path} ({path.fstype or '?'}) although the "
-                         f"model rules it out by {path.rule}")
+        if prediction.verdict is Verdict.NOT_AFFECTED:
+            if path.verdict in _AT_RISK:
+                found.append(f"{head} but the agent found {_path_text(path)}")
+        elif prediction.verdict is Verdict.SUSCEPTIBLE:
+            if path.verdict is Verdict.NOT_AFFECTED and path.rule not in expected:
+                found.append(f"{head} but the agent proved {_path_text(path)}")
+            elif path.verdict is Verdict.AFFECTED and path.rule in safe:
+                found.append(f"{head} with {path.fstype or '?'} safe by {path.rule}, but data "
+                             f"was lost on {path.path}")
     if not found:
         return None
     return _cap("; ".join(dict.fromkeys(found)), DISAGREEMENT_LIMIT)
