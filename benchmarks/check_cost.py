@@ -51,7 +51,7 @@ def _run_child(python: str, path: Path, extra: list[str]) -> dict[str, Any]:
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     def med(key: str) -> float:
-        return statistics.median(r[key] for r in runs)
+        return float(statistics.median(r[key] for r in runs))
 
     return {
         "runs": len(runs),

@@ -43,7 +43,7 @@ def sectors_written(device: str | None) -> int:
 
 
 def entries(directory: str) -> set[str]:
-    found = set()
+    found: set[str] = set()
     for top, dirs, files in os.walk(directory):
         found.update(os.path.join(top, name) for name in (*dirs, *files))
     return found

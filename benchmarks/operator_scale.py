@@ -1,0 +1,620 @@
+"""How the operator scales: one ThpCheck over N kwok nodes on the real control plane.
+
+For each N: a fresh cluster (tests/cluster/harness.py) whose kube-controller-manager and
+kube-scheduler get a higher client QPS (their default 20 QPS, not the operator, is otherwise
+what limits a DaemonSet rollout over thousands of nodes) and whose kube-apiserver writes an
+audit log of the operator's requests only. N Ready kwok nodes (this machine's kernel and boot
+ID, as in the operator tests), the chart's CRDs, the operator as a real process running as a
+ServiceAccount with exactly the chart's RBAC (tests/operator/test_cluster_rbac.py), production
+timing (THPCHECK_STATUS_INTERVAL 5 s, THPCHECK_DEBOUNCE 1 s). Then one ThpCheck selecting the
+N nodes, and this script plays the kubelet as tests/operator/cluster_kit.py does: as the
+check pods come up it writes the agent's compact result (one real `thpcheck check --no-repro`
+document of this machine) into their init container's terminated state, at a steady
+``--rate`` per second.
+
+Reported per N: time from the last injected result to a complete ThpCheck status (every node
+checked, phase Completed); API requests per node by verb, from kube-apiserver's
+``apiserver_request_total`` (all clients, scraped before the ThpCheck is created and after it
+settled) and from the audit log (the operator's own identity only); the operator's peak RSS
+and CPU seconds; the load average. Raw results go to benchmarks/out/operator-scale-<N>.json.
+
+    .venv/bin/python -m benchmarks.operator_scale --nodes 100,1000,5000 [--rate 100]
+        [--max-concurrent 10%] [--keep] [--profile]
+
+Needs the cluster binaries (tests/cluster/tools/build.sh). A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import http.client
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from tests.cluster.harness import KWOK_ANNOTATION, Cluster, node_manifest, node_ready
+from tests.operator.cluster_kit import CHECKS_PATH, OperatorProcess, install_crds, this_machine
+from tests.operator.test_cluster_rbac import service_account_kubeconfig
+
+from thpcheck.model.report import compact
+from thpcheck.specs import names
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "out"
+NAMESPACE = "thp-checker"
+OPERATOR_USER = f"system:serviceaccount:{NAMESPACE}:thpcheck-operator"
+CHECK = "scale"
+NODE_LABEL = "thpcheck-bench"
+CLIENT_QPS = ["--kube-api-qps=1000", "--kube-api-burst=2000"]
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+AUDIT_POLICY = f"""apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  users: ["{OPERATOR_USER}"]
+- level: None
+"""
+
+
+# -- a small keep-alive admin client (the harness opens a connection per call) ------------
+
+
+class Api:
+    """Admin REST calls over one keep-alive HTTPS connection per thread."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.port = cluster.ports["apiserver"]
+        self.context = ssl.create_default_context(cafile=str(cluster.pki.ca_crt))
+        self.context.load_cert_chain(str(cluster.pki.crt("admin")), str(cluster.pki.key("admin")))
+        self.local = threading.local()
+
+    def connection(self, timeout: float = 60.0) -> http.client.HTTPSConnection:
+        conn: http.client.HTTPSConnection | None = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context,
+                                               timeout=timeout)
+            self.local.conn = conn
+        return conn
+
+    def call(self, method: str, path: str, body: Any = None,
+             content_type: str = "application/json") -> Any:
+        for attempt in range(2):
+            conn = self.connection()
+            try:
+                headers = {"Accept": "application/json"}
+                payload = None if body is None else json.dumps(body)
+                if payload is not None:
+                    headers["Content-Type"] = content_type
+                conn.request(method, path, body=payload, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self.local.conn = None
+                if attempt:
+                    raise
+                continue
+            if response.status >= 400:
+                raise RuntimeError(f"{method} {path}: {response.status} {data[:300]!r}")
+            return json.loads(data) if data else None
+        return None  # pragma: no cover
+
+    def text(self, path: str) -> str:
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context,
+                                           timeout=60)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().read().decode()
+        finally:
+            conn.close()
+
+    def watch(self, path: str, query: Mapping[str, str],
+              stop: threading.Event) -> Iterator[dict[str, Any]]:
+        """List then watch a collection; yields {"type", "object"} events until ``stop``."""
+        listed = self.call("GET", f"{path}?{urlencode(query)}")
+        version = listed["metadata"]["resourceVersion"]
+        for item in listed["items"]:
+            yield {"type": "ADDED", "object": item}
+        while not stop.is_set():
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context,
+                                               timeout=30)
+            params = {**query, "watch": "1", "resourceVersion": version,
+                      "allowWatchBookmarks": "true", "timeoutSeconds": "20"}
+            try:
+                conn.request("GET", f"{path}?{urlencode(params)}")
+                response = conn.getresponse()
+                for line in response:
+                    if stop.is_set():
+                        return
+                    event = json.loads(line)
+                    if event["type"] == "ERROR":
+                        raise RuntimeError(f"watch {path}: {event['object']}")
+                    version = event["object"]["metadata"]["resourceVersion"]
+                    if event["type"] != "BOOKMARK":
+                        yield event
+            except (OSError, http.client.HTTPException, TimeoutError):
+                continue
+            finally:
+                conn.close()
+
+
+# -- processes: CPU seconds and peak RSS from /proc -------------------------------------------
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+@dataclass
+class Sampler:
+    """Samples a process's RSS once a second in the background (a time series for the doc)."""
+
+    pid: int
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self.stop.wait(1.0):
+            with contextlib.suppress(OSError, ValueError):
+                self.samples.append((round(time.monotonic() - started, 1),
+                                     proc_status_kib(self.pid, "VmRSS")))
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def request_totals(metrics_text: str) -> dict[tuple[str, str], float]:
+    """apiserver_request_total summed by (verb, resource[/subresource])."""
+    totals: dict[tuple[str, str], float] = collections.defaultdict(float)
+    for line in metrics_text.splitlines():
+        match = _SAMPLE.match(line)
+        if not match:
+            continue
+        labels = dict(_LABEL.findall(match["labels"]))
+        resource = labels.get("resource", "")
+        if labels.get("subresource"):
+            resource += "/" + labels["subresource"]
+        totals[(labels.get("verb", ""), resource)] += float(match["value"])
+    return dict(totals)
+
+
+def difference(after: Mapping[tuple[str, str], float],
+               before: Mapping[tuple[str, str], float]) -> dict[tuple[str, str], int]:
+    return {key: int(value - before.get(key, 0.0)) for key, value in after.items()
+            if value - before.get(key, 0.0) > 0}
+
+
+def by_verb(counts: Mapping[tuple[str, str], int]) -> dict[str, int]:
+    verbs: dict[str, int] = collections.Counter()
+    for (verb, _), value in counts.items():
+        verbs[verb] += value
+    return dict(sorted(verbs.items()))
+
+
+def audit_counts(path: Path, since: datetime, until: datetime | None = None,
+                 ) -> dict[tuple[str, str], int]:
+    """The operator's requests in the audit log by (verb, resource[/subresource]), counted
+    once each (ResponseComplete; a watch also logs ResponseStarted) within [since, until]."""
+    counts: dict[tuple[str, str], int] = collections.Counter()
+    if not path.exists():
+        return {}
+    for line in path.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("stage") != "ResponseComplete" or event["user"]["username"] != OPERATOR_USER:
+            continue
+        received = datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00"))
+        if received < since or (until is not None and received > until):
+            continue
+        ref = event.get("objectRef") or {}
+        resource = ref.get("resource", event.get("requestURI", "?"))
+        if ref.get("subresource"):
+            resource += "/" + ref["subresource"]
+        counts[(event["verb"], resource)] += 1
+    return dict(counts)
+
+
+# -- the kubelet's part ------------------------------------------------------------------------
+
+
+def real_result_message(workdir: Path) -> str:
+    """One real compact result of this machine (prediction only: nothing written)."""
+    scratch = workdir / "agent-scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    completed = subprocess.run(
+        [sys.executable, "-m", "thpcheck", "check", "--json", "--no-repro", str(scratch)],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO / "operator")})
+    document = json.loads(completed.stdout)
+    document["paths"][0]["path"] = "/var/lib/thpcheck"
+    return compact(document)
+
+
+def terminated_status(pod: Mapping[str, Any], message: str) -> dict[str, Any]:
+    """The merge patch a kubelet's status update amounts to once the check container exited."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    statuses = []
+    for entry in pod["status"]["initContainerStatuses"]:
+        entry = dict(entry)
+        if entry["name"] == "check":
+            terminated = dict(entry["state"].get("terminated") or {})
+            terminated.update(exitCode=0, message=message, finishedAt=now, reason="Completed")
+            terminated.setdefault("startedAt", now)
+            entry["state"] = {"terminated": terminated}
+        statuses.append(entry)
+    return {"status": {"initContainerStatuses": statuses}}
+
+
+def is_check_pod_ready_for_result(pod: Mapping[str, Any]) -> bool:
+    meta, status = pod["metadata"], pod.get("status") or {}
+    return (meta.get("labels", {}).get(names.TEMPLATE_LABEL) == "check"
+            and not meta.get("deletionTimestamp") and status.get("phase") == "Running"
+            and bool(status.get("initContainerStatuses")) and bool(pod["spec"].get("nodeName")))
+
+
+@dataclass
+class Injector:
+    """Watches the check's pods and writes results into them at ``rate`` per second."""
+
+    api: Api
+    selector: str
+    message: str
+    rate: float
+    expected: int
+    workers: int = 8
+    injected: dict[str, float] = field(default_factory=dict)  # node -> monotonic time
+    first_check_pod: float | None = None
+    all_check_pods: float | None = None
+    errors: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.ready: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.lock = threading.Lock()
+        self.watcher = threading.Thread(target=self._watch, daemon=True)
+        self.feeder = threading.Thread(target=self._feed, daemon=True)
+
+    def start(self) -> Injector:
+        self.watcher.start()
+        self.feeder.start()
+        return self
+
+    def _watch(self) -> None:
+        seen: set[str] = set()
+        path = f"/api/v1/namespaces/{NAMESPACE}/pods"
+        for event in self.api.watch(path, {"labelSelector": self.selector}, self.stop):
+            pod = event["object"]
+            node = pod["spec"].get("nodeName") or ""
+            if event["type"] == "DELETED" or node in seen or not is_check_pod_ready_for_result(pod):
+                continue
+            seen.add(node)
+            now = time.monotonic()
+            self.first_check_pod = self.first_check_pod or now
+            if len(seen) == self.expected:
+                self.all_check_pods = now
+            self.ready.put(pod)
+
+    def _feed(self) -> None:
+        """A steady rate: the n-th result is written no earlier than start + n / rate."""
+        started: float | None = None
+        sent = 0
+        with ThreadPoolExecutor(self.workers) as pool:
+            while not self.stop.is_set() and sent < self.expected:
+                try:
+                    pod = self.ready.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                started = started or time.monotonic()
+                delay = started + sent / self.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                sent += 1
+                pool.submit(self._inject, pod)
+
+    def _inject(self, pod: Mapping[str, Any]) -> None:
+        meta = pod["metadata"]
+        try:
+            self.api.call("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/"
+                          f"{quote(meta['name'])}/status", terminated_status(pod, self.message),
+                          content_type="application/merge-patch+json")
+        except Exception as exc:  # a benchmark reports, it does not stop
+            self.errors.append(f"{meta['name']}: {exc}")
+            return
+        with self.lock:
+            self.injected[pod["spec"]["nodeName"]] = time.monotonic()
+
+
+@dataclass
+class ProfiledOperator(OperatorProcess):
+    """The tests' operator process, optionally under cProfile (written when it exits)."""
+
+    profile: Path | None = None
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        if self.profile is None:
+            return super().launch()
+        self.starts += 1
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cProfile", "-o", str(self.profile), "-m", "thpcheck",
+                 "operator", "--log-format", "json"],
+                env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        return self.process
+
+
+# -- one run -------------------------------------------------------------------------------------
+
+
+def create_nodes(api: Api, cluster: Cluster, count: int, workers: int = 8) -> float:
+    """``count`` kwok nodes labelled for the benchmark; returns seconds until all Ready."""
+    started = time.monotonic()
+    node_info = this_machine()
+
+    def create(index: int) -> None:
+        api.call("POST", "/api/v1/nodes", node_manifest(
+            f"bench-{index:05d}", kubelet_port=cluster.ports["kwok"],
+            kubelet_version=cluster.k8s_version, labels={NODE_LABEL: "1"},
+            node_info=node_info))
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(create, range(count)))
+    while True:
+        nodes = api.call("GET", f"/api/v1/nodes?labelSelector={NODE_LABEL}%3D1"
+                         "&resourceVersion=0")["items"]
+        ready = sum(1 for n in nodes if node_ready(n)
+                    and n["metadata"]["annotations"].get(KWOK_ANNOTATION[0]))
+        if ready == count:
+            return time.monotonic() - started
+        time.sleep(2)
+
+
+def wait_complete(api: Api, count: int, timeout: float) -> tuple[float | None, dict[str, Any]]:
+    """Poll the ThpCheck until every node is checked and the phase is Completed."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(RuntimeError, OSError):
+            status = api.call("GET", f"{CHECKS_PATH}/{CHECK}").get("status") or {}
+            if status.get("checked") == count and status.get("phase") == "Completed":
+                return time.monotonic(), status
+        time.sleep(0.25)
+    return None, status
+
+
+def server_cpu(cluster: Cluster) -> dict[str, float]:
+    cpu = {}
+    for server in cluster.servers:
+        with contextlib.suppress(OSError):
+            cpu[server.name] = proc_cpu_s(server.pid)
+    return cpu
+
+
+def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    audit = workdir / "audit.log"
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "audit-policy.yaml").write_text(AUDIT_POLICY)
+    extra = {
+        "kube-controller-manager": CLIENT_QPS,
+        "kube-scheduler": CLIENT_QPS,
+        "kube-apiserver": [f"--audit-policy-file={workdir / 'audit-policy.yaml'}",
+                           f"--audit-log-path={audit}", "--audit-log-format=json",
+                           "--audit-log-maxbackup=0", "--audit-log-maxsize=0"],
+    }
+    doc: dict[str, Any] = {"nodes": nodes, "rate_per_s": args.rate,
+                           "max_concurrent": args.max_concurrent, "client_qps": CLIENT_QPS,
+                           "load": {"start": os.getloadavg()}}
+    cluster = Cluster(workdir / "cluster", nodes=0, extra_args=extra, timeout=300)
+    operator: OperatorProcess | None = None
+    try:
+        cluster.start()
+        api = Api(cluster)
+        install_crds(cluster)
+        api.call("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                 "metadata": {"name": NAMESPACE}})
+        kubeconfig = service_account_kubeconfig(cluster, NAMESPACE, workdir / "sa.kubeconfig")
+        doc["nodes_ready_s"] = round(create_nodes(api, cluster, nodes), 1)
+        message = real_result_message(workdir)
+        env = {"KUBECONFIG": str(kubeconfig), "THPCHECK_STATUS_INTERVAL": "5",
+               "THPCHECK_DEBOUNCE": "1", "THPCHECK_EMPTY_RESULT_GRACE": "3600"}
+        operator = ProfiledOperator(cluster, NAMESPACE, workdir / "logs", extra_env=env,
+                                    profile=workdir / "operator.prof" if args.profile else None)
+        operator.start(timeout=300)
+        assert operator.process is not None
+        pid = operator.process.pid
+        sampler = Sampler(pid)
+        time.sleep(5)  # the operator's initial lists are done; its idle state is the baseline
+        doc["load"]["before_check"] = os.getloadavg()
+        before = request_totals(api.text("/metrics"))
+        cpu_before = proc_cpu_s(pid)
+        servers_before = server_cpu(cluster)
+        doc["operator_rss_mib_idle"] = round(proc_status_kib(pid, "VmRSS") / 1024, 1)
+        since = datetime.now(UTC)
+        started = time.monotonic()
+        api.call("POST", CHECKS_PATH, {
+            "apiVersion": names.API_VERSION, "kind": names.CHECK_KIND,
+            "metadata": {"name": CHECK},
+            "spec": {"nodeSelector": {NODE_LABEL: "1"}, "paths": ["/var/lib/thpcheck"],
+                     "maxConcurrent": args.max_concurrent}})
+        selector = f"{names.CHECK_LABEL}={names.label_value(CHECK)}"
+        injector = Injector(api, selector, message, args.rate, nodes).start()
+        deadline = time.monotonic() + args.timeout
+        while len(injector.injected) + len(injector.errors) < nodes:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(injector.injected)} of {nodes} results injected "
+                                   f"after {args.timeout:.0f}s")
+            time.sleep(0.2)
+        last = max(injector.injected.values())
+        first = min(injector.injected.values())
+        complete, status = wait_complete(api, nodes, args.timeout)
+        time.sleep(args.tail)  # Events are posted in the background; let them land
+        injector.stop.set()
+        after = request_totals(api.text("/metrics"))
+        until = datetime.now(UTC)
+        cpu_after = proc_cpu_s(pid)
+        servers_after = server_cpu(cluster)
+        doc["load"]["end"] = os.getloadavg()
+        doc["operator_peak_rss_mib"] = round(proc_status_kib(pid, "VmHWM") / 1024, 1)
+        doc["operator_cpu_s_run"] = round(cpu_after - cpu_before, 1)
+        doc["operator_cpu_s_total"] = round(cpu_after, 1)
+        doc["server_cpu_s_run"] = {k: round(v - servers_before.get(k, 0.0), 1)
+                                   for k, v in servers_after.items()}
+        sampler.stop.set()
+        doc["operator_rss_series"] = sampler.samples
+        doc["timeline_s"] = {
+            "first_check_pod": _rel(injector.first_check_pod, started),
+            "all_check_pods": _rel(injector.all_check_pods, started),
+            "first_result_injected": _rel(first, started),
+            "last_result_injected": _rel(last, started),
+            "complete": _rel(complete, started),
+        }
+        doc["settle_s"] = round(complete - last, 1) if complete else None
+        doc["injection_errors"] = injector.errors[:20]
+        doc["final_status"] = {k: status.get(k) for k in (
+            "phase", "nodes", "checked", "affected", "notAffected", "susceptible", "unknown",
+            "errors")}
+        doc["verdict"] = json.loads(message)["verdict"]
+        everyone = difference(after, before)
+        operator_own = audit_counts(audit, since, until)
+        doc["apiserver_requests"] = {f"{v} {r}": c for (v, r), c in sorted(everyone.items())}
+        doc["apiserver_requests_by_verb"] = by_verb(everyone)
+        doc["operator_requests"] = {f"{v} {r}": c for (v, r), c in sorted(operator_own.items())}
+        doc["operator_requests_by_verb"] = by_verb(operator_own)
+        writes = sum(c for (v, _), c in operator_own.items() if v in WRITE_VERBS)
+        doc["operator_writes"] = writes
+        doc["operator_writes_per_node"] = round(writes / nodes, 3)
+        doc["operator_requests_per_node_by_verb"] = {
+            v: round(c / nodes, 3) for v, c in by_verb(operator_own).items()}
+        doc["apiserver_requests_per_node_by_verb"] = {
+            v: round(c / nodes, 3) for v, c in by_verb(everyone).items()}
+        doc["operator_metrics_writes"] = _operator_writes(operator.metrics())
+        doc["operator_log_warnings"] = _log_warnings(operator.log)
+        return doc
+    finally:
+        if operator is not None:
+            operator.stop(timeout=60)
+        cluster.stop()
+        doc["load"]["after_stop"] = os.getloadavg()
+
+
+def _rel(value: float | None, start: float) -> float | None:
+    return None if value is None else round(value - start, 1)
+
+
+def _operator_writes(metrics: str) -> dict[str, float]:
+    found = {}
+    for line in metrics.splitlines():
+        if line.startswith("thpcheck_api_writes_total{"):
+            labels, _, value = line.rpartition(" ")
+            found[labels[len("thpcheck_api_writes_total"):]] = float(value)
+    return found
+
+
+def _log_warnings(log: Path) -> list[str]:
+    lines = []
+    with contextlib.suppress(OSError):
+        for line in log.read_text(errors="replace").splitlines():
+            if '"warning"' in line or '"error"' in line or "Forbidden" in line:
+                lines.append(line[:300])
+    return lines[:20]
+
+
+def print_summary(doc: Mapping[str, Any]) -> None:
+    load = doc["load"]
+    print(f"\n{doc['nodes']} nodes, maxConcurrent {doc['max_concurrent']}, "
+          f"{doc['rate_per_s']} results/s; load at start {_load(load['start'])}, "
+          f"before check {_load(load.get('before_check'))}, end {_load(load.get('end'))}")
+    timeline = doc["timeline_s"]
+    print(f"  nodes Ready in {doc['nodes_ready_s']} s; after the ThpCheck was created: first "
+          f"check pod {timeline['first_check_pod']} s, all {timeline['all_check_pods']} s, "
+          f"results {timeline['first_result_injected']}-{timeline['last_result_injected']} s, "
+          f"complete {timeline['complete']} s")
+    print(f"  settle (last result -> complete status): {doc['settle_s']} s; status "
+          f"{doc['final_status']}")
+    print(f"  operator: peak RSS {doc['operator_peak_rss_mib']} MiB (idle "
+          f"{doc['operator_rss_mib_idle']}), CPU {doc['operator_cpu_s_run']} s in the run, "
+          f"{doc['operator_cpu_s_total']} s total")
+    print(f"  operator writes per node: {doc['operator_writes_per_node']} "
+          f"({doc['operator_writes']} writes); requests per node by verb: "
+          f"{doc['operator_requests_per_node_by_verb']}")
+    print(f"  operator requests: {doc['operator_requests']}")
+    print(f"  all clients, per node by verb: {doc['apiserver_requests_per_node_by_verb']}")
+    print(f"  server CPU s in the run: {doc['server_cpu_s_run']}")
+    if doc["injection_errors"] or doc["operator_log_warnings"]:
+        print(f"  injection errors: {doc['injection_errors'][:3]}; operator warnings: "
+              f"{doc['operator_log_warnings'][:3]}")
+
+
+def _load(values: Iterable[float] | None) -> str:
+    return "-" if values is None else "/".join(f"{v:.2f}" for v in values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", default="100,1000,5000",
+                        help="comma-separated node counts, one fresh cluster each")
+    parser.add_argument("--rate", type=float, default=100.0,
+                        help="results injected per second (default 100)")
+    parser.add_argument("--max-concurrent", default="10%",
+                        help="the ThpCheck's spec.maxConcurrent (default 10%%, the CRD's)")
+    parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--tail", type=float, default=15.0,
+                        help="seconds to wait after completion before scraping metrics")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the clusters' files here (default: a temp dir, removed)")
+    parser.add_argument("--profile", action="store_true",
+                        help="run the operator under cProfile (operator.prof in the work dir)")
+    args = parser.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    base = args.workdir or Path(tempfile.mkdtemp(prefix="thpcheck-scale-"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups
+    try:
+        for count in (int(n) for n in args.nodes.split(",")):
+            doc = run_one(count, args, base / f"n{count}")
+            doc["machine"] = {"nproc": os.cpu_count(), "kernel": os.uname().release}
+            (OUT / f"operator-scale-{count}.json").write_text(json.dumps(doc, indent=2) + "\n")
+            print_summary(doc)
+            sys.stdout.flush()
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,100 @@
+"""The benchmarks' parsing and arithmetic (they print figures; these keep the figures honest)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks.measure import measure
+from benchmarks.operator_scale import (
+    OPERATOR_USER,
+    audit_counts,
+    by_verb,
+    difference,
+    request_totals,
+    terminated_status,
+)
+from benchmarks.vm_cost import cost_steps, in_process_repro_s, summarise
+
+from tests.vm.guest import Run
+from tests.vm.matrix import Plan
+
+LABELS = 'component="apiserver",group="",scope="x",version="v1"'
+METRICS = "\n".join([
+    "# HELP apiserver_request_total x",
+    f'apiserver_request_total{{code="201",{LABELS},resource="pods",subresource="",verb="POST"}} 7',
+    f'apiserver_request_total{{code="200",{LABELS},resource="pods",subresource="status",'
+    'verb="PATCH"} 3',
+    f'apiserver_request_total{{code="409",{LABELS},resource="pods",subresource="",verb="POST"}} 1',
+    'apiserver_request_duration_seconds_bucket{verb="POST",le="0.1"} 99',
+])
+
+
+def test_request_totals_sum_codes_and_keep_subresources() -> None:
+    totals = request_totals(METRICS)
+    assert totals == {("POST", "pods"): 8.0, ("PATCH", "pods/status"): 3.0}
+    grown = difference({**totals, ("POST", "pods"): 10.0}, totals)
+    assert grown == {("POST", "pods"): 2}
+    assert by_verb({("POST", "pods"): 2, ("POST", "events"): 3, ("PATCH", "nodes"): 1}) == {
+        "PATCH": 1, "POST": 5}
+
+
+def test_audit_counts_each_operator_request_once_within_the_window(tmp_path: Path) -> None:
+    def event(stage: str, user: str, verb: str, resource: str, at: str,
+              sub: str | None = None) -> str:
+        ref = {"resource": resource, **({"subresource": sub} if sub else {})}
+        return json.dumps({"stage": stage, "user": {"username": user}, "verb": verb,
+                           "objectRef": ref, "requestReceivedTimestamp": at})
+
+    log = tmp_path / "audit.log"
+    log.write_text("\n".join([
+        event("ResponseStarted", OPERATOR_USER, "watch", "pods", "2026-11-28T10:00:01Z"),
+        event("ResponseComplete", OPERATOR_USER, "watch", "pods", "2026-11-28T10:00:01Z"),
+        event("ResponseComplete", OPERATOR_USER, "create", "events", "2026-11-28T10:00:02Z"),
+        event("ResponseComplete", OPERATOR_USER, "patch", "thpchecks", "2026-11-28T10:00:03Z",
+              "status"),
+        event("ResponseComplete", "system:kube-scheduler", "create", "pods",
+              "2026-11-28T10:00:03Z", "binding"),
+        event("ResponseComplete", OPERATOR_USER, "create", "events", "2026-11-28T09:00:00Z"),
+    ]) + "\n")
+    since = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+    assert audit_counts(log, since) == {("watch", "pods"): 1, ("create", "events"): 1,
+                                        ("patch", "thpchecks/status"): 1}
+
+
+def test_terminated_status_writes_only_the_check_container() -> None:
+    pod = {"status": {"initContainerStatuses": [
+        {"name": "check", "state": {"terminated": {"exitCode": 0, "startedAt": "t0"}}},
+        {"name": "other", "state": {"running": {}}}]}}
+    patch = terminated_status(pod, '{"verdict":"not-affected"}')
+    check, other = patch["status"]["initContainerStatuses"]
+    terminated = check["state"]["terminated"]
+    assert (terminated["message"], terminated["exitCode"], terminated["startedAt"]) == (
+        '{"verdict":"not-affected"}', 0, "t0")
+    assert other == {"name": "other", "state": {"running": {}}}
+
+
+def test_measure_reports_a_command_s_cost_and_leftovers(tmp_path: Path) -> None:
+    left = tmp_path / "left"
+    run = measure(str(tmp_path), [sys.executable, "-c",
+                                  f"open({str(left)!r}, 'w').write('x'); print('hi')"])
+    assert run["rc"] == 0 and run["stdout"] == "hi\n"
+    assert run["wall_s"] > 0 and run["cpu_s"] > 0 and run["peak_rss_kib"] > 0
+    assert run["left_on_disk"] == [str(left)]
+
+
+def test_vm_cost_interleaves_and_summarises() -> None:
+    steps = cost_steps(Plan(), ["ext4"], ["repro7", "check"], 2, profile=False)
+    runs = [s.name for s in steps if isinstance(s, Run)]
+    assert runs == ["facts", "repro7:ext4:0", "check:ext4:0", "check:ext4:1", "repro7:ext4:1"]
+    stdout = json.dumps({"paths": [{"verdict": "affected",
+                                    "repro": {"outcome": "reproduced", "duration_s": 0.5}}]})
+    assert in_process_repro_s("check", stdout) == 0.5
+    runs_data = [{"wall_s": w, "cpu_s": 0.1, "peak_rss_kib": 2048, "device_bytes_written": 10,
+                  "left_on_disk": [], "rc": 1, "stdout": stdout} for w in (1.0, 3.0, 2.0)]
+    summary = summarise(runs_data, "check")
+    assert (summary["wall_s_median"], summary["wall_s_min"], summary["repro_s_median"],
+            summary["peak_rss_mib_max"], summary["outcomes"]) == (
+        2.0, 1.0, 0.5, 2.0, ["affected/reproduced"])
