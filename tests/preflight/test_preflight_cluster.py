@@ -5,7 +5,8 @@ Every case of the unit corpus (``tests/unit/test_preflight.py``) becomes a kwok 
 node-initialize stage keeps nodeInfo fields that are already set and its heartbeat does not
 touch them; the fixture checks that anyway, patches ``/status`` back if kwok changed a field,
 and every test re-reads the values after running the command, so a prediction is never
-compared with values that changed underneath it.
+compared with values that changed underneath it. The fleet (``tests/preflight/fleet.py``) is
+made once for the session and shared with the operator's ``mode: preflight`` tests.
 
 The command runs as users run it: ``python -m thpcheck preflight`` in a child process with the
 cluster's kubeconfig (or a token kubeconfig for a ServiceAccount that may only list nodes).
@@ -14,125 +15,35 @@ cluster's kubeconfig (or a token kubeconfig for a ServiceAccount that may only l
 from __future__ import annotations
 
 import base64
-import contextlib
 import itertools
 import json
-import os
 import re
-import subprocess
-import sys
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster, ClusterError, wait_until
-from tests.unit.test_preflight import CORPUS, Case
-from thpcheck.model.preflight import NodeInfo, predict_nodes, render_table
+from tests.cluster.harness import Cluster, wait_until
+from tests.preflight.fleet import (
+    EXPECT_LABEL,
+    POOL_LABEL,
+    Fleet,
+    assert_node_info_unchanged,
+    preflight,
+    preflight_json,
+)
+from tests.unit.test_preflight import CORPUS
+from thpcheck.model.preflight import predict_nodes, render_table
 from thpcheck.model.verdict import CheckExit
 
 pytestmark = pytest.mark.cluster
-
-REPO = Path(__file__).resolve().parents[2]
-RUN_LABEL = "thpcheck.io/preflight-run"
-POOL_LABEL = "thpcheck.io/preflight-pool"
-EXPECT_LABEL = "thpcheck.io/preflight-expect"
-
-
-@dataclass(frozen=True)
-class Fleet:
-    """The kwok nodes made from the corpus: node name -> case, and the run's selector."""
-
-    run: str
-    nodes: dict[str, Case]
-    pools: dict[str, str]
-
-    @property
-    def selector(self) -> str:
-        return f"{RUN_LABEL}={self.run}"
-
-    def infos(self, names: set[str] | None = None) -> list[NodeInfo]:
-        return [NodeInfo(name, case.kernel, case.os_image, case.arch)
-                for name, case in self.nodes.items() if names is None or name in names]
-
-
-def _node_name(index: int, case: Case) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", case.id.lower()).strip("-")[:40].strip("-")
-    return f"pf-{index:02d}-{slug}"
-
-
-def _node_info(case: Case) -> dict[str, str]:
-    return {"kernelVersion": case.kernel, "osImage": case.os_image, "architecture": case.arch}
-
-
-def _keep_node_info(cluster: Cluster, name: str, want: dict[str, str]) -> None:
-    """Make sure the node reports exactly `want` (patching /status if kwok changed it)."""
-    got = cluster.api("GET", f"/api/v1/nodes/{name}")["status"]["nodeInfo"]
-    if any(got.get(k) != v for k, v in want.items()):
-        cluster.api("PATCH", f"/api/v1/nodes/{name}/status",
-                    {"status": {"nodeInfo": want}}, "application/merge-patch+json")
-        got = cluster.api("GET", f"/api/v1/nodes/{name}")["status"]["nodeInfo"]
-    assert {k: got.get(k) for k in want} == want, name
-
-
-def _current_node_infos(cluster: Cluster, fleet: Fleet) -> dict[str, dict[str, str]]:
-    items = cluster.api("GET", f"/api/v1/nodes?labelSelector={fleet.selector}")["items"]
-    return {n["metadata"]["name"]: {k: n["status"]["nodeInfo"].get(k) for k in
-                                    ("kernelVersion", "osImage", "architecture")}
-            for n in items}
-
-
-def _assert_node_info_unchanged(cluster: Cluster, fleet: Fleet) -> None:
-    assert _current_node_infos(cluster, fleet) == {
-        name: _node_info(case) for name, case in fleet.nodes.items()}
-
-
-@pytest.fixture(scope="module")
-def fleet(cluster: Cluster) -> Iterator[Fleet]:
-    run = uuid.uuid4().hex[:8]
-    nodes = {_node_name(i, case): case for i, case in enumerate(CORPUS)}
-    pools = {name: "a" if i % 2 == 0 else "b" for i, name in enumerate(nodes)}
-    try:
-        for name, case in nodes.items():
-            cluster.add_node(name, wait=False, node_info=_node_info(case), labels={
-                RUN_LABEL: run, POOL_LABEL: pools[name], EXPECT_LABEL: case.verdict,
-                "kubernetes.io/arch": case.arch})
-        cluster.wait_nodes_ready(sorted(nodes), timeout=180)
-        for name, case in nodes.items():
-            _keep_node_info(cluster, name, _node_info(case))
-        yield Fleet(run, nodes, pools)
-    finally:
-        for name in nodes:
-            with contextlib.suppress(ClusterError):  # never created, or already gone
-                cluster.api("DELETE", f"/api/v1/nodes/{name}")
-        wait_until(lambda: not cluster.api(
-            "GET", f"/api/v1/nodes?labelSelector={RUN_LABEL}={run}")["items"],
-            120, "the preflight test nodes to go away", cluster.servers)
-
-
-def preflight(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(kubeconfig.parent),
-           "PYTHONPATH": str(REPO / "operator")}
-    return subprocess.run([sys.executable, "-m", "thpcheck", "preflight", "--kubeconfig",
-                           str(kubeconfig), *args], capture_output=True, text=True, timeout=120,
-                          env=env, cwd=REPO, check=False)
-
-
-def _json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    assert result.stdout, result.stderr
-    document: dict[str, Any] = json.loads(result.stdout)
-    return document
 
 
 def test_json_predictions_match_the_corpus(cluster: Cluster, kubeconfig: Path,
                                            fleet: Fleet) -> None:
     result = preflight(kubeconfig, "--selector", fleet.selector, "--json")
-    _assert_node_info_unchanged(cluster, fleet)
+    assert_node_info_unchanged(cluster, fleet)
     assert result.returncode == CheckExit.AT_RISK, result.stderr
-    document = _json(result)
+    document = preflight_json(result)
     assert document["schema"] == "thpcheck.io/preflight/v1"
     assert document["selector"] == fleet.selector
     nodes = {n["node"]: n for n in document["nodes"]}
@@ -158,7 +69,7 @@ def test_json_predictions_match_the_corpus(cluster: Cluster, kubeconfig: Path,
 def test_table_prints_the_expected_rows(cluster: Cluster, kubeconfig: Path,
                                         fleet: Fleet) -> None:
     result = preflight(kubeconfig, "--selector", fleet.selector)
-    _assert_node_info_unchanged(cluster, fleet)
+    assert_node_info_unchanged(cluster, fleet)
     assert result.returncode == CheckExit.AT_RISK, result.stderr
     # Byte for byte what the model renders from the values the nodes were given: the API
     # round trip loses nothing.
@@ -190,7 +101,7 @@ def test_table_prints_the_expected_rows(cluster: Cluster, kubeconfig: Path,
 def test_selector_filters_the_nodes(cluster: Cluster, kubeconfig: Path, fleet: Fleet) -> None:
     pool_b = {n for n, p in fleet.pools.items() if p == "b"}
     result = preflight(kubeconfig, "--selector", f"{fleet.selector},{POOL_LABEL}=b", "--json")
-    assert {n["node"] for n in _json(result)["nodes"]} == pool_b
+    assert {n["node"] for n in preflight_json(result)["nodes"]} == pool_b
 
     set_based = preflight(kubeconfig, "--selector",
                           f"{fleet.selector},{POOL_LABEL} in (a),{POOL_LABEL} notin (b)")
@@ -214,7 +125,7 @@ def test_exit_codes_follow_the_worst_prediction(kubeconfig: Path, fleet: Fleet, 
                        "--json")
     assert result.returncode == code, result.stderr
     wanted = set(expect.split(","))
-    verdicts = {n["verdict"] for n in _json(result)["nodes"]}
+    verdicts = {n["verdict"] for n in preflight_json(result)["nodes"]}
     assert verdicts == wanted
 
 
@@ -231,7 +142,7 @@ def test_no_matching_node_is_inconclusive(kubeconfig: Path, fleet: Fleet) -> Non
 
 def test_without_a_selector_every_node_is_predicted(cluster: Cluster, kubeconfig: Path,
                                                     fleet: Fleet) -> None:
-    document = _json(preflight(kubeconfig, "--json"))
+    document = preflight_json(preflight(kubeconfig, "--json"))
     everything = {n["metadata"]["name"] for n in cluster.api("GET", "/api/v1/nodes")["items"]}
     assert {n["node"] for n in document["nodes"]} == everything
     assert set(fleet.nodes) <= everything
@@ -289,7 +200,7 @@ def test_list_nodes_is_the_only_permission_needed(cluster: Cluster, namespace: s
         def listed() -> bool:
             result = preflight(allowed, "--selector", fleet.selector, "--json")
             return result.returncode == CheckExit.AT_RISK and \
-                {n["node"] for n in _json(result)["nodes"]} == set(fleet.nodes)
+                {n["node"] for n in preflight_json(result)["nodes"]} == set(fleet.nodes)
 
         wait_until(listed, 30, "the RBAC binding to take effect")  # the authorizer's cache
 
