@@ -52,14 +52,25 @@ _NO_EVIDENCE = (Verdict.UNKNOWN, Verdict.ERROR)
 
 
 @lru_cache(maxsize=4096)
-def _predict(kernel_version: str, os_image: str, architecture: str) -> NodePrediction:
-    """Fleets have few distinct (kernel, image, arch) triples: predict each once."""
-    return predict_node(NodeInfo("", kernel_version, os_image, architecture or None))
+def _predicted(kernel_version: str, os_image: str,
+               architecture: str) -> tuple[NodePrediction, dict[str, Any]]:
+    """Fleets have few distinct (kernel, image, arch) triples: predict each once, and build
+    its record once (never mutated: ``node_record`` hands out copies)."""
+    prediction = predict_node(NodeInfo("", kernel_version, os_image, architecture or None))
+    return prediction, prediction_record(prediction)
 
 
 def predict_view(node: NodeView) -> NodePrediction:
     """The preflight prediction for a node's current ``status.nodeInfo`` (name left empty)."""
-    return _predict(node.kernel_version, node.os_image, node.architecture)
+    return _predicted(node.kernel_version, node.os_image, node.architecture)[0]
+
+
+def node_record(node: NodeView, disagreement: str | None = None) -> dict[str, Any]:
+    """``status.prediction`` for a node's current nodeInfo (a fresh dict, shared parts)."""
+    record = dict(_predicted(node.kernel_version, node.os_image, node.architecture)[1])
+    if disagreement:
+        record["disagreement"] = disagreement
+    return record
 
 
 def prediction_record(prediction: NodePrediction,

@@ -20,7 +20,7 @@ from thpcheck.model.preflight import NodePrediction
 from thpcheck.model.verdict import Verdict
 from thpcheck.specs import names
 from thpcheck.specs.agent import CHECK, CheckRef, hash_of
-from thpcheck.specs.prediction import disagreement, predict_view, prediction_record
+from thpcheck.specs.prediction import disagreement, node_record, predict_view
 from thpcheck.specs.termination import AgentResult, error_result
 from thpcheck.specs.views import AgentPodView, NodeView, ResultView
 
@@ -181,7 +181,7 @@ def predicted_content(check: CheckRef, node: NodeView,
         "check": check.name,
         "verdict": prediction.verdict.value,
         "predicted": True,
-        "prediction": prediction_record(prediction),
+        "prediction": node_record(node),
         "kernelRelease": node.kernel_version or None,
         "osImage": node.os_image or None,
         "readOnlyThpForFs": config.read_only_thp,
@@ -250,7 +250,7 @@ def plan_results(check: CheckRef, selected: Sequence[NodeView],
         stale = is_stale(result.kernel_release, result.boot_id, node)
         prediction = predict_view(node)
         why = disagreement(prediction, result, node.kernel_version) or ""
-        content = result_content(check, node, pod, result, prediction_record(prediction, why))
+        content = result_content(check, node, pod, result, node_record(node, why))
         body = result_body(check, node, content, mitigated=mitigated, stale=stale)
         digest = body["metadata"]["annotations"][names.CONTENT_HASH_ANNOTATION]
         plan.states[node.name] = NodeState(node.name, result.verdict, mitigated, stale)
