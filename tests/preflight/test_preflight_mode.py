@@ -291,3 +291,28 @@ def test_full_mode_records_the_prediction_and_warns_on_a_disagreement(
     assert [e["reason"] for e in check_events(crds, name)].count(DISAGREEMENT) == 1
     print(crds.kubectl("get", "thpnoderesults", "-l", f"{names.CHECK_LABEL}={name}",
                        "-o", "wide").stdout)
+
+
+def test_switching_a_full_check_to_preflight_removes_its_agent(
+        crds: Cluster, operator: OperatorProcess, kubelet: Kubelet, checks: list[str],
+        make_node: Callable[..., str], tmp_path: Path) -> None:
+    label = uuid.uuid4().hex[:8]
+    n = make_node(UEK8, {"thpcheck-test": label})
+    keep_node_info(crds, n, UEK8)
+    name = f"switch-{label}"
+    create_check(crds, checks, name, nodeSelector={"thpcheck-test": label},
+                 paths=[str(tmp_path)], reproducer={"iterations": 2, "baseSizeBytes": 4 << 20})
+    kubelet.wait_check_pods(name, [n])
+    daemonsets = f"/apis/apps/v1/namespaces/{operator.namespace}/daemonsets"
+    assert [d["metadata"]["name"] for d in crds.api("GET", daemonsets)["items"]] == [
+        names.agent_daemonset_name(name)]
+
+    crds.api("PATCH", f"{CHECKS_PATH}/{name}", {"spec": {"mode": "preflight"}},
+             content_type="application/merge-patch+json")
+    eventually(lambda: crds.api("GET", daemonsets)["items"] == [], what="no DaemonSet")
+    eventually(lambda: kubelet.pods(name) == [], what="the agent pods gone")
+    result = eventually(lambda: (r := results(crds, name).get(n)) and
+                        r["status"].get("predicted") and r, what="the predicted result")
+    assert (result["status"]["verdict"], result["status"]["prediction"]["rule"]) == (
+        "susceptible", "G10")
+    assert crds.api("GET", daemonsets)["items"] == []  # and it is not created again
