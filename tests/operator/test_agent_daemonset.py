@@ -85,9 +85,9 @@ def test_discovery_mounts_the_host_root_with_propagation() -> None:
     assert "--discover" in spec["initContainers"][0]["command"]
 
 
-def test_no_reproducer_and_preflight_predict_only() -> None:
-    for spec in ({"reproducer": {"enabled": False}}, {"mode": "preflight"}):
-        assert "--no-repro" in pod_spec(build(spec))["initContainers"][0]["command"]
+def test_disabled_reproducer_predicts_only() -> None:
+    command = pod_spec(build({"reproducer": {"enabled": False}}))["initContainers"][0]["command"]
+    assert "--no-repro" in command
 
 
 def test_standby_has_no_check_container_and_no_host_mounts() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thpcheck.specs import names
-from thpcheck.specs.checkspec import CheckSpec, Mode
+from thpcheck.specs.checkspec import CheckSpec
 
 STANDBY = "standby"
 CHECK = "check"
@@ -78,7 +78,7 @@ def agent_command(spec: CheckSpec) -> list[str]:
     """The ``thpcheck check`` command line of the init container."""
     command = ["thpcheck", "check", "--json", "--exit-zero", "--result-file", TERMINATION_LOG,
                "--log-format", "json", "--host-root", HOST_ROOT]
-    if spec.mode is Mode.PREFLIGHT or not spec.reproducer.enabled:
+    if not spec.reproducer.enabled:
         command.append("--no-repro")
     if spec.discover_filesystems:
         command.append("--discover")
