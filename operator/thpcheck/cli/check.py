@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 
 from thpcheck.cli.args import add_common_options, add_repro_options
 from thpcheck.host import mm
@@ -49,8 +48,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"thpcheck check: --base-size {args.base_size} is smaller than the 2 MiB collapse "
               "range; pass at least 2MiB", file=sys.stderr)
         return CheckExit.BAD_INPUT
+    if args.paths or args.discover:
+        paths = list(args.paths)
+    else:
+        import tempfile  # only here: it imports shutil and random
+
+        paths = [tempfile.gettempdir()]
     options = CheckOptions(
-        paths=args.paths or ([] if args.discover else [tempfile.gettempdir()]),
+        paths=paths,
         host_root=args.host_root,
         run_repro=not args.no_repro,
         repro=ReproConfig(base_size=args.base_size, append_size=args.append_size,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import posixpath
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -97,7 +97,7 @@ def _check(root: HostRoot, options: CheckOptions, facts: NodeFacts) -> CheckRepo
         facts=facts,
         config=knowledge,
         node_prediction=predict(kernel, knowledge, thp=facts.thp, node_only=True),
-        checked_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        checked_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),  # no datetime import
     )
     for path in options.paths:
         visible = validated[path]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import zlib
 
 from thpcheck.host.hostroot import HostRoot
@@ -13,6 +12,7 @@ from thpcheck.model.kernel import parse_release
 from thpcheck.model.mounts import Mount, MountinfoError, parse_mountinfo, resolve
 
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer around the deflate stream
 WRITEBACK_SYSCTLS = (
     "dirty_expire_centisecs",
     "dirty_writeback_centisecs",
@@ -45,9 +45,10 @@ def read_config(root: HostRoot, release: str | None) -> tuple[KernelConfig | Non
     raw = root.read_bytes("/proc/config.gz")
     if raw is not None:
         try:
-            return parse_config(gzip.decompress(raw).decode("utf-8", "replace"),
+            # The kernel writes one gzip member; zlib reads it without importing gzip.
+            return parse_config(zlib.decompress(raw, GZIP_WBITS).decode("utf-8", "replace"),
                                 "proc/config.gz"), None
-        except (OSError, EOFError, zlib.error) as exc:
+        except zlib.error as exc:
             problems.append(f"proc/config.gz unreadable: {exc}")
     if release:
         for candidate in (f"/boot/config-{release}", f"/lib/modules/{release}/config"):

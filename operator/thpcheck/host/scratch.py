@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import os
 import posixpath
-import secrets
 import signal
 import stat
 from collections.abc import Iterator
@@ -169,7 +168,9 @@ class Scratch:
 
     def __init__(self, visible_path: str) -> None:
         self.parent = visible_path
-        self.name = PREFIX + secrets.token_hex(6)
+        # os.urandom rather than secrets.token_hex: the same 12 hex digits without importing
+        # secrets (hashlib, hmac, base64, random), a cost paid at every agent start.
+        self.name = PREFIX + os.urandom(6).hex()
         self.path = posixpath.join(visible_path, self.name)
         self.reaped: list[str] = []
         self._parent_fd = -1
