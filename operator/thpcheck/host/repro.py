@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import errno
 import os
-import random
 import time
+
+# The C generator behind random.Random: the same bytes for the same seed, without importing
+# random.py (which imports hashlib, math and bisect) at every agent start.
+from _random import Random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,9 +40,10 @@ DEFAULT_BASE_SIZE = 64 * MiB
 DEFAULT_APPEND_SIZE = 16 * 1024
 DEFAULT_ITERATIONS = 200
 COLLAPSE_OFFSET = 0  # the head of the file: always away from the appended tail
-PATTERN_BLOCK = 1 * MiB
+PATTERN_BLOCK = 1 * MiB  # base data per write(2), a random unit repeated
+PATTERN_UNIT = 64 * 1024
+APPEND_SHIFTS = 4096  # distinct appends: windows of one stream, shifted a byte per iteration
 DATA_FILE = "data"
-PROBE_FILE = "probe"
 HEAD_BYTES = 64
 
 # Errnos after which a collapse is worth retrying: page locks, LRU isolation, writeback in
@@ -70,7 +74,27 @@ class ReproFailure(Exception):
 
 def pattern(seed: int, size: int) -> bytes:
     """Deterministic non-zero bytes: a lost page reads back as zeros, never as data."""
-    return random.Random(seed).randbytes(size).translate(_NO_ZERO)
+    # = random.Random(seed).randbytes(size): an int seed seeds the C generator directly, and
+    # randbytes is getrandbits(8 * size) as little-endian bytes.
+    return Random(seed).getrandbits(size * 8).to_bytes(size, "little").translate(_NO_ZERO)
+
+
+class AppendData:
+    """Each iteration's append: a window of one pattern stream, shifted by the iteration.
+
+    Different bytes every iteration (for ``APPEND_SHIFTS`` iterations, then the cycle
+    repeats at other offsets), non-zero, deterministic, and cut from one stream rather than
+    generated per iteration, which cost more than the iteration's syscalls in an emulated
+    guest.
+    """
+
+    def __init__(self, seed: int, size: int) -> None:
+        self.size = size
+        self.stream = pattern(seed, size + APPEND_SHIFTS)
+
+    def data(self, iteration: int) -> bytes:
+        shift = iteration % APPEND_SHIFTS
+        return self.stream[shift : shift + self.size]
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> int:
@@ -111,18 +135,26 @@ class Collapser:
         self.config = config
         self.mapping_kind: str | None = None  # "read" or "read-exec" once one worked
         self.noexec = False
+        self._window: mm.Window | None = None
 
     def _attempt(self, prot: int, name: str) -> int:
+        if self._window is None or self._window.closed:
+            self._window = mm.Window(mm.PMD_SIZE)
+        window = self._window
         fd = self.scratch.open(name, os.O_RDONLY)
         try:
-            mapping = mm.map_file(fd, COLLAPSE_OFFSET, mm.PMD_SIZE, prot)
+            window.map_file(fd, COLLAPSE_OFFSET, prot)
         finally:
             os.close(fd)  # the mapping keeps the file; no writer is ever open here
         try:
-            mapping.touch()
-            return mm.madvise(mapping.addr, mapping.length, mm.MADV_COLLAPSE)
+            window.touch()
+            return mm.madvise(window.addr, window.length, mm.MADV_COLLAPSE)
         finally:
-            mapping.unmap()
+            window.release()
+
+    def close(self) -> None:
+        if self._window is not None:
+            self._window.close()
 
     def _try_kind(self, kind: str, name: str) -> int:
         prot = mm.PROT_READ | (mm.PROT_EXEC if kind == "read-exec" else 0)
@@ -169,44 +201,50 @@ def _compare(got: bytes, want: bytes, iteration: int, append_off: int) -> Loss |
     )
 
 
-def _create_base(scratch: Scratch, config: ReproConfig) -> int:
-    """Step 1: the base file, written and fsynced so every collapse target is clean."""
-    block = pattern(config.seed, min(PATTERN_BLOCK, config.base_size))
+def _write_pattern(fd: int, block: bytes, size: int) -> int:
+    """Write ``size`` bytes of ``block`` repeated (each write starts a new copy of it)."""
+    remaining = size
+    while remaining:
+        remaining -= _write_all(fd, memoryview(block)[: min(len(block), remaining)])
+    return size
+
+
+def _create_base(scratch: Scratch, collapser: Collapser, config: ReproConfig,
+                 result: ReproResult) -> None:
+    """Step 1, with step 2's first collapse tried on the file's head before the rest exists.
+
+    The first 2 MiB are written and fsynced, and collapsed: the kernel's eligibility checks
+    see what step 2 will see (a clean, PMD-aligned range of a regular file nobody has open
+    for write), so a kernel that refuses file collapse answers after 2 MiB instead of the whole
+    base. Then the rest is appended and the file fsynced again, so every collapse target is
+    clean. (Opening the file for write again drops the head's huge page on a RO_THP kernel:
+    harmless, nothing in it is dirty.) The file's content is the same as writing it in one go.
+    """
+    unit = pattern(config.seed, PATTERN_UNIT)
+    block = (unit * (PATTERN_BLOCK // PATTERN_UNIT))[: min(PATTERN_BLOCK, config.base_size)]
+    head = min(mm.PMD_SIZE, config.base_size)
     fd = scratch.create(DATA_FILE)
     try:
-        remaining = config.base_size
-        while remaining:
-            remaining -= _write_all(fd, memoryview(block)[: min(len(block), remaining)])
+        result.bytes_written += _write_pattern(fd, block, head)
         os.fsync(fd)
     finally:
         os.close(fd)
-    return config.base_size
-
-
-def _probe_file_collapse(scratch: Scratch, collapser: Collapser, result: ReproResult) -> None:
-    """Step 2's collapse on a 2 MiB probe file before the base file is written.
-
-    The kernel's eligibility checks see the same thing as step 2 (a clean, fully cached,
-    PMD-aligned range of a regular file nobody has open for write), so a refusal here is the
-    step-2 answer, reached without writing the whole base file on kernels that refuse.
-    """
-    data = pattern(collapser.config.seed, mm.PMD_SIZE)
-    fd = scratch.create(PROBE_FILE)
-    try:
-        result.bytes_written += _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        code = collapser.collapse(2, PROBE_FILE)
-    finally:
-        scratch.remove(PROBE_FILE)
+    code = collapser.collapse(2)
     if code:
         raise ReproFailure(2, code, f"MADV_COLLAPSE failed: {mm.errno_name(code)}")
+    if config.base_size > head:
+        fd = scratch.open(DATA_FILE, os.O_WRONLY | os.O_APPEND)
+        try:
+            # The head is a whole number of blocks (2 MiB, 1 MiB blocks), so the pattern
+            # continues exactly where it stopped.
+            result.bytes_written += _write_pattern(fd, block, config.base_size - head)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _iteration(scratch: Scratch, collapser: Collapser, config: ReproConfig, iteration: int,
-               result: ReproResult) -> tuple[Loss | None, bool]:
+               appends: AppendData, result: ReproResult) -> tuple[Loss | None, bool]:
     """Steps 2-7 once: (the loss if any, whether the iteration could test at all)."""
     # Step 2. On the first iteration a refusal is the answer for a config-off kernel, so it is
     # retried once only (cheap); later, EINVAL is treated as transient (btrfs on 6.1).
@@ -215,7 +253,7 @@ def _iteration(scratch: Scratch, collapser: Collapser, config: ReproConfig, iter
         if iteration == 0:
             raise ReproFailure(2, code, f"MADV_COLLAPSE failed: {mm.errno_name(code)}")
         log.debug("step2_collapse_failed", iteration=iteration, errno=mm.errno_name(code))
-    want = pattern(config.seed + 1 + iteration, config.append_size)
+    want = appends.data(iteration)
     fd = scratch.open(DATA_FILE, os.O_WRONLY | os.O_APPEND)  # step 3
     try:
         append_off = os.fstat(fd).st_size
@@ -256,10 +294,10 @@ def run(scratch: Scratch, config: ReproConfig,
             result.message = ("MADV_COLLAPSE is unknown to this kernel (< 6.1, or THP off): only "
                               "khugepaged can make file THPs here")
             return result
-        _probe_file_collapse(scratch, collapser, result)
-        result.bytes_written += _create_base(scratch, config)
+        _create_base(scratch, collapser, config, result)
+        appends = AppendData(config.seed + 1, config.append_size)
         for iteration in range(config.iterations):
-            loss, usable = _iteration(scratch, collapser, config, iteration, result)
+            loss, usable = _iteration(scratch, collapser, config, iteration, appends, result)
             result.iterations_run += 1
             result.mapping = collapser.mapping_kind
             if not usable:
@@ -284,6 +322,7 @@ def run(scratch: Scratch, config: ReproConfig,
         result.errno = mm.errno_name(exc.errno or 0)
         result.message = f"{exc.strerror or exc}"
     finally:
+        collapser.close()
         result.duration_s = time.monotonic() - started
     return result
 
