@@ -9,7 +9,12 @@ block device wrote, files left behind. The reproducer parameters are the matrix'
 (THPCHECK_VM_* variables, default 64M base, 16K appends, 200 iterations).
 
     .venv/bin/python -m benchmarks.vm_cost [--kernels unfixed-6.12,fixed-6.12] [--repeat 5]
-        [--fs ext4,btrfs,xfs] [--profile] [--json]
+        [--fs ext4,btrfs,xfs] [--profile] [--before-src DIR] [--json]
+
+``--before-src DIR`` (a directory holding another version's ``thpcheck`` package, e.g.
+``git archive <commit> operator | tar -x -C /tmp/before`` then ``/tmp/before/operator``) adds
+that agent to the guest as well and runs it too (``check@before``, ``repro@before``),
+interleaved with the rest: a before/after comparison within one boot, under the same load.
 
 ``--profile`` also records, on the first kernel, interpreter start-up (`python3 -c pass`,
 `-S`, `-I -S`), the import of the check command, `-X importtime` and cProfile of one
@@ -22,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -31,7 +38,7 @@ from typing import Any
 
 from tests.vm.guest import FILESYSTEMS, BootResult, Kernel, Mount, Run, Step, boot
 from tests.vm.matrix import FACTS, Plan, load_artifacts, parse_repro
-from tests.vm.rootfs import build_app
+from tests.vm.rootfs import HOST_PYTHON, build_app, compile_tree, write_cpio
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out"
@@ -39,6 +46,8 @@ MEASURE_SOURCE = (REPO / "benchmarks" / "measure.py").read_text()
 DEFAULT_KERNELS = ("unfixed-6.12", "unfixed-6.1", "fixed-6.12", "no-rothp")
 COMMANDS = ("repro7", "check", "repro")
 AGENT = ("python3", "-m", "thpcheck")
+BEFORE_DIR = "/opt/before"  # the --before-src agent in the guest, ahead of /opt/thpcheck
+BEFORE = ("env", f"PYTHONPATH={BEFORE_DIR}:/opt/thpcheck", *AGENT)
 
 
 def measured(name: str, directory: str, argv: Sequence[str], timeout_s: int = 600) -> Run:
@@ -47,11 +56,26 @@ def measured(name: str, directory: str, argv: Sequence[str], timeout_s: int = 60
 
 
 def command_argv(command: str, mount: str, plan: Plan) -> tuple[str, ...]:
+    """``repro7``, ``check``, ``repro``, and ``check@before``/``repro@before``."""
     if command == "repro7":
         return ("repro7", mount, *plan.args())
-    if command == "check":
-        return (*AGENT, "check", "--json", *plan.args(), mount)
-    return (*AGENT, "repro", mount, *plan.args())
+    name, _, version = command.partition("@")
+    agent = BEFORE if version == "before" else AGENT
+    if name == "check":
+        return (*agent, "check", "--json", *plan.args(), mount)
+    return (*agent, "repro", mount, *plan.args())
+
+
+def build_before(source: Path, out: Path) -> None:
+    """before.cpio: another tree's thpcheck package at /opt/before, precompiled."""
+    stage = out.parent / "before-stage"
+    shutil.rmtree(stage, ignore_errors=True)
+    target = stage / BEFORE_DIR.lstrip("/") / "thpcheck"
+    shutil.copytree(source / "thpcheck", target,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    compile_tree(stage, HOST_PYTHON)
+    write_cpio(stage, out)
+    shutil.rmtree(stage)
 
 
 def profile_steps(plan: Plan, mount: str) -> list[Step]:
@@ -88,7 +112,7 @@ def cost_steps(plan: Plan, filesystems: Sequence[str], commands: Sequence[str], 
 
 def in_process_repro_s(command: str, stdout: str) -> float | None:
     """The reproducer's own duration, as `thpcheck check --json` reports it."""
-    if command != "check":
+    if not command.startswith("check"):
         return None
     try:
         return float(json.loads(stdout)["paths"][0]["repro"]["duration_s"])
@@ -97,7 +121,7 @@ def in_process_repro_s(command: str, stdout: str) -> float | None:
 
 
 def outcome_of(command: str, stdout: str) -> str:
-    if command == "check":
+    if command.startswith("check"):
         try:
             path = json.loads(stdout)["paths"][0]
             return f"{path['verdict']}/{path['repro']['outcome']}"
@@ -171,14 +195,14 @@ def print_table(doc: dict[str, Any], plan: Plan) -> None:
     for name, run in doc["startup"].items():
         print(f"  start-up {name:16} wall {run['wall_s']:.3f}s cpu {run['cpu_s']:.3f}s "
               f"rss {run['peak_rss_kib'] / 1024:.1f} MiB")
-    print(f"  {'cell':14} {'wall med':>9} {'min':>7} {'max':>7} {'repro':>7} {'cpu':>7} "
+    print(f"  {'cell':20} {'wall med':>9} {'min':>7} {'max':>7} {'repro':>7} {'cpu':>7} "
           f"{'rss MiB':>8} {'dev bytes':>10} {'left':>4} {'vs C':>6}  outcome")
     for key, cell in doc["cells"].items():
         fs = key.split("/")[0]
         c_wall = doc["cells"].get(f"{fs}/repro7", {}).get("wall_s_median")
         ratio = f"{cell['wall_s_median'] / c_wall:.2f}x" if c_wall else "-"
         repro = f"{cell['repro_s_median']:.3f}" if cell["repro_s_median"] is not None else "-"
-        print(f"  {key:14} {cell['wall_s_median']:>8.3f}s {cell['wall_s_min']:>6.3f}s "
+        print(f"  {key:20} {cell['wall_s_median']:>8.3f}s {cell['wall_s_min']:>6.3f}s "
               f"{cell['wall_s_max']:>6.3f}s {repro:>7} {cell['cpu_s_median']:>6.3f}s "
               f"{cell['peak_rss_mib_max']:>8.1f} {cell['device_bytes_written_median']:>10} "
               f"{cell['left_on_disk_max']:>4} {ratio:>6}  {','.join(cell['outcomes'])}")
@@ -191,8 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commands", default=",".join(COMMANDS))
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--before-src", type=Path, default=None,
+                        help="also run this directory's thpcheck package (before/after)")
     parser.add_argument("--json", action="store_true", help="print the summaries as JSON")
     args = parser.parse_args(argv)
+    # SIGTERM (a background job ignores SIGINT) unwinds like an exception, so boot() kills qemu.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     artifacts = load_artifacts()
     plan = Plan()
     filesystems = args.fs.split(",")
@@ -204,12 +232,17 @@ def main(argv: list[str] | None = None) -> int:
         if not build_app(app):
             print("vm_cost: operator/thpcheck not found", file=sys.stderr)
             return 2
+        initrd = [artifacts.base_cpio, app]
+        if args.before_src:
+            build_before(args.before_src, Path(tmp) / "before.cpio")
+            initrd.append(Path(tmp) / "before.cpio")
+            commands += [f"{c}@before" for c in commands if c in ("check", "repro")]
         for index, name in enumerate(args.kernels.split(",")):
             kernel: Kernel = artifacts.kernels[name]
             steps = cost_steps(plan, filesystems, commands, args.repeat,
                                args.profile and index == 0)
             load_before = os.getloadavg()
-            result = boot(kernel, steps, initrd_parts=[artifacts.base_cpio, app],
+            result = boot(kernel, steps, initrd_parts=initrd,
                           disks={fs: artifacts.disks[fs] for fs in FILESYSTEMS},
                           timeout_s=7200)
             doc = collect(result, filesystems, commands, args.repeat)
