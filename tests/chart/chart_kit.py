@@ -299,11 +299,13 @@ class ChartOperator:
         return [line for line in text.splitlines() if _REFUSED.search(line)]
 
 
-def run_hook_script(kubeconfig: Path, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+def run_hook_script(kubeconfig: Path, namespace: str,
+                    timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     """The pre-delete hook's program (the file the Job runs with ``python -c``), with the
-    kubeconfig's identity."""
+    kubeconfig's identity and the Job's environment."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "KUBECONFIG": str(kubeconfig),
-           "THPCHECK_CLEANUP_TIMEOUT": str(int(timeout)), "PYTHONDONTWRITEBYTECODE": "1"}
+           "THPCHECK_CLEANUP_TIMEOUT": str(int(timeout)), "THPCHECK_NAMESPACE": namespace,
+           "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run([sys.executable, "-c", HOOK_SCRIPT.read_text()], env=env,
                           capture_output=True, text=True, timeout=timeout + 60, check=False)
 

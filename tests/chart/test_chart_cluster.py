@@ -415,10 +415,16 @@ def test_uninstall_leaves_nothing_behind(chart_cluster: Cluster, release: Releas
                                       tmp_path / "cleanup.kubeconfig")
         assert not can_i(cluster, hook_token, "patch", "nodes")
         assert not can_i(cluster, hook_token, "get", "secrets", namespace)
-        hook = run_hook_script(hook_token)
+        # An admin's own mitigation label keeps the shared mitigation DaemonSet alive after
+        # every ThpCheck is gone; the hook must still remove it (no privileged DaemonSet may
+        # outlive the operator).
+        cluster.kubectl("label", "node", a2, f"{names.MITIGATE_LABEL}=true")
+        hook = run_hook_script(hook_token, namespace)
         assert hook.returncode == 0, hook.stdout + hook.stderr
         assert "deleting ThpCheck default" in hook.stdout
         assert f"deleting ThpCheck mitigate-{test_id}" in hook.stdout
+        assert f"deleting DaemonSet {namespace}/{names.MITIGATION_DAEMONSET}" in hook.stdout
+        cluster.kubectl("label", "node", a2, f"{names.MITIGATE_LABEL}-")
 
         # Everything the checks did is undone, while the operator still ran.
         assert all_checks(cluster) == []

@@ -262,15 +262,18 @@ def test_cleanup_hook(helm: Helm) -> None:
     hooks = [d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})]
     assert sorted((d["kind"], d["metadata"]["name"]) for d in hooks) == [
         ("ClusterRole", "thp-checker-cleanup"), ("ClusterRoleBinding", "thp-checker-cleanup"),
-        ("Job", "thp-checker-cleanup"), ("ServiceAccount", "thp-checker-cleanup")]
+        ("Job", "thp-checker-cleanup"), ("Role", "thp-checker-cleanup"),
+        ("RoleBinding", "thp-checker-cleanup"), ("ServiceAccount", "thp-checker-cleanup")]
     for doc in hooks:
         annotations = doc["metadata"]["annotations"]
         assert annotations["helm.sh/hook"] == "pre-delete"
         assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
     weights = {d["kind"]: int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for d in hooks}
     assert weights["ServiceAccount"] < weights["ClusterRoleBinding"] < weights["Job"]
-    assert _rules(docs, "thp-checker-cleanup") == [
-        ("*", "thpcheck.io", "thpchecks", "delete"), ("*", "thpcheck.io", "thpchecks", "list")]
+    assert sorted(_rules(docs, "thp-checker-cleanup")) == [
+        ("*", "thpcheck.io", "thpchecks", "delete"), ("*", "thpcheck.io", "thpchecks", "list"),
+        ("thp-checker", "apps", "daemonsets[thpcheck-mitigation]", "delete"),
+        ("thp-checker", "apps", "daemonsets[thpcheck-mitigation]", "get")]
     job = find(hooks, "Job")
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -280,7 +283,7 @@ def test_cleanup_hook(helm: Helm) -> None:
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert pod["restartPolicy"] == "Never" and job["spec"]["ttlSecondsAfterFinished"] > 0
     assert job["spec"]["activeDeadlineSeconds"] > int(
-        {e["name"]: e["value"] for e in container["env"]}["THPCHECK_CLEANUP_TIMEOUT"])
+        {e["name"]: e.get("value") for e in container["env"]}["THPCHECK_CLEANUP_TIMEOUT"])
     disabled = documents(helm.template("--set", "cleanup.enabled=false"))
     assert not [d for d in disabled if "cleanup" in d["metadata"]["name"]]
 

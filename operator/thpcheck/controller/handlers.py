@@ -42,9 +42,17 @@ async def poke_for_agent_pod(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None
         context_of(memo).triggers.poke(check)
 
 
-async def poke_everyone(memo: kopf.Memo, **_: Any) -> None:
-    """Nodes, mitigation pods and the shared DaemonSet matter to every check."""
-    context_of(memo).triggers.poke_all()
+async def poke_everyone(memo: kopf.Memo, **kwargs: Any) -> None:
+    """Nodes, mitigation pods and the shared DaemonSet matter to every check.
+
+    With no ThpCheck left there is no daemon to poke, yet the shared mitigation DaemonSet may
+    still exist for a node an admin labelled; once that label goes, it is deleted here.
+    """
+    ctx = context_of(memo)
+    ctx.triggers.poke_all()
+    idx = Indexes.of(kwargs)
+    if not idx.check_summaries() and idx.daemonset(names.MITIGATION_DAEMONSET) is not None:
+        await manage_mitigation_daemonset(ctx, idx)
 
 
 async def poke_for_result(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
@@ -53,14 +61,13 @@ async def poke_for_result(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         context_of(memo).triggers.poke(check)
 
 
-async def poke_for_daemonset(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def poke_for_daemonset(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     annotations = body.get("metadata", {}).get("annotations") or {}
     check = annotations.get(names.CHECK_NAME_ANNOTATION)
-    triggers = context_of(memo).triggers
     if check:
-        triggers.poke(check)
+        context_of(memo).triggers.poke(check)
     else:
-        triggers.poke_all()
+        await poke_everyone(memo, **kwargs)
 
 
 # -- the per-check daemon ------------------------------------------------------------------

@@ -32,7 +32,9 @@ def mitigation_daemonset(config: WorkloadConfig) -> dict[str, Any]:
         "name": "mitigate",
         "image": config.image,
         "imagePullPolicy": config.pull_policy,
-        "command": ["thpcheck", "mitigate", "--log-format", "json", *common],
+        # info level: "stopped khugepaged (original N)" and "restored N" are the audit trail
+        "command": ["thpcheck", "mitigate", "--log-format", "json", "--log-level", "info",
+                    *common],
         "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
         "securityContext": {"privileged": True, "runAsUser": 0,
                             "readOnlyRootFilesystem": True},
