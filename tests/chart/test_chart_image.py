@@ -152,7 +152,7 @@ def test_operator_and_hook_run_in_the_image_as_the_chart_runs_them(
                                       tmp_path / "cleanup")
         (hook,) = job["containers"]
         # The Job's env; the downward-API namespace is what the kubelet would put there.
-        env = {e["name"]: e["value"] if "value" in e else namespace for e in hook["env"]}
+        env = {e["name"]: e.get("value", namespace) for e in hook["env"]}
         outcome = build.podman(
             "run", "--rm", *security_args(hook), *mounted_kubeconfig(hook_token, cluster,
                                                                     tmp_path),
