@@ -142,6 +142,20 @@ def test_no_handler_writes_kopf_state_to_nodes_or_pods() -> None:
             handler.selector.any_name == names.CHECK_PLURAL), handler
 
 
+def test_kopf_diff_base_is_built_for_thpchecks_only() -> None:
+    """kopf deep-copies every body into a diff base; only ThpChecks (daemon, clean-up) use it."""
+    storage = operator.kopf_settings(from_env({"THPCHECK_NAMESPACE": "ops"})
+                                     ).persistence.diffbase_storage
+    check = kopf.Body({"apiVersion": names.API_VERSION, "kind": names.CHECK_KIND,
+                       "metadata": {"name": "c", "labels": {"a": "b"}},
+                       "spec": {"paths": ["/x"]}, "status": {"phase": "Running"}})
+    assert storage.build(body=check) == {"metadata": {"labels": {"a": "b"}},
+                                         "spec": {"paths": ["/x"]}}
+    node = kopf.Body({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n"},
+                      "spec": {"unschedulable": True}, "status": {"nodeInfo": {}}})
+    assert storage.build(body=node) == {}
+
+
 def test_thpcheck_operator_help_names_its_environment() -> None:
     out = subprocess.run([sys.executable, "-m", "thpcheck", "operator", "--help"],
                          capture_output=True, text=True, check=True,

@@ -8,6 +8,7 @@ registry is built explicitly, so this module lists everything the operator react
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import kopf
 import structlog
@@ -26,6 +27,22 @@ RESULTS = (names.GROUP, names.VERSION, names.RESULT_PLURAL)
 AGENT_PODS = {names.POD_ROLE_LABEL: names.AGENT_ROLE}
 MITIGATION_PODS = {names.POD_ROLE_LABEL: names.MITIGATION_ROLE}
 OUR_DAEMONSETS = {names.MANAGED_BY: names.MANAGER}
+
+
+class CheckDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base (the "essence" it compares to detect changes), for ThpChecks only.
+
+    kopf builds it, a deep copy of the whole body, for every watch event of every watched
+    kind, but only change handlers and daemons use it, and only ThpChecks have those: for
+    nodes, pods, results and DaemonSets (index and event handlers only) the copy is thrown
+    away. At 5,000 nodes those copies were a fifth of the operator's CPU during a run.
+    """
+
+    def build(self, *, body: kopf.Body,
+              extra_fields: Iterable[kopf.FieldSpec] | None = None) -> kopf.BodyEssence:
+        if body.get("kind") != names.CHECK_KIND or body.get("apiVersion") != names.API_VERSION:
+            return kopf.BodyEssence()
+        return super().build(body=body, extra_fields=extra_fields)
 
 
 def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
@@ -48,7 +65,7 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     # Our own names for what kopf stores on ThpChecks (nothing is stored on nodes or pods).
     config.persistence.finalizer = names.FINALIZER
     config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
-    config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    config.persistence.diffbase_storage = CheckDiffBaseStorage(
         prefix=names.GROUP, key="last-handled-configuration")
     # Events: only ours, plus kopf's warnings and errors (not one per handler success).
     config.posting.level = logging.WARNING
