@@ -9,7 +9,7 @@ from thpcheck.model.verdict import Verdict
 from thpcheck.specs import names
 from thpcheck.specs.agent import CheckRef
 from thpcheck.specs.results import NodeState, ResultPlan, plan_results
-from thpcheck.specs.status import StatusInputs, build_status, counts
+from thpcheck.specs.status import StatusInputs, build_status, counts, progress_only
 from thpcheck.specs.views import agent_pod_view
 
 CHECK = CheckRef("weekly", "uid-check")
@@ -160,3 +160,21 @@ def test_status_lists_cordons_and_blocked_remediation() -> None:
     assert s["cordoned"] == 2 and s["cordonedNodes"] == ["a", "b"]
     blocked = next(c for c in s["conditions"] if c["type"] == "RemediationBlocked")
     assert (blocked["status"], blocked["reason"]) == ("True", "BudgetExhausted")
+
+
+def test_progress_only_changes_are_the_counts_and_their_messages() -> None:
+    three = ["a", "b", "c"]
+    one = status(three, states(a="not-affected", b=None, c=None))
+    two = status(three, states(a="not-affected", b="affected", c=None),
+                 previous_conditions=one["conditions"])
+    assert progress_only(one, two)  # Running both times: only counts and messages moved
+    done = status(three, states(a="not-affected", b="affected", c="affected"),
+                  previous_conditions=two["conditions"])
+    assert not progress_only(two, done)  # Completed, Ready flipped: written at once
+    error = status(three, states(a="error", b="affected", c=None),
+                   previous_conditions=two["conditions"])
+    assert not progress_only(two, error)  # Degraded
+    cordoned = status(three, states(a="not-affected", b="affected", c=None),
+                      previous_conditions=one["conditions"], cordoned_nodes=["b"])
+    assert not progress_only(one, cordoned)
+    assert not progress_only({}, one)  # nothing stored yet

@@ -52,6 +52,9 @@ class OperatorContext:
     # resourceVersion of each check before and after our last status write: while the watch
     # still shows "before", "after" is the version to use as a precondition.
     status_versions: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # When each check's status was last written (monotonic): progress-only changes wait for
+    # the status interval (see thpcheck.specs.status.progress_only).
+    status_written_at: dict[str, float] = field(default_factory=dict)
 
     def lock(self, check: str) -> asyncio.Lock:
         """Serialises a check's reconciles and its deletion clean-up."""
@@ -61,6 +64,7 @@ class OperatorContext:
         self.locks.pop(check, None)
         self.written_status.pop(check, None)
         self.status_versions.pop(check, None)
+        self.status_written_at.pop(check, None)
         self.triggers.forget(check)
         self.metrics.forget_check(check)
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -47,7 +49,7 @@ from thpcheck.specs.results import (
 )
 from thpcheck.specs.rollout import RolloutPlan, Step, plan_rollout
 from thpcheck.specs.selection import selected_nodes
-from thpcheck.specs.status import StatusInputs, build_status
+from thpcheck.specs.status import StatusInputs, build_status, progress_only
 from thpcheck.specs.views import NodeView, ResultView, node_view, result_view
 
 log = structlog.get_logger("thpcheck.operator")
@@ -361,6 +363,9 @@ class CheckReconciler:
         self._record_metrics(status, results, nodes, observed)
         if canonical(status) in (canonical(self.live_status), canonical(self.previous)):
             return
+        since = time.monotonic() - self.ctx.status_written_at.get(self.name, -math.inf)
+        if progress_only(self.previous, status) and since < self.ctx.settings.status_interval:
+            return  # only the counts moved: written on a later reconcile (one per interval)
         if status["phase"] != self.previous.get("phase"):
             events.on_check(self.body, reason=status["phase"], message=status["message"],
                             warning=status["phase"] == "Degraded")
@@ -370,6 +375,7 @@ class CheckReconciler:
         except ApiError as exc:
             self.log.warning("status not written", error=str(exc))
             return
+        self.ctx.status_written_at[self.name] = time.monotonic()
         self.log.info("status", phase=status["phase"], checked=status["checked"],
                       nodes=status["nodes"], affected=status["affected"])
 

@@ -2,6 +2,8 @@
 
 Computed whole on every reconcile and written only when it differs from what is stored,
 so a quiet cluster costs no writes; condition transition times survive unchanged conditions.
+While a run only moves the counts (``progress_only``), the reconciler writes at most once per
+status interval instead of on every reconcile.
 """
 
 from __future__ import annotations
@@ -24,6 +26,24 @@ _COUNT_FIELDS = {
     Verdict.UNKNOWN: "unknown",
     Verdict.ERROR: "errors",
 }
+
+
+# What a run changes on nearly every reconcile: the counts and the messages quoting them.
+PROGRESS_FIELDS = frozenset({"checked", "stale", "mitigated", "affected", "susceptible",
+                             "notAffected", "unknown", "errors", "disagreements", "message"})
+
+
+def progress_only(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """True if ``after`` differs from ``before`` in progress counts and messages only: the same
+    phase, conditions (type, status, reason), cordons, planned actions and generation."""
+    def shape(status: Mapping[str, Any]) -> tuple[list[tuple[Any, ...]], dict[str, Any]]:
+        conditions = [(c.get("type"), c.get("status"), c.get("reason"))
+                      for c in status.get("conditions") or []]
+        rest = {k: v for k, v in status.items()
+                if k not in PROGRESS_FIELDS and k != "conditions"}
+        return conditions, rest
+
+    return bool(before) and shape(before) == shape(after)
 
 
 @dataclass(frozen=True)
