@@ -65,6 +65,15 @@ CHECK = "scale"
 NODE_LABEL = "thpcheck-bench"
 CLIENT_QPS = ["--kube-api-qps=1000", "--kube-api-burst=2000"]
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+# kwok's workers (4 by default) cannot renew 5,000 node leases every 10 s on this machine, and
+# nodes whose lease expires go NotReady (their pods unavailable: the rollout stops).
+KWOK_CONFIG = """apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options:
+  nodeLeaseParallelism: 32
+  nodePlayStageParallelism: 16
+  podPlayStageParallelism: 16
+"""
 AUDIT_POLICY = f"""apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
@@ -416,6 +425,21 @@ def wait_complete(api: Api, count: int, timeout: float) -> tuple[float | None, d
     return None, status
 
 
+def wait_idle(pid: int, since: float, timeout: float, window: float = 5.0,
+              busy: float = 0.05) -> float:
+    """Seconds from ``since`` until the process used less than ``busy`` of a CPU over a
+    ``window`` (its start-up is over)."""
+    deadline = time.monotonic() + timeout
+    last = proc_cpu_s(pid)
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        now = proc_cpu_s(pid)
+        if now - last < busy * window:
+            return time.monotonic() - window - since
+        last = now
+    raise RuntimeError(f"the operator was still busy after {timeout:.0f}s")
+
+
 def server_cpu(cluster: Cluster) -> dict[str, float]:
     cpu = {}
     for server in cluster.servers:
@@ -428,14 +452,18 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
     audit = workdir / "audit.log"
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "audit-policy.yaml").write_text(AUDIT_POLICY)
+    (workdir / "kwok-config.yaml").write_text(KWOK_CONFIG)
     extra = {
         "kube-controller-manager": CLIENT_QPS,
         "kube-scheduler": CLIENT_QPS,
+        # not a log line per lease renewal (500/s at 5,000 nodes); more workers
+        "kwok": ["--v=WARN", f"--config={workdir / 'kwok-config.yaml'}"],
         "kube-apiserver": [f"--audit-policy-file={workdir / 'audit-policy.yaml'}",
                            f"--audit-log-path={audit}", "--audit-log-format=json",
                            "--audit-log-maxbackup=0", "--audit-log-maxsize=0"],
     }
     doc: dict[str, Any] = {"nodes": nodes, "rate_per_s": args.rate,
+                           "operator_src": str(args.operator_src),
                            "max_concurrent": args.max_concurrent, "client_qps": CLIENT_QPS,
                            "load": {"start": os.getloadavg()}}
     cluster = Cluster(workdir / "cluster", nodes=0, extra_args=extra, timeout=300)
@@ -450,14 +478,22 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
         doc["nodes_ready_s"] = round(create_nodes(api, cluster, nodes), 1)
         message = real_result_message(workdir)
         env = {"KUBECONFIG": str(kubeconfig), "THPCHECK_STATUS_INTERVAL": "5",
-               "THPCHECK_DEBOUNCE": "1", "THPCHECK_EMPTY_RESULT_GRACE": "3600"}
+               "THPCHECK_DEBOUNCE": "1", "THPCHECK_EMPTY_RESULT_GRACE": "3600",
+               "PYTHONPATH": str(args.operator_src.resolve())}
         operator = ProfiledOperator(cluster, NAMESPACE, workdir / "logs", extra_env=env,
                                     profile=workdir / "operator.prof" if args.profile else None)
-        operator.start(timeout=300)
+        launched = time.monotonic()
+        operator.start(timeout=900)
         assert operator.process is not None
         pid = operator.process.pid
         sampler = Sampler(pid)
-        time.sleep(5)  # the operator's initial lists are done; its idle state is the baseline
+        doc["operator_healthy_s"] = round(time.monotonic() - launched, 1)
+        # kopf answers /healthz at once but handles nothing until every watched object is
+        # indexed: wait until the operator is idle, so the start-up is not counted in the run.
+        doc["operator_start_s"] = round(wait_idle(pid, launched, args.timeout), 1)
+        doc["operator_start_cpu_s"] = round(proc_cpu_s(pid), 1)
+        doc["operator_rss_mib_after_start"] = round(proc_status_kib(pid, "VmRSS") / 1024, 1)
+        doc["operator_peak_rss_mib_start"] = round(proc_status_kib(pid, "VmHWM") / 1024, 1)
         doc["load"]["before_check"] = os.getloadavg()
         before = request_totals(api.text("/metrics"))
         cpu_before = proc_cpu_s(pid)
@@ -503,6 +539,11 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
             "complete": _rel(complete, started),
         }
         doc["settle_s"] = round(complete - last, 1) if complete else None
+        with contextlib.suppress(RuntimeError, KeyError):
+            created = api.call("GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/"
+                               f"{names.agent_daemonset_name(CHECK)}")["metadata"]
+            doc["timeline_s"]["daemonset_created"] = round((datetime.fromisoformat(
+                created["creationTimestamp"].replace("Z", "+00:00")) - since).total_seconds())
         doc["injection_errors"] = injector.errors[:20]
         doc["final_status"] = {k: status.get(k) for k in (
             "phase", "nodes", "checked", "affected", "notAffected", "susceptible", "unknown",
@@ -559,12 +600,17 @@ def print_summary(doc: Mapping[str, Any]) -> None:
           f"{doc['rate_per_s']} results/s; load at start {_load(load['start'])}, "
           f"before check {_load(load.get('before_check'))}, end {_load(load.get('end'))}")
     timeline = doc["timeline_s"]
-    print(f"  nodes Ready in {doc['nodes_ready_s']} s; after the ThpCheck was created: first "
-          f"check pod {timeline['first_check_pod']} s, all {timeline['all_check_pods']} s, "
+    print(f"  nodes Ready in {doc['nodes_ready_s']} s; after the ThpCheck was created: "
+          f"DaemonSet {timeline.get('daemonset_created')} s, first check pod "
+          f"{timeline['first_check_pod']} s, all {timeline['all_check_pods']} s, "
           f"results {timeline['first_result_injected']}-{timeline['last_result_injected']} s, "
           f"complete {timeline['complete']} s")
     print(f"  settle (last result -> complete status): {doc['settle_s']} s; status "
           f"{doc['final_status']}")
+    print(f"  operator start with {doc['nodes']} nodes: healthy in {doc['operator_healthy_s']} "
+          f"s, idle (everything indexed) after {doc['operator_start_s']} s and "
+          f"{doc['operator_start_cpu_s']} CPU s; RSS then {doc['operator_rss_mib_after_start']} "
+          f"MiB, peak {doc['operator_peak_rss_mib_start']} MiB")
     print(f"  operator: peak RSS {doc['operator_peak_rss_mib']} MiB (idle "
           f"{doc['operator_rss_mib_idle']}), CPU {doc['operator_cpu_s_run']} s in the run, "
           f"{doc['operator_cpu_s_total']} s total")
@@ -596,6 +642,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds to wait after completion before scraping metrics")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the clusters' files here (default: a temp dir, removed)")
+    parser.add_argument("--operator-src", type=Path, default=REPO / "operator",
+                        help="directory holding the thpcheck package the operator runs "
+                        "(default: this tree's; another version for before/after figures)")
     parser.add_argument("--profile", action="store_true",
                         help="run the operator under cProfile (operator.prof in the work dir)")
     args = parser.parse_args(argv)
