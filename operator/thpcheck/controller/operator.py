@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import kopf
 import structlog
 
-from thpcheck.controller import crds, handlers, indexes
+from thpcheck.controller import crds, handlers, indexes, kopf_startup
 from thpcheck.controller.api import Kube
 from thpcheck.controller.context import MEMO_KEY, OperatorContext
 from thpcheck.controller.metrics import Metrics
@@ -129,8 +129,10 @@ def run(settings: Settings) -> int:
     context = OperatorContext(settings=settings, kube=kube, metrics=metrics)
     liveness = (f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port
                 else None)
+    coalesced = kopf_startup.coalesce_barrier_wakeups()
     log.info("operator starting", namespace=settings.namespace, image=settings.agent_image,
-             metrics_port=settings.metrics_port, health_port=settings.health_port)
+             metrics_port=settings.metrics_port, health_port=settings.health_port,
+             coalesced_startup_wakeups=coalesced)
     try:
         kopf.run(registry=build_registry(settings), settings=kopf_settings(settings),
                  namespaces=[settings.namespace], standalone=True, liveness_endpoint=liveness,
