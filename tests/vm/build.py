@@ -27,17 +27,22 @@ MATRIX_FILE = "matrix.json"
 
 def resolve(apt: PrivateApt, spec: kernels.KernelSpec) -> tuple[str, str]:
     """(package, version) for a matrix kernel; fail loudly when it is not in its suite."""
-    package = spec.package
     if spec.kind == "debian-image":
-        names = apt.names(spec.package)
-        if not names:
-            raise SourceError(f"{spec.name}: no package matching {spec.package}")
-        package = max(names, key=lambda n: int(re.fullmatch(spec.package, n)[1]))  # type: ignore[index]
-    version = apt.candidate(package, spec.suite)
-    if version is None:
-        raise SourceError(f"{spec.name}: {package} not found in {spec.suite}; "
+        # The newest ABI *in this suite*: other suites of the private lists (security, the
+        # next release) carry other ABIs under the same name pattern.
+        names = sorted(apt.names(spec.package), reverse=True,
+                       key=lambda n: int(re.fullmatch(spec.package, n)[1]))  # type: ignore[index]
+        for package in names:
+            version = apt.candidate(package, spec.suite)
+            if version is not None:
+                return package, version
+        raise SourceError(f"{spec.name}: no package matching {spec.package} in {spec.suite}; "
                           "the matrix cannot be built without it")
-    return package, version
+    version = apt.candidate(spec.package, spec.suite)
+    if version is None:
+        raise SourceError(f"{spec.name}: {spec.package} not found in {spec.suite}; "
+                          "the matrix cannot be built without it")
+    return spec.package, version
 
 
 def build(cache: Path, only: set[str] | None, jobs: int, keep_tree: bool) -> dict[str, Any]:

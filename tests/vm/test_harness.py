@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
+import lzma
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from tests.vm.conftest import GuestRunner
 from tests.vm.guest import Knob, Mount, Run, job_script, parse_console
-from tests.vm.kernels import fix_evidence, missing_fragment_lines, module_load_order
+from tests.vm.kernels import (
+    KernelBuildError,
+    copy_module,
+    fix_evidence,
+    missing_fragment_lines,
+    module_load_order,
+)
 from tests.vm.matrix import parse_repro
 
 
@@ -92,6 +101,23 @@ def test_module_load_order() -> None:
     assert module_load_order(dep, ("btrfs", "xfs", "absent")) == [
         "kernel/lib/libcrc32c.ko", "kernel/crypto/xor.ko", "kernel/fs/btrfs/btrfs.ko",
         "kernel/fs/xfs/xfs.ko"]
+
+
+def test_copy_module_decompresses_what_busybox_cannot_load(tmp_path: Path) -> None:
+    body = b"\x7fELF module body" * 100
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "ext4.ko.xz").write_bytes(lzma.compress(body))
+    (tmp_path / "src" / "xfs.ko.gz").write_bytes(gzip.compress(body))
+    (tmp_path / "src" / "btrfs.ko").write_bytes(body)
+    (tmp_path / "src" / "virtio.ko.zst").write_bytes(b"(\xb5/\xfd")
+    out = tmp_path / "out" / "kernel" / "fs"
+    landed = [copy_module(tmp_path / "src" / name, out / name)
+              for name in ("ext4.ko.xz", "xfs.ko.gz", "btrfs.ko")]
+    assert [p.name for p in landed] == ["ext4.ko", "xfs.ko", "btrfs.ko"]
+    assert all(p.read_bytes() == body for p in landed)
+    assert sorted(p.name for p in out.iterdir()) == ["btrfs.ko", "ext4.ko", "xfs.ko"]
+    with pytest.raises(KernelBuildError, match="zstd"):
+        copy_module(tmp_path / "src" / "virtio.ko.zst", out / "virtio.ko.zst")
 
 
 def test_parse_repro_lines() -> None:
