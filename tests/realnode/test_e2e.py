@@ -37,6 +37,7 @@ from tests.cluster.realnode import thp_knob as knob
 from tests.host.agent import check_json, listing
 from tests.host.loopfs import MKFS, loop_mount
 from tests.realnode.conftest import RealCluster
+from tests.support import wait
 from tests.support.require import skip_or_fail
 from thpcheck.specs import names
 
@@ -55,19 +56,10 @@ RESULTS = f"/apis/{names.GROUP}/{names.VERSION}/{names.RESULT_PLURAL}"
 
 
 def eventually(check: Callable[[], Any], timeout: float, what: str,
-               diagnose: Callable[[], str] = lambda: "", interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    result = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except ClusterError as exc:
-            result = f"error: {exc}"
-        if result and not (isinstance(result, str) and result.startswith("error: ")):
-            return result
-        time.sleep(interval)
-    pytest.fail(f"{what} not met within {timeout:.0f}s; last: {result!r}\n{diagnose()}",
-                pytrace=False)
+               diagnose: Callable[[], str] = lambda: "") -> Any:
+    """check()'s first truthy result; API errors while servers restart count as not yet."""
+    return wait.eventually(check, timeout, interval=1.0, what=what, diagnose=diagnose,
+                           tolerate=(ClusterError,))
 
 
 @contextmanager

@@ -7,7 +7,6 @@ import contextlib
 import ipaddress
 import json
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,22 +24,16 @@ from tests.cluster.realnode import (
     read_tunables,
 )
 from tests.realnode.conftest import RealNodeKit, real_cluster
+from tests.support import wait
 
 pytestmark = pytest.mark.realnode
 
 
 def eventually(check: Callable[[], Any], timeout: float, what: str,
-               node: RealNode | None = None, interval: float = 0.5) -> Any:
+               node: RealNode | None = None) -> Any:
     """check()'s first truthy result; on timeout fail with the last one and the pod logs."""
-    deadline = time.monotonic() + timeout
-    result = None
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(interval)
-    logs = node.all_pod_logs() if node else ""
-    pytest.fail(f"{what} not met within {timeout:.0f}s; last: {result!r}\n{logs}", pytrace=False)
+    return wait.eventually(check, timeout, interval=0.5, what=what,
+                           diagnose=node.all_pod_logs if node else None)
 
 
 @contextlib.contextmanager

@@ -10,15 +10,21 @@ import pytest
 
 
 def eventually(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.25,
-               what: str = "condition", diagnose: Callable[[], str] | None = None) -> Any:
+               what: str = "condition", diagnose: Callable[[], str] | None = None,
+               tolerate: tuple[type[Exception], ...] = ()) -> Any:
     """Return check()'s first truthy result, or fail with the last falsy one (and, if given,
-    what ``diagnose()`` says, e.g. pod logs)."""
+    what ``diagnose()`` says, e.g. pod logs). Exceptions of the ``tolerate`` types (a server
+    restarting) count as a falsy result and are shown if they were the last."""
     deadline = time.monotonic() + timeout
-    result = None
+    result: Any = None
     while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
+        try:
+            result = check()
+        except tolerate as exc:
+            result = f"error: {exc}"
+        else:
+            if result:
+                return result
         time.sleep(interval)
     extra = f"\n{diagnose()}" if diagnose else ""
     pytest.fail(f"{what} not met within {timeout:.0f}s; last result: {result!r}{extra}",
