@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.cluster.harness import Cluster
 from tests.operator.cluster_kit import (
-    Kubelet,
-    OperatorProcess,
-    checks_cleaned_up,
-    install_crds,
     this_machine,
 )
-
-
-@pytest.fixture(scope="session")
-def crds(cluster: Cluster) -> Cluster:
-    """The session cluster with the chart's CRDs applied (the single source)."""
-    install_crds(cluster)
-    return cluster
+from tests.operator.operator_fixtures import checks, crds, kubelet, operator  # noqa: F401
 
 
 @pytest.fixture
@@ -31,30 +20,7 @@ def test_id() -> str:
 
 
 @pytest.fixture
-def operator(crds: Cluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    """A running operator for one test; stopped (and its checks deleted) afterwards."""
-    process = OperatorProcess(crds, namespace, tmp_path / "logs").start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def kubelet(crds: Cluster, namespace: str, tmp_path: Path) -> Kubelet:
-    return Kubelet(crds, namespace, tmp_path)
-
-
-@pytest.fixture
-def checks(crds: Cluster, operator: OperatorProcess) -> Iterator[list[str]]:
-    """Names of ThpChecks the test creates: deleted while the operator still runs."""
-    created: list[str] = []
-    with checks_cleaned_up(crds, operator, created):
-        yield created
-
-
-@pytest.fixture
-def make_nodes(crds: Cluster, test_id: str) -> Iterator[object]:
+def make_nodes(crds: Cluster, test_id: str) -> Iterator[object]:  # noqa: F811
     """``make_nodes(count, **per_node)`` adds kwok nodes labelled for this test (with this
     machine's kernel and boot ID); they are deleted afterwards."""
     made: list[str] = []

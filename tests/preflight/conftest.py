@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.cluster.harness import Cluster, wait_until
-from tests.operator.cluster_kit import (
-    Kubelet,
-    OperatorProcess,
-    checks_cleaned_up,
-    install_crds,
-)
+from tests.operator.operator_fixtures import checks, crds, kubelet, operator  # noqa: F401
 from tests.preflight.fleet import Fleet, make_fleet
 
 
@@ -25,37 +19,8 @@ def fleet(cluster: Cluster) -> Iterator[Fleet]:
         yield made
 
 
-@pytest.fixture(scope="session")
-def crds(cluster: Cluster) -> Cluster:
-    install_crds(cluster)
-    return cluster
-
-
 @pytest.fixture
-def operator(crds: Cluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    """A running operator for one test, stopped afterwards."""
-    process = OperatorProcess(crds, namespace, tmp_path / "logs").start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def kubelet(crds: Cluster, namespace: str, tmp_path: Path) -> Kubelet:
-    return Kubelet(crds, namespace, tmp_path)
-
-
-@pytest.fixture
-def checks(crds: Cluster, operator: OperatorProcess) -> Iterator[list[str]]:
-    """Names of ThpChecks the test creates: deleted while the operator still runs."""
-    created: list[str] = []
-    with checks_cleaned_up(crds, operator, created):
-        yield created
-
-
-@pytest.fixture
-def make_node(crds: Cluster) -> Iterator[Callable[..., str]]:
+def make_node(crds: Cluster) -> Iterator[Callable[..., str]]:  # noqa: F811
     """``make_node(nodeInfo, **labels)``: a kwok node with these nodeInfo values, deleted (and
     waited for) afterwards, so other tests listing every node never see it half gone."""
     made: list[str] = []

@@ -1,0 +1,43 @@
+"""Fixtures every operator test on the real control plane uses (the operator tests and the
+preflight tests): the chart's CRDs, a running operator, a kubelet stand-in, and ThpChecks
+deleted while the operator still runs. Imported by those directories' conftest files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.harness import Cluster
+from tests.operator.cluster_kit import Kubelet, OperatorProcess, checks_cleaned_up, install_crds
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> Cluster:
+    """The session cluster with the chart's CRDs applied (the single source)."""
+    install_crds(cluster)
+    return cluster
+
+
+@pytest.fixture
+def operator(crds: Cluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """A running operator for one test; stopped (and its checks deleted) afterwards."""
+    process = OperatorProcess(crds, namespace, tmp_path / "logs").start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def kubelet(crds: Cluster, namespace: str, tmp_path: Path) -> Kubelet:
+    return Kubelet(crds, namespace, tmp_path)
+
+
+@pytest.fixture
+def checks(crds: Cluster, operator: OperatorProcess) -> Iterator[list[str]]:
+    """Names of ThpChecks the test creates: deleted while the operator still runs."""
+    created: list[str] = []
+    with checks_cleaned_up(crds, operator, created):
+        yield created
