@@ -269,10 +269,8 @@ def plan_results(check: CheckRef, selected: Sequence[NodeView],
                 before=existing.resource_version if existing else "",
                 new_run=existing is None or existing.run != run, disagreement=why,
                 previous_disagreement=existing.disagreement if existing else ""))
-        elif (existing.mitigated, existing.stale) != (mitigated, stale):
-            plan.patches.append(ResultPatch(existing.name, node.name, {
-                "status": {"mitigated": mitigated, "stale": stale}},
-                existing.resource_version))
+        else:
+            _refresh_flags(plan, existing, mitigated, stale)
     node_names = {n.name for n in selected}
     plan.deletes.extend(r.name for r in results.values() if r.node not in node_names)
     return plan
@@ -290,8 +288,13 @@ def _keep(plan: ResultPlan, node: NodeView, existing: ResultView,
                                        stale or existing.predicted)
     if existing.disagreement:
         plan.disagreements[node.name] = existing.disagreement
+    _refresh_flags(plan, existing, mitigated, stale)
+
+
+def _refresh_flags(plan: ResultPlan, existing: ResultView, mitigated: bool, stale: bool) -> None:
+    """Patch only ``status.mitigated`` and ``status.stale``, and only when either changed."""
     if (existing.mitigated, existing.stale) != (mitigated, stale):
-        plan.patches.append(ResultPatch(existing.name, node.name, {
+        plan.patches.append(ResultPatch(existing.name, existing.node, {
             "status": {"mitigated": mitigated, "stale": stale}}, existing.resource_version))
 
 
@@ -322,10 +325,8 @@ def plan_predicted_results(check: CheckRef, selected: Sequence[NodeView],
                 verdict=prediction.verdict, create=existing is None, duration_seconds=None,
                 before=existing.resource_version if existing else "", new_run=False,
                 previous_disagreement=existing.disagreement if existing else ""))
-        elif (existing.mitigated, existing.stale) != (mitigated, False):
-            plan.patches.append(ResultPatch(existing.name, node.name, {
-                "status": {"mitigated": mitigated, "stale": False}},
-                existing.resource_version))
+        else:
+            _refresh_flags(plan, existing, mitigated, False)
     node_names = {n.name for n in selected}
     plan.deletes.extend(r.name for r in results.values() if r.node not in node_names)
     return plan
