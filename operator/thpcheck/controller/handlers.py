@@ -22,7 +22,7 @@ from thpcheck.controller.indexes import Indexes
 from thpcheck.controller.reconciler import CheckReconciler, bounded, manage_mitigation_daemonset
 from thpcheck.specs import names
 from thpcheck.specs.remediation import NodeChange, event_reason, plan_cleanup
-from thpcheck.specs.views import NodeView, node_view
+from thpcheck.specs.views import NodeView, annotated_check, node_view
 
 log = structlog.get_logger("thpcheck.operator")
 
@@ -36,8 +36,7 @@ async def poke_for_check(name: str, memo: kopf.Memo, **_: Any) -> None:
 
 
 async def poke_for_agent_pod(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    annotations = body.get("metadata", {}).get("annotations") or {}
-    check = annotations.get(names.CHECK_NAME_ANNOTATION)
+    check = annotated_check(body)
     if check:
         context_of(memo).triggers.poke(check)
 
@@ -62,8 +61,7 @@ async def poke_for_result(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 async def poke_for_daemonset(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    annotations = body.get("metadata", {}).get("annotations") or {}
-    check = annotations.get(names.CHECK_NAME_ANNOTATION)
+    check = annotated_check(body)
     if check:
         context_of(memo).triggers.poke(check)
     else:

@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 import kopf
 
-from thpcheck.specs import names
 from thpcheck.specs.checkspec import Mode, parse_spec
 from thpcheck.specs.views import (
     AgentPodView,
@@ -23,6 +22,7 @@ from thpcheck.specs.views import (
     NodeView,
     ResultView,
     agent_pod_view,
+    annotated_check,
     daemonset_view,
     mitigation_pod_view,
     node_view,
@@ -71,9 +71,8 @@ async def index_result(body: kopf.Body, **_: Any) -> dict[str, ResultView]:
 
 async def index_daemonset(body: kopf.Body, **_: Any) -> dict[str, DaemonSetView]:
     """Agent DaemonSets under their check's name; the mitigation one under its own name."""
-    annotations = body.get("metadata", {}).get("annotations") or {}
     view = daemonset_view(body)
-    key = annotations.get(names.CHECK_NAME_ANNOTATION) or view.name
+    key = annotated_check(body) or view.name
     return {key: view}
 
 

@@ -183,16 +183,23 @@ def _pod_node(body: Mapping[str, Any]) -> str:
     return ""
 
 
+def annotated_check(body: Mapping[str, Any]) -> str | None:
+    """The full name of the ThpCheck an agent pod or DaemonSet belongs to (an annotation: the
+    label may be hashed), or None for objects of no single check."""
+    annotations = _meta(body).get("annotations") or {}
+    check = annotations.get(names.CHECK_NAME_ANNOTATION)
+    return str(check) if check else None
+
+
 def agent_pod_view(body: Mapping[str, Any]) -> AgentPodView:
     meta = _meta(body)
     labels = meta.get("labels") or {}
-    annotations = meta.get("annotations") or {}
     status = body.get("status") or {}
     return AgentPodView(
         name=meta.get("name", ""),
         namespace=meta.get("namespace", ""),
         uid=meta.get("uid", ""),
-        check=annotations.get(names.CHECK_NAME_ANNOTATION) or labels.get(names.CHECK_LABEL, ""),
+        check=annotated_check(body) or labels.get(names.CHECK_LABEL, ""),
         node=_pod_node(body),
         template=labels.get(names.TEMPLATE_LABEL, ""),
         deleting=bool(meta.get("deletionTimestamp")),
