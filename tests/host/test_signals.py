@@ -23,6 +23,13 @@ from tests.support.require import skip_or_fail
 pytestmark = pytest.mark.host
 
 
+def _interruptible() -> None:
+    """SIGINT as at a terminal. A command a non-interactive shell starts in the background
+    inherits SIGINT ignored (POSIX), and Python then installs no KeyboardInterrupt handler:
+    the agent would rightly run on, and the SIGINT case would test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _slow_agent(path: Path) -> tuple[subprocess.Popen[str], int]:
     """Start ``thpcheck repro`` under strace; returns (strace process, agent pid)."""
     if shutil.which("strace") is None:
@@ -32,7 +39,8 @@ def _slow_agent(path: Path) -> tuple[subprocess.Popen[str], int]:
         ["strace", "-qq", "-f", "-o", "/dev/null", "-e", "trace=madvise",
          "-e", "inject=madvise:retval=0:delay_enter=100000",
          sys.executable, "-m", "thpcheck", "repro", str(path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=_interruptible)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         children = subprocess.run(["pgrep", "-P", str(tracer.pid)], capture_output=True,
