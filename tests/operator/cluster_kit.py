@@ -64,6 +64,8 @@ class OperatorProcess:
     namespace: str
     log_dir: Path
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    args: Sequence[str] = ()  # extra command-line arguments, e.g. ("--kubeconfig", FILE)
+    unset_env: Sequence[str] = ()  # variables removed from the environment, e.g. KUBECONFIG
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -75,6 +77,12 @@ class OperatorProcess:
         return self.log_dir / f"operator-{self.starts}.log"
 
     def env(self) -> dict[str, str]:
+        env = self._env()
+        for name in self.unset_env:
+            env.pop(name, None)
+        return env
+
+    def _env(self) -> dict[str, str]:
         return {**self.cluster.env(), "PYTHONPATH": str(REPO / "operator"),
                 "THPCHECK_NAMESPACE": self.namespace, "THPCHECK_AGENT_IMAGE": AGENT_IMAGE,
                 "THPCHECK_METRICS_PORT": str(self.metrics_port),
@@ -90,7 +98,8 @@ class OperatorProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "thpcheck", "operator", "--log-format", "json"],
+                [sys.executable, "-m", "thpcheck", "operator", "--log-format", "json",
+                 *self.args],
                 env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                 preexec_fn=_die_with_parent)
         return self.process

@@ -25,6 +25,7 @@ from tests.operator.cluster_kit import (
     results,
     with_verdict,
 )
+from thpcheck.controller.credentials import StartupExit
 from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster
@@ -304,10 +305,12 @@ def test_startup_fails_clearly_without_crds_or_with_old_ones(
     cluster = make_cluster(nodes=0)
     operator = OperatorProcess(cluster, "default", tmp_path / "logs")
     process = operator.launch()
-    assert process.wait(60) == 2
+    assert process.wait(60) == StartupExit.CRDS
     log = operator.tail()
-    assert "thpchecks.thpcheck.io is not installed" in log
-    assert "kubectl apply --server-side -f charts/thp-checker/crds/" in log
+    assert "Traceback" not in log
+    assert len(log.strip().splitlines()) == 1, log  # one line, nothing else
+    assert log.startswith("thpcheck operator: CRD thpchecks.thpcheck.io is not installed")
+    assert log.strip().endswith("kubectl apply --server-side -f charts/thp-checker/crds/")
 
     old = tmp_path / "old-crds"
     old.mkdir()
@@ -317,7 +320,7 @@ def test_startup_fails_clearly_without_crds_or_with_old_ones(
             f'thpcheck.io/schema-version: "{names.SCHEMA_VERSION - 1}"'))
     install_crds(cluster, old)
     process = operator.launch()
-    assert process.wait(60) == 2
+    assert process.wait(60) == StartupExit.CRDS
     assert (f"has schema version {names.SCHEMA_VERSION - 1}, this operator needs "
             f"{names.SCHEMA_VERSION} or newer") in operator.tail()
 

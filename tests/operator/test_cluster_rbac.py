@@ -1,8 +1,9 @@
 """The operator runs with exactly the RBAC rules documented for the chart, and no more.
 
 The rules below are the ones docs/operator-design.md lists; the operator runs as a
-ServiceAccount bound to them, through a check with labels, cordons, mitigation and deletion,
-and its log must show no Forbidden answer.
+ServiceAccount bound to them (its token given with ``--kubeconfig`` only: no KUBECONFIG, an
+empty HOME), through a check with labels, cordons, mitigation and deletion, and its log must
+show no Forbidden answer.
 """
 
 from __future__ import annotations
@@ -87,8 +88,12 @@ def test_the_documented_rbac_is_enough(crds: Cluster, namespace: str, kubelet: K
                                        make_nodes: Callable[..., list[str]], test_id: str,
                                        tmp_path: Path) -> None:
     kubeconfig = service_account_kubeconfig(crds, namespace, tmp_path / "sa.kubeconfig")
+    # As a user runs it locally: the flag alone, no KUBECONFIG, a HOME with no ~/.kube.
+    home = tmp_path / "home"
+    home.mkdir()
     operator = OperatorProcess(crds, namespace, tmp_path / "logs",
-                               extra_env={"KUBECONFIG": str(kubeconfig)}).start()
+                               args=("--kubeconfig", str(kubeconfig)),
+                               extra_env={"HOME": str(home)}, unset_env=("KUBECONFIG",)).start()
     created: list[str] = []
     try:
         with checks_cleaned_up(crds, operator, created):

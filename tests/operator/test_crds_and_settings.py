@@ -12,12 +12,13 @@ import kopf
 import pytest
 import yaml
 
-from thpcheck.controller import crds, operator
+from thpcheck.controller import crds, credentials, operator
 from thpcheck.controller.settings import SettingsError, from_env
 from thpcheck.specs import names
 from thpcheck.specs.checkspec import CheckSpec, parse_spec
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "charts" / "thp-checker" / "crds"
+SOURCE = credentials.Source("a test kubeconfig", "/nonexistent")
 
 
 def load(name: str) -> dict[str, Any]:
@@ -126,14 +127,14 @@ def test_kopf_is_configured_explicitly() -> None:
     assert config.watching.server_timeout == 300 and config.watching.client_timeout == 330
     assert config.peering.standalone
     assert isinstance(config.persistence.progress_storage, kopf.AnnotationsProgressStorage)
-    registry = operator.build_registry(settings)
+    registry = operator.build_registry(settings, SOURCE)
     assert registry is not None
 
 
 def test_no_handler_writes_kopf_state_to_nodes_or_pods() -> None:
     """Only ThpChecks get kopf's annotations and finalizer: nodes and pods are indexed and
     watched (kopf.index / kopf.on.event), which store nothing on the objects."""
-    registry = operator.build_registry(from_env({"THPCHECK_NAMESPACE": "ops"}))
+    registry = operator.build_registry(from_env({"THPCHECK_NAMESPACE": "ops"}), SOURCE)
     changing = registry._changing.get_all_handlers()  # no public listing
     spawning = registry._spawning.get_all_handlers()
     assert len(changing) == 1 and len(spawning) == 1  # the clean-up and the daemon

@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -105,12 +106,14 @@ def make_fleet(cluster: Cluster) -> Iterator[Fleet]:
 
 
 def preflight(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m thpcheck preflight`` in a child process, as a user runs it."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(kubeconfig.parent),
-           "PYTHONPATH": str(REPO / "operator")}
-    return subprocess.run([sys.executable, "-m", "thpcheck", "preflight", "--kubeconfig",
-                           str(kubeconfig), *args], capture_output=True, text=True, timeout=120,
-                          env=env, cwd=REPO, check=False)
+    """``python -m thpcheck preflight --kubeconfig FILE`` in a child process, as a user runs
+    it locally: the flag alone (no KUBECONFIG) and a HOME with no ~/.kube/config."""
+    with tempfile.TemporaryDirectory(prefix="empty-home-") as home:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home,
+               "PYTHONPATH": str(REPO / "operator")}
+        return subprocess.run([sys.executable, "-m", "thpcheck", "preflight", "--kubeconfig",
+                               str(kubeconfig), *args], capture_output=True, text=True,
+                              timeout=120, env=env, cwd=REPO, check=False)
 
 
 def preflight_json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from tests.preflight.fleet import (
     preflight_json,
 )
 from tests.unit.test_preflight import CORPUS
+from thpcheck.controller.credentials import StartupExit
 from thpcheck.model.preflight import predict_nodes, render_table
 from thpcheck.model.verdict import CheckExit
 
@@ -205,7 +206,7 @@ def test_list_nodes_is_the_only_permission_needed(cluster: Cluster, namespace: s
         wait_until(listed, 30, "the RBAC binding to take effect")  # the authorizer's cache
 
         refused = preflight(denied, "--selector", fleet.selector)
-        assert refused.returncode == CheckExit.BAD_INPUT
+        assert refused.returncode == StartupExit.FORBIDDEN
         lines = refused.stderr.strip().splitlines()
         assert len(lines) == 1
         assert lines[0].startswith(f"thpcheck preflight: the API server at "

@@ -11,9 +11,10 @@ Then it deletes the shared mitigation DaemonSet, if an admin's node label kept i
 waits for it to be gone (foreground deletion: its pods are gone first, and each restored the
 khugepaged setting it changed on SIGTERM): a privileged DaemonSet must not outlive the operator.
 
-Credentials: the pod's ServiceAccount, else the kubeconfig (tests run it so, as the hook's
-ServiceAccount). Needs list and delete on thpchecks.thpcheck.io, and get and delete on the
-one DaemonSet ``thpcheck-mitigation`` in THPCHECK_NAMESPACE; nothing else.
+Credentials: thp-checker's one order ($KUBECONFIG, ~/.kube/config, the pod's
+ServiceAccount; tests run it with a kubeconfig holding the hook's ServiceAccount token).
+Needs list and delete on thpchecks.thpcheck.io, and get and delete on the one DaemonSet
+``thpcheck-mitigation`` in THPCHECK_NAMESPACE; nothing else.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ MITIGATION_DAEMONSET = "thpcheck-mitigation"
 
 
 def _load_credentials() -> None:
-    try:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    """thp-checker's one credential order (thpcheck.controller.credentials): $KUBECONFIG,
+    ~/.kube/config, then the pod's service account; the image has the thpcheck package."""
+    from thpcheck.controller import credentials
+
+    configuration, _ = credentials.configuration(None)
+    kubernetes.client.Configuration.set_default(configuration)
 
 
 def _names(api: kubernetes.client.CustomObjectsApi) -> list[str] | None:
@@ -75,8 +78,14 @@ def _remove_mitigation(deadline: float) -> bool:
 
 
 def main() -> int:
+    from thpcheck.controller.credentials import StartupError
+
     timeout = float(os.environ.get("THPCHECK_CLEANUP_TIMEOUT", "240"))
-    _load_credentials()
+    try:
+        _load_credentials()
+    except StartupError as exc:
+        print(f"thp-checker pre-delete hook: {exc}", file=sys.stderr, flush=True)
+        return int(exc.exit)
     api = kubernetes.client.CustomObjectsApi()
     deadline = time.monotonic() + timeout
     names = _names(api)

@@ -42,6 +42,10 @@ def add_repro_options(parser: argparse.ArgumentParser) -> None:
                         help="do not stop at the first loss; count losses over all iterations")
 
 
+KUBECONFIG_HELP = ("kubeconfig file; without it: $KUBECONFIG, then ~/.kube/config, then the "
+                   "in-cluster service account (the order every thpcheck command uses)")
+
+
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     from thpcheck.logs import LEVELS
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 import structlog
 
-from thpcheck.cli.args import add_common_options
+from thpcheck.cli.args import KUBECONFIG_HELP, add_common_options
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,11 +16,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "operator", help="run the operator: ThpChecks -> agent DaemonSets -> ThpNodeResults",
         description="Watch ThpChecks cluster-wide, run the agent on the selected nodes, record "
         "ThpNodeResults and apply the requested remediation. Configured by THPCHECK_* "
-        "environment variables (see docs/operator-design.md); credentials from the "
-        "in-cluster service account or the kubeconfig. Exits 2 if the CRDs are missing or "
-        "older than this operator.")
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, "
-                        "then $KUBECONFIG or ~/.kube/config)")
+        "environment variables (see docs/operator-design.md). Exits 2 on a bad "
+        "kubeconfig or setting, 5 if the API server cannot be reached, 6 if it rejects "
+        "the credentials, 7 if RBAC denies a list the operator needs, 8 if the CRDs are "
+        "missing or older than this operator.")
+    parser.add_argument("--kubeconfig", metavar="FILE", help=KUBECONFIG_HELP)
     add_common_options(parser)
     parser.set_defaults(func=main, log_level="info")
 
@@ -43,17 +42,18 @@ def _route_stdlib_logging(log_format: str, level: str) -> None:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # One access line per kubelet probe of /healthz is noise; errors still show.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # urllib3's "Retrying ..." per connection attempt: a failed call is logged (and counted)
+    # once by the operator itself.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def main(args: argparse.Namespace) -> int:
     from thpcheck.controller import operator, settings
 
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig
     _route_stdlib_logging(args.log_format, args.log_level)
     try:
         config = settings.from_env()
     except settings.SettingsError as exc:
         print(f"thpcheck operator: {exc}", file=sys.stderr)
         return 2
-    return operator.run(config)
+    return operator.run(config, args.kubeconfig)

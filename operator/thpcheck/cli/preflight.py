@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 from typing import Any
 
-from thpcheck.cli.args import add_common_options
+from thpcheck.cli.args import KUBECONFIG_HELP, add_common_options
 from thpcheck.model.preflight import (
     NodeInfo,
     predict_nodes,
@@ -44,10 +43,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "predict each node from the distro table, the fixed stable releases and the 7.2 "
         "removal, without running anything on the nodes. Needs only 'list nodes'. Exit 0 "
         "nothing susceptible or unknown, 1 some susceptible, 2 bad input (kubeconfig, "
-        "selector), 3 some unknown (or no node matched) and nothing susceptible.")
-    parser.add_argument("--kubeconfig", metavar="FILE",
-                        help="kubeconfig to use (default: $KUBECONFIG or ~/.kube/config, then "
-                        "the in-cluster service account)")
+        "selector), 3 some unknown (or no node matched) and nothing susceptible, 5 the API "
+        "server cannot be reached, 6 it rejects the credentials, 7 RBAC denies 'list nodes'.")
+    parser.add_argument("--kubeconfig", metavar="FILE", help=KUBECONFIG_HELP)
     parser.add_argument("--selector", "-l", metavar="SELECTOR",
                         help="label selector for the nodes, e.g. 'node-role.kubernetes.io/"
                         "worker' or 'pool in (a,b)'")
@@ -56,57 +54,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=main)
 
 
-def _api_client(kubeconfig: str | None) -> Any:
-    """An ApiClient from the kubeconfig (or in-cluster config); PreflightError if unusable."""
-    from kubernetes import client, config
-    from kubernetes.config.config_exception import ConfigException
-
-    configuration = client.Configuration()
-    if kubeconfig is not None:
-        if not os.path.isfile(kubeconfig):
-            raise PreflightError(f"--kubeconfig {kubeconfig}: no such file")
-        try:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, client_configuration=configuration)
-        except Exception as exc:  # the loader raises ConfigException, TypeError, YAML errors
-            raise PreflightError(f"--kubeconfig {kubeconfig}: not a usable kubeconfig: "
-                                 f"{_one_line(exc)}") from exc
-    else:
-        try:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration)
-        except Exception as kube_exc:
-            try:
-                config.load_incluster_config(  # type: ignore[no-untyped-call]
-                    client_configuration=configuration)
-            except ConfigException:
-                raise PreflightError(
-                    "no Kubernetes configuration: pass --kubeconfig FILE, set KUBECONFIG, or "
-                    f"run in a pod ({_one_line(kube_exc)})") from kube_exc
-    configuration.retries = 1  # fail fast on a wrong server address
-    return client.ApiClient(configuration)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] or type(exc).__name__
-
-
-def _api_message(body: str | bytes | None) -> str:
-    try:
-        return str(json.loads(body or "")["message"])
-    except (ValueError, KeyError, TypeError):
-        return _one_line(Exception(body.decode() if isinstance(body, bytes) else body or ""))
-
-
 def list_nodes(kubeconfig: str | None, selector: str | None) -> list[NodeInfo]:
     """The nodes matching ``selector`` (all pages), as the prediction's input."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
-    api_client = _api_client(kubeconfig)
-    host = api_client.configuration.host
+    from thpcheck.controller import credentials
+
+    configuration, _ = credentials.configuration(kubeconfig)
+    configuration.retries = 1  # fail fast on a wrong server address
+    api_client = client.ApiClient(configuration)
+    host = configuration.host
     api = client.CoreV1Api(api_client)
     items: list[dict[str, Any]] = []
     token: str | None = None
@@ -125,18 +84,18 @@ def list_nodes(kubeconfig: str | None, selector: str | None) -> list[NodeInfo]:
             if not token:
                 break
     except ApiException as exc:
-        message = _api_message(exc.body)
         if exc.status == 400 and selector:
-            raise PreflightError(f"--selector {selector!r}: {message}") from exc
+            raise PreflightError(f"--selector {selector!r}: "
+                                 f"{credentials.api_message(exc.body)}") from exc
         if exc.status in (401, 403):
-            raise PreflightError(f"the API server at {host} refused to list nodes "
-                                 f"(HTTP {exc.status}): {message}") from exc
-        raise PreflightError(f"listing nodes at {host} failed (HTTP {exc.status}): {message}",
+            raise credentials.http_failure(exc.status, exc.body, host, "list nodes") from exc
+        raise PreflightError(f"listing nodes at {host} failed (HTTP {exc.status}): "
+                             f"{credentials.api_message(exc.body)}",
                              CheckExit.INCONCLUSIVE) from exc
     except (HTTPError, OSError) as exc:
-        raise PreflightError(f"cannot reach the API server at {host}: {_one_line(exc)}") from exc
+        raise credentials.unreachable(host, exc) from exc
     finally:
-        api_client.close()
+        api_client.close()  # type: ignore[no-untyped-call]
     return [_node_info(item) for item in items]
 
 
@@ -151,11 +110,13 @@ def _node_info(node: dict[str, Any]) -> NodeInfo:
 
 
 def main(args: argparse.Namespace) -> int:
+    from thpcheck.controller.credentials import StartupError
+
     try:
         nodes = list_nodes(args.kubeconfig, args.selector)
-    except PreflightError as exc:
+    except (PreflightError, StartupError) as exc:
         print(f"thpcheck preflight: {exc}", file=sys.stderr)
-        return exc.exit
+        return int(exc.exit)
     predictions = predict_nodes(nodes)
     if args.json:
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

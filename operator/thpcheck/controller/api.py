@@ -17,7 +17,9 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import kubernetes
+import urllib3
 
+from thpcheck.controller.credentials import transport_error
 from thpcheck.controller.metrics import Metrics
 from thpcheck.specs import names
 
@@ -32,8 +34,10 @@ class ApiError(RuntimeError):
 
     def __init__(self, verb: str, path: str, status: int, reason: str, detail: str) -> None:
         super().__init__(f"{verb} {path}: {status} {reason}: {detail[:500]}")
+        self.path = path
         self.status = status
         self.reason = reason
+        self.detail = detail
 
 
 class NotFound(ApiError):
@@ -68,15 +72,15 @@ class Kube:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-api")
 
     @classmethod
-    def connect(cls, metrics: Metrics, workers: int = 16) -> Kube:
-        """In-cluster credentials if present, else the kubeconfig (KUBECONFIG)."""
-        try:
-            kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-        configuration = kubernetes.client.Configuration.get_default_copy()
+    def connect(cls, configuration: kubernetes.client.Configuration, metrics: Metrics,
+                workers: int = 16) -> Kube:
+        """A client on ``configuration`` (from ``thpcheck.controller.credentials``)."""
         configuration.connection_pool_maxsize = max(workers, 4)
         return cls(kubernetes.client.ApiClient(configuration), metrics, workers)
+
+    @property
+    def server(self) -> str:
+        return str(self.client.configuration.host)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -99,9 +103,9 @@ class Kube:
                                             _request_timeout=REQUEST_TIMEOUT)
             data = response.read()  # type: ignore[no-untyped-call]
             response.response.release_conn()
-        except (kubernetes.client.ApiException, OSError) as exc:
+        except (kubernetes.client.ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
             self.metrics.api_errors.labels(verb=verb).inc()
-            raise ApiError(verb, path, 0, type(exc).__name__, str(exc)) from exc
+            raise ApiError(verb, path, 0, type(exc).__name__, transport_error(exc)) from exc
         if response.status >= 400:
             self.metrics.api_errors.labels(verb=verb).inc()
             detail = data.decode(errors="replace") if data else ""

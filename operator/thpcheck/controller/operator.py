@@ -8,13 +8,15 @@ registry is built explicitly, so this module lists everything the operator react
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import kopf
 import structlog
 
-from thpcheck.controller import crds, handlers, indexes, kopf_startup
-from thpcheck.controller.api import Kube
+from thpcheck.controller import crds, credentials, handlers, indexes, kopf_startup
+from thpcheck.controller.api import ApiError, Kube
 from thpcheck.controller.context import MEMO_KEY, OperatorContext
 from thpcheck.controller.metrics import Metrics
 from thpcheck.controller.settings import Settings
@@ -76,10 +78,10 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     return config
 
 
-def build_registry(settings: Settings) -> kopf.OperatorRegistry:
+def build_registry(settings: Settings, source: credentials.Source) -> kopf.OperatorRegistry:
     """Every handler of the operator, in one place."""
     registry = kopf.OperatorRegistry()
-    kopf.on.login(registry=registry)(kopf.login_via_client)
+    kopf.on.login(id="login", registry=registry)(login_handler(source))
 
     # Indexes: what the planners read (small views, filled before any handler runs).
     kopf.index("v1", "nodes", id=indexes.NODES, registry=registry)(indexes.index_node)
@@ -112,18 +114,67 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     return registry
 
 
-def run(settings: Settings) -> int:
-    """Check the CRDs, serve metrics, and run kopf until SIGTERM: cluster-scoped kinds
-    cluster-wide, pods and DaemonSets in the operator's namespace."""
-    metrics = Metrics()
-    kube = Kube.connect(metrics, settings.api_workers)
+def login_handler(source: credentials.Source) -> Callable[..., kopf.ConnectionInfo]:
+    """kopf's login from the source chosen at start-up, reloaded on each call so that
+    refreshed tokens (exec plugins, the projected service-account token) are picked up.
+    kopf's own ``login_via_client`` would reload from the client's import-time default."""
+
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        config = credentials.load(source)
+        scheme, token = credentials.bearer_token(config)
+        return kopf.ConnectionInfo(
+            server=config.host, ca_path=config.ssl_ca_cert, insecure=not config.verify_ssl,
+            username=config.username or None, password=config.password or None,
+            scheme=scheme, token=token, certificate_path=config.cert_file,
+            private_key_path=config.key_file)
+
+    return login
+
+
+def startup_probes(namespace: str) -> list[tuple[str, str]]:
+    """(what, path) of one ``list`` per watched kind: the operator's first requests, made
+    before kopf starts so that a denial is one line instead of a retrying watch."""
+    return [
+        ("list thpchecks", f"/apis/{names.GROUP}/{names.VERSION}/{names.CHECK_PLURAL}"),
+        ("list thpnoderesults", f"/apis/{names.GROUP}/{names.VERSION}/{names.RESULT_PLURAL}"),
+        ("list nodes", "/api/v1/nodes"),
+        (f"list pods in namespace {namespace}", f"/api/v1/namespaces/{namespace}/pods"),
+        (f"list daemonsets in namespace {namespace}",
+         f"/apis/apps/v1/namespaces/{namespace}/daemonsets"),
+    ]
+
+
+def verify_startup(kube: Kube, settings: Settings) -> None:
+    """The server answers, accepts the credentials, has our CRDs and lets us list what we
+    watch; otherwise a StartupError with one line and its exit code."""
+    doing = "read the CustomResourceDefinitions"
     try:
         crds.verify(kube.get_crd_sync)
+        for probe, path in startup_probes(settings.namespace):
+            doing = probe  # named in the error if this request fails
+            kube.request_sync("GET", path, query={"limit": "1"})
     except crds.CrdProblem as exc:
-        log.error("cannot start", error=str(exc))
-        print(f"thpcheck operator: {exc}", flush=True)
+        raise credentials.StartupError(str(exc), credentials.StartupExit.CRDS) from exc
+    except ApiError as exc:
+        if exc.status == 0:
+            raise credentials.unreachable(kube.server, exc.detail) from exc
+        raise credentials.http_failure(exc.status, exc.detail, kube.server, doing) from exc
+
+
+def run(settings: Settings, kubeconfig: str | None = None) -> int:
+    """Check the credentials, the CRDs and RBAC, serve metrics, and run kopf until SIGTERM:
+    cluster-scoped kinds cluster-wide, pods and DaemonSets in the operator's namespace."""
+    metrics = Metrics()
+    try:
+        configuration, source = credentials.configuration(kubeconfig)
+    except credentials.StartupError as exc:
+        return _cannot_start(exc)
+    kube = Kube.connect(configuration, metrics, settings.api_workers)
+    try:
+        verify_startup(kube, settings)
+    except credentials.StartupError as exc:
         kube.close()
-        return 2
+        return _cannot_start(exc)
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
     context = OperatorContext(settings=settings, kube=kube, metrics=metrics)
@@ -131,12 +182,19 @@ def run(settings: Settings) -> int:
                 else None)
     coalesced = kopf_startup.coalesce_barrier_wakeups()
     log.info("operator starting", namespace=settings.namespace, image=settings.agent_image,
+             server=kube.server, credentials=source.description,
              metrics_port=settings.metrics_port, health_port=settings.health_port,
              coalesced_startup_wakeups=coalesced)
     try:
-        kopf.run(registry=build_registry(settings), settings=kopf_settings(settings),
+        kopf.run(registry=build_registry(settings, source), settings=kopf_settings(settings),
                  namespaces=[settings.namespace], standalone=True, liveness_endpoint=liveness,
                  memo=kopf.Memo({MEMO_KEY: context}))
     finally:
         kube.close()
     return 0
+
+
+def _cannot_start(exc: credentials.StartupError) -> int:
+    """One line on stderr naming the problem and the fix (no traceback, no log noise)."""
+    print(f"thpcheck operator: {exc}", file=sys.stderr, flush=True)
+    return int(exc.exit)
