@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -99,10 +100,31 @@ CORPUS: tuple[Case, ...] = (
          NA, "G1", KNOWN, "debian"),
     Case("debian-12-arm64", "Debian GNU/Linux 12 (bookworm)", "6.1.0-31-arm64",
          NA, "G1", KNOWN, "debian", arch="arm64"),
-    Case("debian-12-backports-6.12", "Debian GNU/Linux 12 (bookworm)", "6.12.12+bpo-amd64",
-         NA, "G1", KNOWN, "debian"),
     Case("debian-13", "Debian GNU/Linux 13 (trixie)", "6.12.48+deb13-amd64",  # seen
          NA, "G1", KNOWN, "debian"),
+    # Testing/unstable: no ABI number (oracle/kconfigs read trixie's testing kernels 6.6-6.12).
+    Case("debian testing 6.12.32 (trixie/sid)", "Debian GNU/Linux trixie/sid", "6.12.32-amd64",
+         NA, "G1", KNOWN, "debian-testing"),
+    Case("debian testing arm64 6.10.11", "Debian GNU/Linux trixie/sid", "6.10.11-arm64",
+         NA, "G1", KNOWN, "debian-testing", arch="arm64"),
+    Case("debian unstable 6.17.8 (branch not read)", "Debian GNU/Linux forky/sid",
+         "6.17.8-amd64", NA, "G1", INF, "debian-testing-other"),
+    # Backports rebuild the next suite's source and config: not read, inferred.
+    Case("debian-12-backports-6.12", "Debian GNU/Linux 12 (bookworm)", "6.12.12+bpo-amd64",
+         NA, "G1", INF, "debian-backports"),
+    Case("debian 11 bullseye-backports 6.1", "Debian GNU/Linux 11 (bullseye)",
+         "6.1.0-0.deb11.21-amd64", NA, "G1", INF, "debian-backports"),  # seen
+    Case("debian 10 buster-backports 5.10", "Debian GNU/Linux 10 (buster)",
+         "5.10.0-0.bpo.15-amd64", NA, "G1", INF, "debian-backports"),  # seen
+    # Garden Linux (Gardener): Debian packaging, Garden Linux fragments, no ABI number.
+    Case("gardenlinux 1877 6.12", "Garden Linux 1877.2", "6.12.44-cloud-amd64",
+         NA, "G1", KNOWN, "gardenlinux"),
+    Case("gardenlinux 1592 6.6 arm64", "Garden Linux 1592.9", "6.6.87-cloud-arm64",
+         NA, "G1", KNOWN, "gardenlinux", arch="arm64"),
+    Case("gardenlinux 6.18 metal", "Garden Linux 2017.0", "6.18.45-amd64",
+         NA, "G1", KNOWN, "gardenlinux"),
+    Case("gardenlinux 6.17 (branch not read)", "Garden Linux 1990.0", "6.17.9-cloud-amd64",
+         NA, "G1", INF, "gardenlinux-other"),
     # --- RHEL family (§5: not set [V]; RHEL 10 itself inferred; Rocky 10 not in §5) ----------
     Case("rhel-8.10", "Red Hat Enterprise Linux 8.10 (Ootpa)", "4.18.0-553.5.1.el8_10.x86_64",
          NA, "G1", KNOWN, "rhel-family"),
@@ -120,6 +142,8 @@ CORPUS: tuple[Case, ...] = (
          "6.12.0-55.14.1.el10_0.x86_64", NA, "G1", INF, "rocky10"),
     Case("centos-stream-9", "CentOS Stream 9", "5.14.0-570.el9.x86_64",
          NA, "G1", KNOWN, "rhel-family"),
+    Case("centos-stream-10-hyperscale", "CentOS Stream 10 (Coughlan)",
+         "6.16.4-1.hs1.hsx.el10.x86_64", NA, "G1", KNOWN, "centos-hyperscale"),
     Case("centos-7 (3.10, pre-5.4, not read)", "CentOS Linux 7 (Core)",
          "3.10.0-1160.119.1.el7.x86_64", NA, "G2", INF, None),
     Case("rhcos-4.12 (RHEL 8)", "Red Hat Enterprise Linux CoreOS 412.86.202402272018-0 (Ootpa)",
@@ -142,6 +166,19 @@ CORPUS: tuple[Case, ...] = (
          NA, "G1", KNOWN, "oracle-rhck"),
     Case("ol8-uek6", "Oracle Linux Server 8.9", "5.4.17-2136.330.7.1.el8uek.x86_64",
          NA, "G1", KNOWN, "oracle-uek6"),
+    # UEK-NEXT (oracle/kconfigs history: el9ueknext/el10ueknext 6.9-6.17, all =y, always).
+    Case("ol9-uek-next-6.17", "Oracle Linux Server 9.6", "6.17.0-0.el9ueknext.x86_64",
+         SUS, "G12", KNOWN, "oracle-uek-next", FROM_6_16, "high"),
+    Case("ol10-uek-next-6.17-arm64", "Oracle Linux Server 10.0", "6.17.0-0.el10ueknext.aarch64",
+         SUS, "G12", KNOWN, "oracle-uek-next", FROM_6_16, "high", arch="arm64"),
+    Case("ol10-uek-next-6.15", "Oracle Linux Server 10.0", "6.15.0-1.el10ueknext.x86_64",
+         SUS, "G10", KNOWN, "oracle-uek-next", BELOW_6_16, "high"),
+    Case("ol9-uek-next-6.12 (sublevel hidden)", "Oracle Linux Server 9.5",
+         "6.12.0-4.el9ueknext.aarch64", SUS, "G10", KNOWN, "oracle-uek-next", BELOW_6_16, "high",
+         arch="arm64"),
+    Case("ol10-uek-next-6.18 (branch not read)", "Oracle Linux Server 10.1",
+         "6.18.0-0.el10ueknext.x86_64", SUS, "G12", INF, "oracle-uek-next-other", FROM_6_16,
+         "high"),
     # --- Amazon (§5: AL2, AL2023 6.1 not set [V]; AL2023 6.12 inferred; Bottlerocket [I]) -----
     Case("al2-5.10", "Amazon Linux 2", "5.10.225-213.878.amzn2.x86_64",
          NA, "G1", KNOWN, "amazon-linux-2"),
@@ -176,12 +213,22 @@ CORPUS: tuple[Case, ...] = (
     Case("talos-1.9.1", "Talos (v1.9.1)", "6.12.6-talos", NA, "G1", KNOWN, "talos-read"),
     Case("talos-1.13", "Talos (v1.13.0-beta.1)", "6.18.19-talos",  # seen
          NA, "G1", KNOWN, "talos-read"),
-    Case("talos-1.8 (6.6 not read)", "Talos (v1.8.2)", "6.6.58-talos",  # seen
+    Case("talos-1.8 (6.6)", "Talos (v1.8.2)", "6.6.58-talos",  # seen
+         NA, "G1", KNOWN, "talos-read"),
+    # Every Talos kernel config is public (siderolabs/pkgs): THP not even built before 6.6.52.
+    Case("talos-1.3 (5.15, THP not built)", "Talos (v1.3.7)", "5.15.106-talos",
+         NA, "G1", KNOWN, "talos-read"),
+    Case("talos-1.6 (6.1)", "Talos (v1.6.7)", "6.1.82-talos", NA, "G1", KNOWN, "talos-read"),
+    Case("talos-1.7 arm64 (6.6.43)", "Talos (v1.7.6)", "6.6.43-talos",
+         NA, "G1", KNOWN, "talos-read", arch="arm64"),
+    Case("talos 6.19 (not read yet)", "Talos (v1.14.0-alpha.1)", "6.19.3-talos",
          NA, "G1", INF, "talos"),
     Case("cbl-mariner-2", "CBL-Mariner/Linux", "5.15.153.1-2.cm2",  # seen
          NA, "G1", KNOWN, "azure-linux-read"),
     Case("azure-linux-3", "Microsoft Azure Linux 3.0", "6.6.150.1-1.azl3",  # seen
          NA, "G1", KNOWN, "azure-linux-read"),
+    Case("azure-linux-3 6.12 (not read)", "Microsoft Azure Linux 3.0", "6.12.40.1-1.azl3",
+         NA, "G1", INF, "azure-linux"),
     # --- Fedora (§5: =y since 6.8.2 [V]; FCOS inherits [I]; madvise) ----------------------------
     Case("fedora-40-server", "Fedora Linux 40 (Server Edition)", "6.8.5-301.fc40.x86_64",
          SUS, "G10", KNOWN, "fedora", BELOW_6_16, "low-medium"),
@@ -229,10 +276,14 @@ CORPUS: tuple[Case, ...] = (
     Case("arch-6.18.7", "Arch Linux", "6.18.7-arch1-1",
          SUS, "G12", KNOWN, "arch", FROM_6_16, "high"),
     Case("arch-7.2", "Arch Linux", "7.2.1-arch1-1", NA, "G3", INF, "arch"),
-    Case("arch linux-lts 6.12.96 (fixed whatever the config)", "Arch Linux", "6.12.96-1-lts",
-         NA, "G4", KNOWN, None),
-    Case("arch linux-lts 6.12.90 (lts config not read)", "Arch Linux", "6.12.90-1-lts",
-         UNK, "G18", UNKNOWN, None),
+    Case("arch linux-lts 6.12.96 (fixed)", "Arch Linux", "6.12.96-1-lts",
+         NA, "G4", KNOWN, "arch-lts"),
+    Case("arch linux-lts 6.12.90 (6.12 lts config not read)", "Arch Linux", "6.12.90-1-lts",
+         SUS, "G10", INF, "arch-lts", BELOW_6_16, "high"),
+    Case("arch linux-lts 6.1.55 (read)", "Arch Linux", "6.1.55-1-lts",
+         SUS, "G10", KNOWN, "arch-lts-6.1", BELOW_6_16, "medium"),
+    Case("arch linux-lts 6.6.30", "Arch Linux", "6.6.30-1-lts",
+         SUS, "G10", INF, "arch-lts", BELOW_6_16, "medium"),
     Case("arch linux arm rpi kernel (not read)", "Arch Linux ARM", "6.12.25-1-rpi",  # seen
          UNK, "G18", UNKNOWN, None, arch="arm64"),
     # --- Alibaba Cloud Linux (§5: 3 =y on 5.10; 2 is a 4.19 backport, contents unknown) --------
@@ -259,7 +310,67 @@ CORPUS: tuple[Case, ...] = (
     Case("kind on Fedora 41 (Debian image)", "Debian GNU/Linux 12 (bookworm)",
          "6.11.4-301.fc41.x86_64", SUS, "G10", INF, "fedora-kernel", BELOW_6_16, "low-medium"),
     Case("kind on Docker Desktop (linuxkit)", "Debian GNU/Linux 12 (bookworm)",
-         "5.15.49-linuxkit-pr", UNK, "G18", UNKNOWN, None),  # seen
+         "5.15.49-linuxkit-pr", NA, "G1", INF, "linuxkit"),  # seen
+    # --- Alpine (Rancher Desktop and Lima run Alpine's linux-virt) ------------------------------
+    Case("alpine 3.18 linux-lts 6.1", "Alpine Linux v3.18", "6.1.79-0-lts",
+         NA, "G1", KNOWN, "alpine-lts-6.1"),
+    Case("alpine 3.18 linux-lts 6.1 arm64 (aarch64 not read)", "Alpine Linux v3.18",
+         "6.1.79-0-lts", NA, "G1", INF, "alpine", arch="arm64"),
+    Case("rancher desktop (alpine 3.21 linux-virt)", "Alpine Linux v3.21", "6.12.13-0-virt",
+         NA, "G1", INF, "alpine", arch="arm64"),
+    Case("alpine 3.20 linux-lts 6.6", "Alpine Linux v3.20", "6.6.58-0-lts",
+         NA, "G1", INF, "alpine"),
+    Case("an alpine -lts kernel under another image (the shape alone decides nothing)",
+         "Debian GNU/Linux 12 (bookworm)", "6.6.58-0-lts", UNK, "G18", UNKNOWN, None),
+    # --- Raspberry Pi OS (its os-release says Debian/Raspbian; THP is not built) ----------------
+    Case("raspberry pi os bookworm pi5 6.12", "Debian GNU/Linux 12 (bookworm)",
+         "6.12.34+rpt-rpi-2712", NA, "G1", KNOWN, "raspberrypi-read", arch="arm64"),  # seen
+    Case("raspberry pi os trixie pi4 6.12", "Debian GNU/Linux 13 (trixie)",
+         "6.12.47+rpt-rpi-v8", NA, "G1", KNOWN, "raspberrypi-read", arch="arm64"),
+    Case("raspberry pi os bookworm 6.6 (not read)", "Debian GNU/Linux 12 (bookworm)",
+         "6.6.51+rpt-rpi-v8", NA, "G1", INF, "raspberrypi", arch="arm64"),  # seen
+    Case("raspberry pi os bookworm 6.1 debian-style", "Debian GNU/Linux 12 (bookworm)",
+         "6.1.0-rpi7-rpi-v8", NA, "G1", INF, "raspberrypi", arch="arm64"),  # seen
+    Case("raspbian buster 5.10 v7l", "Raspbian GNU/Linux 10 (buster)", "5.10.103-v7l+",
+         NA, "G1", KNOWN, "raspberrypi-5.10", arch="arm"),  # seen
+    Case("raspbian bookworm 32-bit 6.6", "Raspbian GNU/Linux 12 (bookworm)",
+         "6.6.31+rpt-rpi-v7l", NA, "G1", INF, "raspberrypi", arch="arm"),
+    # --- Developer VMs: WSL2, Docker Desktop / LinuxKit, OrbStack -------------------------------
+    Case("minikube in WSL2 (5.15)", "Ubuntu 22.04.5 LTS", "5.15.167.4-microsoft-standard-WSL2",
+         NA, "G1", KNOWN, "wsl2-5.15"),  # seen
+    Case("kind on Docker Desktop for Windows (WSL2 6.6)", "Debian GNU/Linux 12 (bookworm)",
+         "6.6.87.2-microsoft-standard-WSL2", NA, "G1", KNOWN, "wsl2-6.6"),  # seen
+    Case("rancher desktop on Windows (WSL2 5.15)", "Rancher Desktop WSL Distribution",
+         "5.15.153.1-microsoft-standard-WSL2", NA, "G1", KNOWN, "wsl2-5.15"),
+    Case("WSL2 on arm64 (not read)", "Ubuntu 24.04.1 LTS", "6.6.36.6-microsoft-standard-WSL2",
+         NA, "G1", INF, "wsl2", arch="arm64"),
+    Case("WSL2 5.10 (not read)", "Ubuntu 20.04.6 LTS", "5.10.102.1-microsoft-standard-WSL2",
+         NA, "G1", INF, "wsl2"),  # seen
+    Case("docker desktop kubernetes (linuxkit 6.10)", "Docker Desktop", "6.10.14-linuxkit",
+         NA, "G1", INF, "linuxkit", arch="arm64"),  # seen
+    Case("kind on Docker Desktop 4.3x (linuxkit 6.6)", "Debian GNU/Linux 12 (bookworm)",
+         "6.6.32-linuxkit", NA, "G1", INF, "linuxkit"),  # seen
+    Case("orbstack kubernetes (stub config)", "OrbStack", "6.14.10-orbstack-00291-g1b252bd3edea",
+         UNK, "G18", UNKNOWN, "orbstack", arch="arm64"),  # seen
+    Case("kind on OrbStack (stub config)", "Debian GNU/Linux 12 (bookworm)",
+         "6.15.11-orbstack-00360-g3e0d2d9d1d0e", UNK, "G18", UNKNOWN, "orbstack", arch="arm64"),
+    Case("kind on Debian 12 host (Ubuntu image)", "Ubuntu 24.04.2 LTS", "6.1.0-31-amd64",
+         NA, "G1", INF, "debian-kernel"),
+    Case("kind on Oracle Linux UEK7 (Debian image)", "Debian GNU/Linux 12 (bookworm)",
+         "5.15.0-316.196.4.1.el9uek.x86_64", SUS, "G10", INF, "uek-kernel", BELOW_5_17,
+         "medium"),
+    Case("kind on Oracle Linux UEK-NEXT (Debian image)", "Debian GNU/Linux 12 (bookworm)",
+         "6.17.0-0.el9ueknext.x86_64", SUS, "G12", INF, "uek-next-kernel", FROM_6_16, "high"),
+    Case("kind on Oracle Linux UEK6 (Debian image)", "Debian GNU/Linux 12 (bookworm)",
+         "5.4.17-2136.341.3.1.el8uek.x86_64", NA, "G1", INF, "uek6-kernel"),
+    Case("kind on RHEL 9 (Debian image)", "Debian GNU/Linux 12 (bookworm)",
+         "5.14.0-503.14.1.el9_5.x86_64", NA, "G1", INF, "rhel-kernel"),
+    Case("minikube on Fedora 39 (Ubuntu image)", "Ubuntu 22.04.4 LTS", "6.5.12-300.fc39.x86_64",
+         NA, "G1", INF, "fedora-old-kernel"),
+    Case("kind on Amazon Linux 2023 (Debian image)", "Debian GNU/Linux 12 (bookworm)",
+         "6.1.112-122.189.amzn2023.x86_64", NA, "G1", INF, "amazon-kernel"),
+    Case("proxmox 6.5 (not read)", "Debian GNU/Linux 12 (bookworm)", "6.5.13-5-pve",
+         NA, "G1", INF, "proxmox"),
     Case("unknown image on 7.2 (Bluefin)", "Bluefin Server 26.09.678", "7.2.2",  # seen
          NA, "G3", INF, None),
     Case("unparsable kernel (a bare kwok node)", "", "kwok-v0.8.0", UNK, "G0", UNKNOWN, None),
@@ -303,18 +414,36 @@ def test_susceptible_nodes_list_their_filesystems_and_grade(case: Case) -> None:
 
 def test_corpus_covers_the_issue_list() -> None:
     """Ubuntu, Debian, RHEL/Alma/Rocky, AL2/2023, Bottlerocket, COS, Flatcar, Talos, Azure
-    Linux, Fedora, Tumbleweed/Leap 16, Oracle UEK7/UEK8, Arch (issue 10)."""
+    Linux, Fedora, Tumbleweed/Leap 16, Oracle UEK7/UEK8, Arch (issue 10); UEK-NEXT, Arch
+    linux-lts, Debian testing/backports, Garden Linux, Alpine, Raspberry Pi OS, WSL2, Docker
+    Desktop, OrbStack (issue 16)."""
     images = " | ".join(c.os_image for c in CORPUS)
     for name in ("Ubuntu", "Debian", "Red Hat Enterprise Linux", "AlmaLinux", "Rocky Linux",
                  "Amazon Linux 2 |", "Amazon Linux 2023", "Bottlerocket", "Container-Optimized",
                  "Flatcar", "Talos", "Azure Linux", "CBL-Mariner", "Fedora Linux",
                  "Fedora CoreOS", "openSUSE Tumbleweed", "openSUSE Leap 16", "Oracle Linux",
-                 "Arch Linux", "Alibaba Cloud Linux 3", "SUSE Linux Enterprise Server 15 SP5"):
+                 "Arch Linux", "Alibaba Cloud Linux 3", "SUSE Linux Enterprise Server 15 SP5",
+                 "Garden Linux", "Alpine Linux", "Raspbian", "Docker Desktop", "OrbStack",
+                 "trixie/sid"):
         assert name in images + " |", name
     kernels = {c.kernel for c in CORPUS}
     assert any("el9uek" in k and k.startswith("5.15.0-") for k in kernels)
     assert any("el9uek" in k and k.startswith("6.12.0-") for k in kernels)
-    assert len(CORPUS) >= 80
+    for shape in (r"\.el9ueknext\.x86_64$", r"\.el10ueknext\.aarch64$", r"-\d+-lts$",
+                  r"^\d+\.\d+\.\d+-amd64$", r"^\d+\.\d+\.\d+-arm64$", r"\.deb11\.\d+-amd64$",
+                  r"\+bpo-", r"-0-virt$", r"\+rpt-rpi-", r"-microsoft-standard-WSL2$",
+                  r"-linuxkit$", r"-orbstack-", r"-cloud-amd64$"):
+        assert any(re.search(shape, k) for k in kernels), shape
+    # Every row of the table is exercised by some case, and "unknown" is left only where the
+    # row says no config was found, or for a pre-5.4 vendor backport (G2b: the option is set
+    # but what it backported is unknown).
+    rows = {c.row for c in CORPUS}
+    assert {row.id for row in DISTROS} - rows == set()
+    for case in CORPUS:
+        if case.confidence == UNKNOWN and case.row is not None and case.rule != "G2b":
+            row = next(r for r in DISTROS if r.id == case.row)
+            assert row.ro_thp is None and "not found" in row.sources, case.id
+    assert len(CORPUS) >= 120
 
 
 def test_vendor_releases_hiding_the_sublevel_are_never_fixed() -> None:
@@ -377,6 +506,20 @@ def test_a_foreign_kernel_never_borrows_the_os_image_row() -> None:
     assert match is not None and match.row.id == "fedora-kernel"
     assert match.row.ro_thp is True and match.row.evidence.value == "inferred"
     assert lookup("Ubuntu 22.04.4 LTS", "5.15.148-tegra", "arm64") is None
+
+
+def test_a_row_without_a_config_says_why() -> None:
+    p = predict_node(NodeInfo("orb", "6.14.10-orbstack-00291-g1b252bd3edea", "OrbStack", "arm64"))
+    assert (p.verdict.value, p.rule, p.confidence) == (UNK, "G18", UNKNOWN)
+    assert p.reason.startswith("CONFIG_READ_ONLY_THP_FOR_FS unknown for OrbStack kernel (config "
+                               "not found: OrbStack's /proc/config.gz is a stub")
+
+
+def test_an_lts_suffix_alone_names_no_builder() -> None:
+    """Arch's linux-lts sets the option and Alpine's does not: "-lts" needs its OS image."""
+    assert lookup("Arch Linux", "6.6.58-1-lts").row.id == "arch-lts"  # type: ignore[union-attr]
+    assert lookup("Alpine Linux v3.20", "6.6.58-0-lts").row.id == "alpine"  # type: ignore[union-attr]
+    assert lookup("Debian GNU/Linux 12 (bookworm)", "6.6.58-0-lts") is None
 
 
 def test_summary_counts_and_exit_codes() -> None:

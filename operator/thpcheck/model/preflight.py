@@ -216,7 +216,9 @@ def _node_level_reason(prediction: Prediction, kernel: KernelVersion | None,
                 return (f"fixed stable release (>= {first}, {fixed.commit}): collapse writes "
                         "back all dirty folios first")
         case "G18":
-            where = f"for {row.name}" if row else "(OS image and kernel not in the distro table)"
+            # A row without a value says why no config was found (e.g. OrbStack's stub).
+            where = (f"for {row.name} ({row.sources})" if row
+                     else "(OS image and kernel not in the distro table)")
             return (f"CONFIG_READ_ONLY_THP_FOR_FS unknown {where}; run thpcheck check on the "
                     "node to read its config")
     return prediction.reason
