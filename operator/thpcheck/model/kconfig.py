@@ -12,6 +12,7 @@ _NOT_SET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 READ_ONLY_THP_FOR_FS = "CONFIG_READ_ONLY_THP_FOR_FS"
 BTRFS_EXPERIMENTAL = "CONFIG_BTRFS_EXPERIMENTAL"
 TRANSPARENT_HUGEPAGE = "CONFIG_TRANSPARENT_HUGEPAGE"
+HAVE_ARCH_TRANSPARENT_HUGEPAGE = "CONFIG_HAVE_ARCH_TRANSPARENT_HUGEPAGE"
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,13 @@ class KernelConfig:
     def enabled(self, name: str) -> bool:
         """True for ``=y`` or ``=m``; a missing or ``is not set`` option is off."""
         return self.values.get(name, "n") in ("y", "m")
+
+    @property
+    def partial(self) -> bool:
+        """A config that leaves THP out although the architecture offers it: a stub such as
+        OrbStack's ``/proc/config.gz``, where a missing option does not mean "not set"."""
+        offered = self.enabled(HAVE_ARCH_TRANSPARENT_HUGEPAGE)
+        return offered and self.raw(TRANSPARENT_HUGEPAGE) is None
 
     def raw(self, name: str) -> str | None:
         """The literal value, ``"n"`` for "is not set", None when the option is absent."""

@@ -40,7 +40,10 @@ class ConfigKnowledge:
 
 
 def knowledge_from_config(config: kconfig.KernelConfig) -> ConfigKnowledge:
-    """Knowledge read from the kernel's own config file: verified."""
+    """Knowledge read from the kernel's own config file: verified (unknown for a stub)."""
+    if config.partial:
+        return ConfigKnowledge(read_only_thp=None,
+                               source=f"{config.source} (partial: no THP options)")
     return ConfigKnowledge(
         read_only_thp=config.enabled(kconfig.READ_ONLY_THP_FOR_FS),
         btrfs_experimental=config.enabled(kconfig.BTRFS_EXPERIMENTAL),
