@@ -22,6 +22,7 @@ class HostTree:
     mounts: list[tuple[str, str, str]] = field(
         default_factory=lambda: [("/", "ext4", "rw,errors=remount-ro")])
     os_release: str | None = 'ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian GNU/Linux 12"\n'
+    arch: str | None = None  # proc/sys/kernel/arch, as a saved snapshot may hold it
 
     def write(self, root: Path) -> Path:
         def put(rel: str, data: str | bytes) -> None:
@@ -56,4 +57,6 @@ class HostTree:
         put("proc/1/mountinfo", "\n".join(lines) + "\n")
         if self.os_release is not None:
             put("etc/os-release", self.os_release)
+        if self.arch is not None:
+            put("proc/sys/kernel/arch", self.arch + "\n")
         return root

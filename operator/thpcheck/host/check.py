@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import posixpath
 import time
 from collections.abc import Sequence
@@ -48,18 +47,23 @@ def config_knowledge(facts: NodeFacts) -> ConfigKnowledge:
     if facts.kernel.config is not None:
         return knowledge_from_config(facts.kernel.config)
     os_text = facts.os_release.pretty_name if facts.os_release else ""
-    match = lookup(os_text, facts.kernel.release or "", os.uname().machine) if os_text else None
+    match = lookup(os_text, facts.kernel.release or "", facts.machine) if os_text else None
     return knowledge_from_distro(match)
 
 
-def validate_paths(root: HostRoot, options: CheckOptions) -> dict[str, str | BadInput]:
-    """Validate every path first, so bad input stops the run before anything is written."""
+def validate_paths(root: HostRoot, options: CheckOptions,
+                   snapshot: bool = False) -> dict[str, str | BadInput]:
+    """Validate every path first, so bad input stops the run before anything is written.
+
+    A snapshot holds no scratch directories: an absolute path is all there is to check.
+    """
     need = required_bytes(options.repro.base_size, options.repro.append_size,
                           options.repro.iterations) if options.run_repro else 0
     results: dict[str, str | BadInput] = {}
     for path in options.paths:
         try:
-            results[path] = validate(root, path, need, will_write=options.run_repro)
+            results[path] = root.path(path) if snapshot and path.startswith("/") else \
+                validate(root, path, need, will_write=options.run_repro)
         except BadInput as exc:
             if not options.bad_paths_are_errors:
                 raise
@@ -77,9 +81,14 @@ def _run_repro(visible: str, config: reproducer.ReproConfig) -> ReproResult:
 def check(options: CheckOptions) -> CheckReport:
     """Run the whole check. Raises BadInput (CLI mode) before writing anything."""
     root = HostRoot(options.host_root)
+    snapshot = host_facts.is_snapshot(root)  # a saved copy: <host_root>/proc is not procfs
+    if snapshot and options.run_repro:
+        raise BadInput(f"--host-root {options.host_root} is a saved snapshot, not a live host "
+                       "(its proc/ is not procfs): the reproducer cannot run there; add "
+                       "--no-repro to predict from the saved files")
+    facts = host_facts.collect(root, snapshot)
     if not options.discover:
-        return _check(root, options, host_facts.collect(root))
-    facts = host_facts.collect(root)
+        return _check(root, options, facts)
     discovered = [p for p in discover(list(facts.mounts)) if p not in options.paths]
     if not options.run_repro:  # nothing is written: classify the mount points themselves
         discovered = [posixpath.dirname(p) for p in discovered]
@@ -90,7 +99,7 @@ def check(options: CheckOptions) -> CheckReport:
 
 
 def _check(root: HostRoot, options: CheckOptions, facts: NodeFacts) -> CheckReport:
-    validated = validate_paths(root, options)
+    validated = validate_paths(root, options, facts.snapshot)
     knowledge = config_knowledge(facts)
     kernel = facts.kernel.version
     report = CheckReport(
@@ -105,7 +114,7 @@ def _check(root: HostRoot, options: CheckOptions, facts: NodeFacts) -> CheckRepo
             report.paths.append(PathReport(path, None, None, None,
                                            PathVerdict(Verdict.ERROR, str(visible), None)))
             continue
-        path_facts = host_facts.path_facts(root, path, facts.mounts)
+        path_facts = host_facts.path_facts(root, path, facts.mounts, facts.snapshot)
         if path_facts.error:
             report.paths.append(PathReport(path, path_facts, None, None,
                                            PathVerdict(Verdict.ERROR, path_facts.error, None)))

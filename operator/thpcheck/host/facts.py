@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 
 from thpcheck.host.hostroot import HostRoot
-from thpcheck.host.statfs import fs_name, same_filesystem
+from thpcheck.host.statfs import PROC_NAME, fs_name, same_filesystem
 from thpcheck.model.facts import KernelFacts, NodeFacts, OsRelease, PathFacts, ThpKnobs
 from thpcheck.model.kconfig import KernelConfig, parse_config
 from thpcheck.model.kernel import parse_release
@@ -145,9 +146,30 @@ def read_mounts(root: HostRoot) -> tuple[list[Mount], str | None, str | None]:
     return [], None, "no readable mountinfo (proc/1/mountinfo, proc/self/mountinfo)"
 
 
-def path_facts(root: HostRoot, host_path: str, mounts: tuple[Mount, ...]) -> PathFacts:
-    """Which filesystem stores ``host_path``, checked against statfs of the visible path."""
+def is_snapshot(root: HostRoot) -> bool:
+    """A host root whose ``proc`` is not procfs is a saved copy (a support bundle), not a host.
+
+    A live root is ``/`` or a pod's ``/host`` with the host's ``/proc`` mounted there: both
+    are procfs. A snapshot's ``proc/`` is a plain directory of saved files.
+    """
+    try:
+        return fs_name(root.path("/proc")) != PROC_NAME
+    except OSError:
+        return True
+
+
+def path_facts(root: HostRoot, host_path: str, mounts: tuple[Mount, ...],
+               snapshot: bool = False) -> PathFacts:
+    """Which filesystem stores ``host_path``, checked against statfs of the visible path.
+
+    In a snapshot the path is not on this machine: the saved mountinfo alone decides.
+    """
     resolved = resolve(host_path, list(mounts))
+    if snapshot:
+        if resolved is None:
+            return PathFacts(host_path, None, None, "the snapshot has no mountinfo entry for "
+                             f"{host_path}: save the host's /proc/1/mountinfo with it")
+        return PathFacts(host_path, resolved)
     try:
         statfs_type = fs_name(root.path(host_path))
     except OSError as exc:
@@ -164,9 +186,10 @@ def path_facts(root: HostRoot, host_path: str, mounts: tuple[Mount, ...]) -> Pat
     return PathFacts(host_path, resolved, statfs_type)
 
 
-def collect(root: HostRoot) -> NodeFacts:
+def collect(root: HostRoot, snapshot: bool = False) -> NodeFacts:
     """Everything node-wide the model needs; paths are resolved separately."""
     mounts, mount_source, mount_error = read_mounts(root)
+    machine = root.read_line("/proc/sys/kernel/arch") if snapshot else os.uname().machine
     return NodeFacts(
         kernel=read_kernel(root),
         thp=read_thp(root),
@@ -177,4 +200,6 @@ def collect(root: HostRoot) -> NodeFacts:
         mountinfo_source=mount_source,
         mountinfo_error=mount_error,
         hostname=root.read_line("/proc/sys/kernel/hostname"),
+        machine=machine,
+        snapshot=snapshot,
     )

@@ -36,6 +36,7 @@ MAGIC_NAMES: dict[int, str] = {
     0x62656572: "sysfs",
 }
 
+PROC_NAME = MAGIC_NAMES[0x9FA0]
 _EXT_FAMILY = {"ext2", "ext3", "ext4"}
 
 

@@ -85,3 +85,7 @@ class NodeFacts:
     mountinfo_source: str | None = None
     mountinfo_error: str | None = None
     hostname: str | None = None
+    machine: str | None = None  # uname -m (a snapshot: its proc/sys/kernel/arch, if saved)
+    # Read from a saved copy of a host (support bundle), not a live one: filesystem types come
+    # from the saved mountinfo alone and nothing can be run there.
+    snapshot: bool = False

@@ -18,6 +18,8 @@ SCHEMA = "thpcheck.io/report/v1"
 COMPACT_SCHEMA = "thpcheck.io/result/v1"
 TERMINATION_LIMIT = 4096
 REASON_LIMIT = 240
+SNAPSHOT_LINE = ("snapshot: read from saved files; filesystem types come from the saved "
+                 "mountinfo (not checked on the paths themselves), nothing was run")
 
 
 @dataclass
@@ -127,6 +129,7 @@ def to_document(report: CheckReport) -> dict[str, Any]:
             "pretty_name": facts.os_release.pretty_name,
         } if facts.os_release else None,
         "mountinfo_source": facts.mountinfo_source,
+        "snapshot": facts.snapshot,
         "paths": [_path_dict(p) for p in report.paths],
     }
 
@@ -195,6 +198,7 @@ def render_table(report: CheckReport) -> str:
         f" ({report.config.source or 'no config'}, {report.config.confidence})",
         f"THP enabled={report.facts.thp.enabled or '?'}  khugepaged scan_sleep_millisecs="
         f"{report.facts.thp.scan_sleep_millisecs}  mitigated={'yes' if report.mitigated else 'no'}",
+        *([SNAPSHOT_LINE] if report.facts.snapshot else []),
         "",
     ]
     rows = [("PATH", "FS", "VERDICT", "RULE", "REPRO", "REASON")]
