@@ -105,15 +105,18 @@ def make_fleet(cluster: Cluster) -> Iterator[Fleet]:
             120, "the preflight test nodes to go away", cluster.servers)
 
 
-def preflight(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def preflight(kubeconfig: Path | None, *args: str,
+              stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m thpcheck preflight --kubeconfig FILE`` in a child process, as a user runs
-    it locally: the flag alone (no KUBECONFIG) and a HOME with no ~/.kube/config."""
+    it locally: the flag alone (no KUBECONFIG) and a HOME with no ~/.kube/config. Without a
+    kubeconfig (a saved --nodes-file) no flag is passed at all."""
+    flags = ["--kubeconfig", str(kubeconfig)] if kubeconfig else []
     with tempfile.TemporaryDirectory(prefix="empty-home-") as home:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home,
                "PYTHONPATH": str(REPO / "operator")}
-        return subprocess.run([sys.executable, "-m", "thpcheck", "preflight", "--kubeconfig",
-                               str(kubeconfig), *args], capture_output=True, text=True,
-                              timeout=120, env=env, cwd=REPO, check=False)
+        return subprocess.run([sys.executable, "-m", "thpcheck", "preflight", *flags, *args],
+                              input=stdin, capture_output=True, text=True, timeout=120,
+                              env=env, cwd=REPO, check=False)
 
 
 def preflight_json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:

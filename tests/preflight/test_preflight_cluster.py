@@ -99,6 +99,41 @@ def test_table_prints_the_expected_rows(cluster: Cluster, kubeconfig: Path,
         f"{counts['not-affected']} not-affected, {counts['unknown']} unknown; confidence: ")
 
 
+def test_saved_kubectl_output_gives_the_live_table(cluster: Cluster, kubeconfig: Path,
+                                                  fleet: Fleet, tmp_path: Path) -> None:
+    """`kubectl get nodes -o json` from this cluster piped into `--nodes-file -` (no cluster
+    access at all) prints what the live command prints, with the same exit code; so do its
+    YAML, the API's own NodeList JSON, and a single `kubectl get node NAME -o yaml`."""
+    live = preflight(kubeconfig, "--selector", fleet.selector)
+    assert live.returncode == CheckExit.AT_RISK, live.stderr
+    saved = cluster.kubectl("get", "nodes", "-l", fleet.selector, "-o", "json").stdout
+    assert json.loads(saved)["kind"] == "List"
+    piped = preflight(None, "--nodes-file", "-", stdin=saved)
+    assert (piped.returncode, piped.stderr) == (live.returncode, "")
+    assert piped.stdout == live.stdout
+
+    as_yaml = tmp_path / "nodes.yaml"
+    as_yaml.write_text(cluster.kubectl("get", "nodes", "-l", fleet.selector, "-o", "yaml").stdout)
+    from_yaml = preflight(None, "--nodes-file", str(as_yaml))
+    assert (from_yaml.returncode, from_yaml.stdout) == (live.returncode, live.stdout)
+
+    api_list = tmp_path / "nodelist.json"
+    api_list.write_text(json.dumps(cluster.api("GET",
+                                               f"/api/v1/nodes?labelSelector={fleet.selector}")))
+    assert json.loads(api_list.read_text())["kind"] == "NodeList"
+    from_api = preflight(None, "--nodes-file", str(api_list), "--json")
+    assert from_api.returncode == live.returncode
+    assert preflight_json(from_api)["nodes"] == \
+        preflight_json(preflight(kubeconfig, "--selector", fleet.selector, "--json"))["nodes"]
+
+    name = next(n for n, c in fleet.nodes.items() if c.verdict == "not-affected")
+    one = preflight(None, "--nodes-file", "-",
+                    stdin=cluster.kubectl("get", "node", name, "-o", "yaml").stdout)
+    assert one.returncode == CheckExit.CLEAN, one.stderr
+    assert one.stdout == render_table(predict_nodes(fleet.infos({name}))) + "\n"
+    assert_node_info_unchanged(cluster, fleet)
+
+
 def test_selector_filters_the_nodes(cluster: Cluster, kubeconfig: Path, fleet: Fleet) -> None:
     pool_b = {n for n, p in fleet.pools.items() if p == "b"}
     result = preflight(kubeconfig, "--selector", f"{fleet.selector},{POOL_LABEL}=b", "--json")

@@ -26,8 +26,10 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +38,8 @@ from thpcheck.model.distro import DISTROS, lookup
 from thpcheck.model.preflight import (
     NodeInfo,
     NodePrediction,
+    NodesDocumentError,
+    nodes_from_documents,
     predict_node,
     predict_nodes,
     preflight_exit_code,
@@ -594,3 +598,133 @@ def test_the_cli_imports_the_kubernetes_client_lazily() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=REPO, env={"PYTHONPATH": str(REPO / "operator")})
     assert out.stdout.strip() == "[]"
+
+
+def _thpcheck(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real entry point in a child process (it installs signal handlers and logging)."""
+    return subprocess.run([sys.executable, "-m", "thpcheck", *args], capture_output=True,
+                          text=True, timeout=60, cwd=REPO, check=False,
+                          env={"PYTHONPATH": str(REPO / "operator"), "HOME": str(REPO)})
+
+
+# --- --nodes-file: saved `kubectl get nodes` output, no cluster ------------------------------
+
+def _node(case: Case, kind: bool = True) -> dict[str, Any]:
+    """A Node as `kubectl get nodes -o json` prints it (API list items carry no kind)."""
+    node: dict[str, Any] = {"metadata": {"name": case.id, "labels": {"a": "b"}},
+                            "spec": {}, "status": {"nodeInfo": {
+                                "kernelVersion": case.kernel, "osImage": case.os_image,
+                                "architecture": case.arch, "kubeletVersion": "v1.35.0"}}}
+    return {"apiVersion": "v1", "kind": "Node", **node} if kind else node
+
+
+def _kubectl_list(cases: Sequence[Case]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""},
+            "items": [_node(c) for c in cases]}
+
+
+def _infos(cases: Sequence[Case]) -> list[NodeInfo]:
+    return [NodeInfo(c.id, c.kernel, c.os_image, c.arch) for c in cases]
+
+
+def test_saved_lists_nodes_and_yaml_documents_give_the_same_nodes() -> None:
+    cases = CORPUS[:3]
+    api_list = {"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "7"},
+                "items": [_node(c, kind=False) for c in cases]}
+    assert nodes_from_documents([_kubectl_list(cases)]) == _infos(cases)
+    assert nodes_from_documents([api_list]) == _infos(cases)
+    assert nodes_from_documents([_node(cases[0])]) == _infos(cases[:1])
+    assert nodes_from_documents([_node(c) for c in cases] + [None]) == _infos(cases)
+    assert nodes_from_documents([{"apiVersion": "v1", "kind": "List", "items": []}]) == []
+    bare = {"kind": "Node", "metadata": {"name": "kwok"}, "status": {}}
+    assert nodes_from_documents([bare]) == [NodeInfo("kwok", "", "", None)]
+
+
+@pytest.mark.parametrize(("documents", "message"), [
+    ([], "nothing in it"),
+    ([None], "nothing in it"),
+    ([{"kind": "Pod", "metadata": {"name": "p"}}], "the document is a Pod, not a Node or a "
+     "List of Nodes"),
+    ([{"metadata": {"name": "n"}}], "the document is an object without a kind, not a Node"),
+    (["node-a"], "the document is a str, not a Node or a List of Nodes"),
+    ([[1, 2]], "the document is a list, not a Node"),
+    ([{"kind": "List"}], "the document is a List without an items list"),
+    ([{"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "a"}},
+                                 {"kind": "Pod", "metadata": {"name": "b"}}]}],
+     "item 2 is a Pod, not a Node"),
+    ([{"kind": "List", "items": [{"kind": "Node", "metadata": {}}]}],
+     "item 1 has no metadata.name"),
+    ([{"kind": "List", "items": ["x"]}], "item 1 is not an object"),
+    ([{"kind": "Node", "metadata": {"name": "a"}}, {"kind": "Service"}],
+     "document 2 is a Service, not a Node"),
+    ([{"kind": "Node", "metadata": {"name": "a"}, "status": "Ready"}],
+     "the document (a) has a status that is not an object"),
+])
+def test_anything_else_is_refused_with_the_reason(documents: list[Any], message: str) -> None:
+    with pytest.raises(NodesDocumentError) as raised:
+        nodes_from_documents(documents)
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
+def _thpcheck_stdin(data: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "thpcheck", "preflight", *args],
+                          input=data, capture_output=True, timeout=60, cwd=REPO, check=False,
+                          env={"PYTHONPATH": str(REPO / "operator"), "HOME": str(REPO)})
+
+
+def test_a_saved_list_prints_the_table_the_api_would(tmp_path: Path) -> None:
+    """The corpus as `kubectl get nodes -o json` output, from stdin and as a YAML file: the
+    table the live command renders for the same nodeInfo, and the same exit code."""
+    saved = json.dumps(_kubectl_list(CORPUS)).encode()
+    want = render_table(predict_nodes(_infos(CORPUS))) + "\n"
+    from_stdin = _thpcheck_stdin(saved, "--nodes-file", "-")
+    assert (from_stdin.returncode, from_stdin.stderr) == (CheckExit.AT_RISK, b"")
+    assert from_stdin.stdout.decode() == want
+    import yaml
+
+    path = tmp_path / "nodes.yaml"
+    path.write_text(yaml.safe_dump(_kubectl_list(CORPUS)))
+    from_yaml = _thpcheck("preflight", "--nodes-file", str(path), "--json")
+    assert from_yaml.returncode == CheckExit.AT_RISK
+    document = json.loads(from_yaml.stdout)
+    assert document["nodes"] == json.loads(json.dumps(
+        to_document(predict_nodes(_infos(CORPUS)), "t")["nodes"]))
+    clean = [c for c in CORPUS if c.verdict == NA][:2]
+    assert _thpcheck_stdin(json.dumps(_kubectl_list(clean)).encode(), "--nodes-file",
+                           "-").returncode == CheckExit.CLEAN
+
+
+def test_a_saved_list_without_nodes_is_inconclusive() -> None:
+    result = _thpcheck_stdin(b'{"apiVersion": "v1", "kind": "List", "items": []}',
+                             "--nodes-file", "-")
+    assert result.returncode == CheckExit.INCONCLUSIVE
+    assert result.stderr.decode().strip() == ("thpcheck preflight: no nodes in --nodes-file "
+                                              "stdin; nothing was predicted")
+
+
+HINT = ("pass the output of 'kubectl get nodes -o json' (or -o yaml): a List, or a single "
+        "Node")
+
+
+@pytest.mark.parametrize(("data", "args", "line"), [
+    (b"", ("--nodes-file", "-"), f"--nodes-file stdin: nothing in it; {HINT}"),
+    (b'{"items": [', ("--nodes-file", "-"), "--nodes-file stdin: neither JSON nor YAML "
+     f"(line 1); {HINT}"),
+    (b"\xff\xfe\x00", ("--nodes-file", "-"), f"--nodes-file stdin: not UTF-8 text; {HINT}"),
+    (b"kind: Pod\nmetadata: {name: p}\n", ("--nodes-file", "-"), "--nodes-file stdin: the "
+     f"document is a Pod, not a Node or a List of Nodes; {HINT}"),
+    (b"", ("--nodes-file", "/nonexistent/nodes.json"),
+     "--nodes-file /nonexistent/nodes.json: no such file"),
+    (b"{}", ("--nodes-file", "-", "--selector", "a=b"), "--selector does not apply to "
+     "--nodes-file (the nodes are already saved); select them when saving: kubectl get nodes "
+     "-l SELECTOR -o json"),
+    (b"{}", ("--nodes-file", "-", "--kubeconfig", "k"), "--kubeconfig does not apply to "
+     "--nodes-file"),
+])
+def test_a_bad_nodes_file_is_one_line_and_exit_2(data: bytes, args: tuple[str, ...],
+                                                  line: str) -> None:
+    result = _thpcheck_stdin(data, *args)
+    assert result.returncode == CheckExit.BAD_INPUT
+    assert result.stdout == b""
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("thpcheck preflight: " + line), lines

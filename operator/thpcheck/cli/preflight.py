@@ -3,7 +3,8 @@
 Reads ``status.nodeInfo`` (kernel release, OS image, architecture) of the nodes matching a
 label selector and predicts each from the model (``thpcheck.model.preflight``). Needs only
 ``list`` on nodes. The Kubernetes client is imported here, lazily, so the other subcommands
-(``check`` runs in every agent pod) never pay for it.
+(``check`` runs in every agent pod) never pay for it. ``--nodes-file`` reads the same nodes
+from saved ``kubectl get nodes`` output instead, with no cluster at all.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import Any
 from thpcheck.cli.args import KUBECONFIG_HELP, add_common_options
 from thpcheck.model.preflight import (
     NodeInfo,
+    NodesDocumentError,
+    node_info,
+    nodes_from_documents,
     predict_nodes,
     preflight_exit_code,
     render_table,
@@ -43,12 +47,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "predict each node from the distro table, the fixed stable releases and the 7.2 "
         "removal, without running anything on the nodes. Needs only 'list nodes'. Exit 0 "
         "nothing susceptible or unknown, 1 some susceptible, 2 bad input (kubeconfig, "
-        "selector), 3 some unknown (or no node matched) and nothing susceptible, 5 the API "
-        "server cannot be reached, 6 it rejects the credentials, 7 RBAC denies 'list nodes'.")
+        "selector, nodes file), 3 some unknown (or no node matched) and nothing susceptible, "
+        "5 the API server cannot be reached, 6 it rejects the credentials, 7 RBAC denies "
+        "'list nodes'.")
     parser.add_argument("--kubeconfig", metavar="FILE", help=KUBECONFIG_HELP)
     parser.add_argument("--selector", "-l", metavar="SELECTOR",
                         help="label selector for the nodes, e.g. 'node-role.kubernetes.io/"
                         "worker' or 'pool in (a,b)'")
+    parser.add_argument("--nodes-file", metavar="FILE",
+                        help="predict the nodes saved in FILE ('-': stdin) instead of asking a "
+                        "cluster: the output of 'kubectl get nodes -o json' or '-o yaml' (a "
+                        "List, or a single Node)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     add_common_options(parser)
     parser.set_defaults(func=main)
@@ -96,24 +105,68 @@ def list_nodes(kubeconfig: str | None, selector: str | None) -> list[NodeInfo]:
         raise credentials.unreachable(host, exc) from exc
     finally:
         api_client.close()  # type: ignore[no-untyped-call]
-    return [_node_info(item) for item in items]
+    return [node_info(item) for item in items]
 
 
-def _node_info(node: dict[str, Any]) -> NodeInfo:
-    info = (node.get("status") or {}).get("nodeInfo") or {}
-    return NodeInfo(
-        name=str((node.get("metadata") or {}).get("name", "")),
-        kernel_version=str(info.get("kernelVersion") or ""),
-        os_image=str(info.get("osImage") or ""),
-        architecture=str(info["architecture"]) if info.get("architecture") else None,
-    )
+NODES_FILE_HINT = ("pass the output of 'kubectl get nodes -o json' (or -o yaml): a List, or a "
+                   "single Node")
+
+
+def _parse_saved(text: str) -> list[Any]:
+    """JSON, else YAML (one or more documents); ValueError when it is neither."""
+    try:
+        return [json.loads(text)]
+    except ValueError:
+        pass
+    import yaml  # only here: JSON needs no YAML parser
+
+    try:
+        return list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ValueError(f"neither JSON nor YAML{where}") from exc
+
+
+def read_nodes_file(path: str) -> list[NodeInfo]:
+    """The nodes saved in ``path`` ('-': stdin); PreflightError (bad input) when it is not
+    ``kubectl get nodes`` output."""
+    label = "stdin" if path == "-" else path
+    try:
+        if path == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+    except FileNotFoundError:
+        raise PreflightError(f"--nodes-file {label}: no such file") from None
+    except OSError as exc:
+        raise PreflightError(f"--nodes-file {label}: cannot be read ({exc.strerror})") from None
+    try:
+        return nodes_from_documents(_parse_saved(raw.decode("utf-8")))
+    except UnicodeDecodeError:
+        problem = "not UTF-8 text"
+    except (ValueError, NodesDocumentError) as exc:  # NodesDocumentError is a ValueError
+        problem = str(exc)
+    raise PreflightError(f"--nodes-file {label}: {problem}; {NODES_FILE_HINT}")
+
+
+def _nodes(args: argparse.Namespace) -> list[NodeInfo]:
+    if args.nodes_file is None:
+        return list_nodes(args.kubeconfig, args.selector)
+    for flag, value in (("--kubeconfig", args.kubeconfig), ("--selector", args.selector)):
+        if value is not None:
+            raise PreflightError(f"{flag} does not apply to --nodes-file (the nodes are already "
+                                 "saved); select them when saving: kubectl get nodes -l "
+                                 "SELECTOR -o json")
+    return read_nodes_file(args.nodes_file)
 
 
 def main(args: argparse.Namespace) -> int:
     from thpcheck.controller.credentials import StartupError
 
     try:
-        nodes = list_nodes(args.kubeconfig, args.selector)
+        nodes = _nodes(args)
     except (PreflightError, StartupError) as exc:
         print(f"thpcheck preflight: {exc}", file=sys.stderr)
         return int(exc.exit)
@@ -124,6 +177,9 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(render_table(predictions))
     if not predictions:
-        where = f" match --selector {args.selector!r}" if args.selector else " exist"
+        if args.nodes_file is not None:
+            where = f" in --nodes-file {'stdin' if args.nodes_file == '-' else args.nodes_file}"
+        else:
+            where = f" match --selector {args.selector!r}" if args.selector else " exist"
         print(f"thpcheck preflight: no nodes{where}; nothing was predicted", file=sys.stderr)
     return preflight_exit_code(predictions)

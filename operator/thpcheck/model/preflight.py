@@ -40,7 +40,7 @@ Pure: no I/O; the CLI (and later the operator) feed it node fields and print its
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +119,65 @@ class NodeInfo:
     kernel_version: str
     os_image: str
     architecture: str | None = None
+
+
+def node_info(node: Mapping[str, Any]) -> NodeInfo:
+    """The prediction's input from a Node object (the API's, or a saved one)."""
+    info = (node.get("status") or {}).get("nodeInfo") or {}
+    return NodeInfo(
+        name=str((node.get("metadata") or {}).get("name", "")),
+        kernel_version=str(info.get("kernelVersion") or ""),
+        os_image=str(info.get("osImage") or ""),
+        architecture=str(info["architecture"]) if info.get("architecture") else None,
+    )
+
+
+class NodesDocumentError(ValueError):
+    """Saved input that is not ``kubectl get nodes`` output; the message names the problem."""
+
+
+LIST_KINDS = ("List", "NodeList")
+
+
+def _saved_node(item: Any, where: str) -> NodeInfo:
+    if not isinstance(item, Mapping):
+        raise NodesDocumentError(f"{where} is not an object")
+    kind = item.get("kind")
+    if kind not in (None, "Node"):  # items of an API NodeList carry no kind
+        raise NodesDocumentError(f"{where} is a {kind}, not a Node")
+    metadata = item.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    if not isinstance(name, str) or not name:
+        raise NodesDocumentError(f"{where} has no metadata.name")
+    if not isinstance(item.get("status") or {}, Mapping):
+        raise NodesDocumentError(f"{where} ({name}) has a status that is not an object")
+    return node_info(item)
+
+
+def nodes_from_documents(documents: Sequence[Any]) -> list[NodeInfo]:
+    """The nodes of saved ``kubectl get nodes -o json|yaml`` output, already parsed: a List (or
+    the API's NodeList) of Nodes, a single Node, or several YAML documents of those."""
+    present = [d for d in documents if d is not None]  # a trailing "---" is no document
+    if not present:
+        raise NodesDocumentError("nothing in it")
+    nodes: list[NodeInfo] = []
+    for number, document in enumerate(present, 1):
+        where = f"document {number}" if len(present) > 1 else "the document"
+        kind = document.get("kind") if isinstance(document, Mapping) else None
+        if kind in LIST_KINDS:
+            items = document.get("items")
+            if not isinstance(items, list):
+                raise NodesDocumentError(f"{where} is a {kind} without an items list")
+            nodes += [_saved_node(item, f"item {i} of {where}" if len(present) > 1 else
+                                  f"item {i}") for i, item in enumerate(items, 1)]
+        elif kind == "Node":
+            nodes.append(_saved_node(document, where))
+        else:
+            what = f"a {kind}" if isinstance(kind, str) else (
+                "an object without a kind" if isinstance(document, Mapping)
+                else f"a {type(document).__name__}")
+            raise NodesDocumentError(f"{where} is {what}, not a Node or a List of Nodes")
+    return nodes
 
 
 @dataclass(frozen=True)
