@@ -516,7 +516,8 @@ def test_a_row_without_a_config_says_why() -> None:
     p = predict_node(NodeInfo("orb", "6.14.10-orbstack-00291-g1b252bd3edea", "OrbStack", "arm64"))
     assert (p.verdict.value, p.rule, p.confidence) == (UNK, "G18", UNKNOWN)
     assert p.reason.startswith("CONFIG_READ_ONLY_THP_FOR_FS unknown for OrbStack kernel (config "
-                               "not found: OrbStack's /proc/config.gz is a stub")
+                               "not found: its /proc/config.gz is a stub without the THP "
+                               "options")
 
 
 def test_an_lts_suffix_alone_names_no_builder() -> None:

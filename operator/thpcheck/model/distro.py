@@ -316,9 +316,9 @@ DISTROS: tuple[DistroRow, ...] = (
               "from a config it does not publish (it differs from LinuxKit's: "
               "docker/for-mac#7250)", kernel_pattern=r"-linuxkit(-\w+)?$"),
     DistroRow("orbstack", "OrbStack kernel", ANY_OS, None, INF, None, None,
-              f"config not found: OrbStack's /proc/config.gz is a stub without the memory "
-              f"options ({NR}: 6.14.10-orbstack-00291-g1b252bd3edea, arm64) and orbstack/"
-              "linux-macvirt publishes none", kernel_pattern=r"-orbstack\b"),
+              "config not found: its /proc/config.gz is a stub without the THP options (NR: "
+              "6.14.10-orbstack, arm64), orbstack/linux-macvirt publishes none",
+              kernel_pattern=r"-orbstack\b"),
 )
 
 
