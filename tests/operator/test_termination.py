@@ -108,3 +108,49 @@ def test_a_compact_result_the_agent_shortened_is_still_used() -> None:
     assert result.verdict is Verdict.AFFECTED
     assert result.truncated is True
     assert 0 < len(result.paths) < 40
+
+
+# -- hostile input: bounded size and depth, never an exception ------------------------------
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 1000 + "]" * 1000,  # json.loads raises RecursionError on this
+    "{\"a\":" * 1000 + "1" + "}" * 1000,
+    # a valid result whose path list hides a deep document
+    message().replace('"paths":[', '"paths":[' + "[" * 900 + "]" * 900 + ",", 1),
+])
+def test_deeply_nested_json_is_an_error_result_not_an_exception(text: str) -> None:
+    result = parse_termination(text)
+    assert result.verdict is Verdict.ERROR
+    assert result.problem and "levels deep" in result.problem
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    document = json.loads(message())
+    document["paths"][0]["reason"] = "[[[[{{{{" * 100 + '\\"]]]'
+    result = parse_termination(json.dumps(document))
+    assert result.problem is None and result.verdict is Verdict.NOT_AFFECTED
+
+
+def test_a_message_longer_than_any_kubelet_writes_is_refused_before_decoding() -> None:
+    document = json.loads(message())
+    document["paths"][0]["reason"] = "x" * 20_000
+    result = parse_termination(json.dumps(document))
+    assert result.verdict is Verdict.ERROR
+    assert result.problem and "more than a kubelet writes" in result.problem
+
+
+def test_containers_in_text_fields_are_never_rendered() -> None:
+    document = json.loads(message())
+    document["kernelRelease"] = [[["x"] * 50] * 50]
+    result = parse_termination(json.dumps(document))
+    assert result.kernel_release == "<list>"
+
+
+@pytest.mark.parametrize("text", ['"\\' * 5000, '"' + "a" * 16000, '\\"' * 5000, '["' * 4000])
+def test_adversarial_quoting_is_handled_in_one_pass(text: str) -> None:
+    assert parse_termination(text).verdict is Verdict.ERROR
+
+
+def test_a_message_of_the_wrong_type_is_an_error_result() -> None:
+    assert parse_termination(12345).verdict is Verdict.ERROR  # type: ignore[arg-type]

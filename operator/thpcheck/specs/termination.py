@@ -1,15 +1,18 @@
 """Read the agent's compact result (``thpcheck.io/result/v1``) from a termination message.
 
 The message comes from a node, so it is untrusted input: it may be truncated, be a log tail
-(``FallbackToLogsOnError``), or be valid JSON of the wrong shape. Every input gives an
+(``FallbackToLogsOnError``), be valid JSON of the wrong shape, or be hostile (huge, or nested
+deep enough to exhaust the interpreter's recursion limit). Every input gives an
 ``AgentResult``; anything unusable gives verdict ``error`` with the cause, never an
-exception. Strings are capped to the CRD's limits so a result can always be stored.
+exception. Size and nesting are checked before decoding, so the work per message is bounded.
+Strings are capped to the CRD's limits so a result can always be stored.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +21,14 @@ from thpcheck.model.report import COMPACT_SCHEMA
 from thpcheck.model.verdict import SEVERITY, Verdict, worst
 
 SNIPPET = 160  # characters of a bad message quoted in the error
+# The kubelet keeps 4096 bytes of a termination message; anything longer was not written by a
+# kubelet, and is refused before it is decoded.
+MESSAGE_LIMIT = 16384
+# A compact result nests four levels deep; deeper input is refused before it is decoded (a
+# 1000-deep document makes json.loads raise RecursionError).
+DEPTH_LIMIT = 16
 _VERDICTS = {v.value: v for v in Verdict}
+_TOKENS = re.compile(r'\\.|["\[\]{}]')  # escapes, quotes and brackets: all that nests
 
 
 @dataclass(frozen=True)
@@ -57,7 +67,12 @@ class AgentResult:
 def _text(value: Any, limit: int) -> str | None:
     if value is None:
         return None
-    text = value if isinstance(value, str) else str(value)
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, bool | int | float):
+        text = str(value)
+    else:  # never str() a container: it may be huge or deeply nested
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
@@ -135,13 +150,48 @@ def parse_result(document: Mapping[str, Any]) -> AgentResult:
     )
 
 
+def nesting_depth(text: str) -> int:
+    """How deep the brackets of a JSON text nest (strings skipped), without decoding it: one
+    pass over its quotes, escapes and brackets."""
+    depth = deepest = 0
+    in_string = False
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        if token == '"':
+            in_string = not in_string
+        elif in_string or len(token) > 1:
+            continue
+        elif token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
 def parse_termination(message: str | None, exit_code: int | None = 0,
                       reason: str | None = None) -> AgentResult:
     """The kubelet's ``state.terminated`` of the check container -> ``AgentResult``."""
-    text = (message or "").strip()
+    try:
+        return _parse_termination(message, exit_code, reason)
+    except Exception as exc:
+        return error_result(f"the termination message could not be read "
+                            f"({type(exc).__name__}): {_snippet(str(message or '')[:SNIPPET])}")
+
+
+def _parse_termination(message: str | None, exit_code: int | None,
+                       reason: str | None) -> AgentResult:
+    text = (message if isinstance(message, str) else "").strip()
     if not text:
         return error_result(f"the check container exited {exit_code} ({reason or 'no reason'}) "
                             "without a result")
+    if len(text) > MESSAGE_LIMIT:
+        return error_result(f"the termination message is {len(text)} characters long, more than "
+                            f"a kubelet writes ({MESSAGE_LIMIT}): {_snippet(text[:SNIPPET])}")
+    depth = nesting_depth(text)
+    if depth > DEPTH_LIMIT:
+        return error_result(f"the termination message nests {depth} levels deep (a thpcheck "
+                            f"result nests at most {DEPTH_LIMIT}): {_snippet(text[:SNIPPET])}")
     try:
         document = json.loads(text)
     except ValueError:
