@@ -72,10 +72,11 @@ def agent_pod(check: str, node_name: str, text: str | None = None, *, template: 
 
 def result(check: str, node_name: str, *, verdict: str = "not-affected", content_hash: str = "x",
            mitigated: bool = False, stale: bool = False, kernel: str = KERNEL,
-           boot_id: str = BOOT) -> ResultView:
+           boot_id: str = BOOT, owner_uid: str = "uid-check") -> ResultView:
+    """A result the operator wrote for the check whose uid is ``owner_uid``."""
     return ResultView(name=names.result_name(check, node_name), check=check, node=node_name,
                       content_hash=content_hash, verdict=verdict, mitigated=mitigated,
-                      stale=stale, kernel_release=kernel, boot_id=boot_id)
+                      stale=stale, kernel_release=kernel, boot_id=boot_id, owner_uid=owner_uid)
 
 
 def pod_body(check: str, node_name: str, message_text: str | None) -> dict[str, Any]:

@@ -249,7 +249,8 @@ def test_preflight_mode_patches_mitigated_and_deletes_unselected() -> None:
 
 def test_switching_a_full_result_to_preflight_rewrites_it() -> None:
     old = View(name="fleet.n1", check="fleet", node="n1", content_hash="agent", verdict="affected",
-               mitigated=False, stale=True, kernel_release="x", boot_id="y", run="p/t")
+               mitigated=False, stale=True, kernel_release="x", boot_id="y", run="p/t",
+               owner_uid="uid-check")
     (write,) = plan_predicted_results(CHECK, [node("n1", UEK8)], [old], {}, NOW).writes
     assert write.previous_verdict == "affected" and write.verdict is Verdict.SUSCEPTIBLE
     assert write.body["status"]["stale"] is False

@@ -151,7 +151,7 @@ def test_conditions_keep_their_transition_time_while_unchanged() -> None:
     ready = next(c for c in flipped["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and ready["lastTransitionTime"] != "2026-01-01T00:00:00Z"
     assert {c["type"] for c in done["conditions"]} == {"Ready", "Progressing", "Degraded",
-                                                      "RemediationBlocked"}
+                                                      "RemediationBlocked", "UntrustedResults"}
 
 
 def test_status_lists_cordons_and_blocked_remediation() -> None:

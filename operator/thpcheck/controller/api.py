@@ -39,6 +39,13 @@ class ApiError(RuntimeError):
         self.reason = reason
         self.detail = detail
 
+    @property
+    def message(self) -> str:
+        """The API server's own message (a Status object's ``message``), else the text."""
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            return str(json.loads(self.detail)["message"])
+        return self.detail[:500] or f"{self.status} {self.reason}"
+
 
 class NotFound(ApiError):
     pass

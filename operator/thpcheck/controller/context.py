@@ -55,6 +55,11 @@ class OperatorContext:
     # When each check's status was last written (monotonic): progress-only changes wait for
     # the status interval (see thpcheck.specs.status.progress_only).
     status_written_at: dict[str, float] = field(default_factory=dict)
+    # The agent DaemonSet the API server refused, per check: (its template hash, the API's
+    # message). The same body is not sent again; a changed spec is.
+    rejected_daemonsets: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # Results not written by the operator that a Warning Event has reported already.
+    reported_untrusted: dict[str, set[str]] = field(default_factory=dict)
 
     def lock(self, check: str) -> asyncio.Lock:
         """Serialises a check's reconciles and its deletion clean-up."""
@@ -65,6 +70,8 @@ class OperatorContext:
         self.written_status.pop(check, None)
         self.status_versions.pop(check, None)
         self.status_written_at.pop(check, None)
+        self.rejected_daemonsets.pop(check, None)
+        self.reported_untrusted.pop(check, None)
         self.triggers.forget(check)
         self.metrics.forget_check(check)
 

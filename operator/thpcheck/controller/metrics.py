@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from thpcheck.model.verdict import Verdict
+from thpcheck.specs.runs import Outcome
+
+RUN_OUTCOMES = tuple(o.value for o in Outcome)
 
 
 class Metrics:
@@ -66,6 +69,12 @@ class Metrics:
             "thpcheck_reconcile_errors_total",
             "Reconciles of a ThpCheck that failed with an unexpected error.", ["check"],
             registry=r)
+        self.runs = Counter(
+            "thpcheck_runs_total",
+            "Agent runs by how they ended: completed (the agent's result), crashed (OOM-killed, "
+            "crash-looping or unable to start), timed_out (past spec.runDeadline), "
+            "unschedulable (never scheduled until the deadline).", ["check", "outcome"],
+            registry=r)
         self.reconcile_seconds = Histogram(
             "thpcheck_reconcile_duration_seconds", "Time of one reconcile of a ThpCheck.",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
@@ -107,3 +116,6 @@ class Metrics:
         for verdict in [*(v.value for v in Verdict), "unchecked"]:
             with contextlib.suppress(KeyError):
                 self.nodes.remove(check, verdict)
+        for outcome in RUN_OUTCOMES:
+            with contextlib.suppress(KeyError):
+                self.runs.remove(check, outcome)

@@ -47,7 +47,8 @@ from thpcheck.specs.results import (
     plan_predicted_results,
     plan_results,
 )
-from thpcheck.specs.rollout import RolloutPlan, Step, plan_rollout
+from thpcheck.specs.rollout import RolloutPlan, Step, plan_rollout, rolled_out
+from thpcheck.specs.runs import RunPlan, plan_runs, run_deadline
 from thpcheck.specs.selection import selected_nodes
 from thpcheck.specs.status import StatusInputs, build_status, progress_only
 from thpcheck.specs.views import NodeView, ResultView, node_view, result_view
@@ -56,6 +57,10 @@ log = structlog.get_logger("thpcheck.operator")
 T = TypeVar("T")
 _WARNING_VERDICTS = {Verdict.AFFECTED.value, Verdict.SUSCEPTIBLE.value, Verdict.ERROR.value}
 DISAGREEMENT_REASON = "PredictionDisagreement"
+UNTRUSTED_REASON = "UntrustedResult"
+# What the API server says when it refuses a DaemonSet for good (retrying the same body is
+# pointless): 400 Bad Request, 403 Forbidden (admission), 422 Invalid.
+_REJECTED = (400, 403, 422)
 
 
 @dataclass
@@ -104,6 +109,8 @@ class CheckReconciler:
         self.live_status = live
         self.log = log.bind(check=self.name)
         self.notes = NodeNotes()
+        self.runs = RunPlan()
+        self.rollout_error = ""
 
     async def run(self) -> None:
         recent = self.ctx.recent
@@ -118,12 +125,16 @@ class CheckReconciler:
                                              self._mitigation_readiness(nodes), self.now)
             remediation = replace(remediation, mitigate=False)
         else:
-            rollout = await self._roll_out(len(selected))
+            pods = self.idx.pods_of(self.name)
+            self.runs = plan_runs(selected, pods, self.idx.daemonset(self.name), self.now,
+                                  run_deadline(self.spec))
+            rollout = await self._roll_out(len(selected), self.runs.stuck)
             observed = recent.overlay_results(self.idx.results_of(self.name), self.name)
             results = plan_results(
-                self.check, selected, self.idx.pods_of(self.name), observed,
+                self.check, selected, pods, observed,
                 self._mitigation_readiness(nodes), self.now,
-                timedelta(seconds=self.ctx.settings.empty_result_grace))
+                timedelta(seconds=self.ctx.settings.empty_result_grace), self.runs.failures)
+        self._report_untrusted(results.untrusted)
         await self._write_results(results, by_name)
         remedy = plan_remediation(
             self.name, remediation, paused=self.spec.paused, selected=selected,
@@ -136,12 +147,19 @@ class CheckReconciler:
 
     # -- the agent DaemonSet -------------------------------------------------------------
 
-    async def _roll_out(self, nodes: int) -> RolloutPlan:
+    async def _roll_out(self, nodes: int, stuck: int) -> RolloutPlan:
         observed = self.idx.daemonset(self.name)
         plan = plan_rollout(self.spec, self.check, self.ctx.settings.workload(), observed,
-                            self.now, nodes)
+                            self.now, nodes, stuck)
         if plan.step is Step.NONE or plan.body is None:
+            self.ctx.rejected_daemonsets.pop(self.name, None)
             return plan
+        unchanged = RolloutPlan(Step.NONE, run=observed.run if observed else "")
+        digest = plan.body["metadata"]["annotations"][names.TEMPLATE_HASH_ANNOTATION]
+        rejected = self.ctx.rejected_daemonsets.get(self.name)
+        if rejected is not None and rejected[0] == digest:
+            self.rollout_error = rejected[1]  # the same body would be refused again
+            return unchanged
         kube = self.ctx.kube
         try:
             if plan.step is Step.CREATE:
@@ -151,7 +169,16 @@ class CheckReconciler:
         except Conflict:
             self.log.info("daemonset changed meanwhile; retrying next reconcile",
                           step=plan.step.value)
-            return RolloutPlan(Step.NONE, run=observed.run if observed else "")
+            return unchanged
+        except ApiError as exc:
+            if exc.status not in _REJECTED:
+                raise
+            self.rollout_error = exc.message
+            self.ctx.rejected_daemonsets[self.name] = (digest, exc.message)
+            self.log.warning("agent daemonset rejected", step=plan.step.value,
+                             status=exc.status, error=exc.message)
+            return unchanged
+        self.ctx.rejected_daemonsets.pop(self.name, None)
         self.log.info("agent daemonset", step=plan.step.value, run=plan.run)
         if plan.starts_run:
             events.on_check(self.body, reason="RunStarted", message=(
@@ -202,6 +229,8 @@ class CheckReconciler:
             self.ctx.metrics.results_written.labels(check=self.name).inc()
             if item.duration_seconds is not None and item.new_run:
                 self.ctx.metrics.check_duration.observe(item.duration_seconds)
+            if item.outcome and item.new_run:
+                self.ctx.metrics.runs.labels(check=self.name, outcome=item.outcome).inc()
             if item.previous_verdict != item.verdict.value:
                 self.notes.verdicts[item.node] = (item.previous_verdict, item.verdict.value,
                                                   item.body["status"].get("message", ""))
@@ -230,6 +259,23 @@ class CheckReconciler:
             await bounded(self.ctx.settings.api_workers, jobs)
             self.log.info("results", written=len(plan.writes), patched=len(plan.patches),
                           deleted=len(plan.deletes))
+
+    def _report_untrusted(self, untrusted: Mapping[str, str]) -> None:
+        """One Warning Event on the check per result it ignores as not written by the
+        operator (reported once per operator process; the status lists them all along)."""
+        seen = self.ctx.reported_untrusted.setdefault(self.name, set())
+        fresh = {name: why for name, why in untrusted.items() if name not in seen}
+        seen.intersection_update(untrusted)
+        if not fresh:
+            return
+        seen.update(fresh)
+        listed = "; ".join(f"{name}: {why}" for name, why in sorted(fresh.items())[:5])
+        more = f" (and {len(fresh) - 5} more)" if len(fresh) > 5 else ""
+        self.log.warning("results not written by the operator are ignored",
+                         results=sorted(fresh)[:20])
+        events.on_check(self.body, reason=UNTRUSTED_REASON, warning=True, message=(
+            f"{len(fresh)} ThpNodeResults name this check but were not written by the "
+            f"operator; they are ignored (never used for remediation): {listed}{more}"))
 
     # -- remediation -------------------------------------------------------------------
 
@@ -339,9 +385,9 @@ class CheckReconciler:
                             observed: Sequence[ResultView]) -> None:
         daemonset = self.idx.daemonset(self.name)
         pods = [] if self.preflight else self.idx.pods_of(self.name)
-        rolling = not self.preflight and (
+        rolling = not self.preflight and not self.rollout_error and (
             rollout.step is not Step.NONE or daemonset is None
-            or daemonset.template != "check" or not daemonset.rolled_out)
+            or daemonset.template != "check" or not rolled_out(daemonset, self.runs.stuck))
         status = build_status(StatusInputs(
             generation=self.generation,
             selected=[n.name for n in selected],
@@ -359,6 +405,10 @@ class CheckReconciler:
             previous_conditions=list(self.previous.get("conditions") or []),
             predicted=self.preflight,
             disagreements=len(results.disagreements),
+            failed={n: f.reason for n, f in self.runs.failures.items()},
+            blocked={n: b.reason for n, b in self.runs.blocked.items()},
+            rollout_error=self.rollout_error,
+            untrusted=results.untrusted,
         ))
         self._record_metrics(status, results, nodes, observed)
         if canonical(status) in (canonical(self.live_status), canonical(self.previous)):

@@ -191,8 +191,10 @@ def pod_template(spec: CheckSpec, check: CheckRef, config: WorkloadConfig, templ
 
 
 def agent_daemonset(spec: CheckSpec, check: CheckRef, config: WorkloadConfig, *,
-                    template: str, run: str) -> dict[str, Any]:
-    """The whole agent DaemonSet, annotated with the hash of its spec."""
+                    template: str, run: str,
+                    max_unavailable: int | str | None = None) -> dict[str, Any]:
+    """The whole agent DaemonSet, annotated with the hash of its spec. ``max_unavailable``
+    overrides ``spec.maxConcurrent`` (the rollout widens it past stuck nodes)."""
     body: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
@@ -208,7 +210,8 @@ def agent_daemonset(spec: CheckSpec, check: CheckRef, config: WorkloadConfig, *,
         "spec": {
             "selector": {"matchLabels": selector_labels(check)},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {
-                "maxUnavailable": spec.max_concurrent, "maxSurge": 0}},
+                "maxUnavailable": (spec.max_concurrent if max_unavailable is None
+                                   else max_unavailable), "maxSurge": 0}},
             "revisionHistoryLimit": 3,
             "template": pod_template(spec, check, config, template, run),
         },

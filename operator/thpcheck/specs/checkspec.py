@@ -54,6 +54,7 @@ class CheckSpec:
     max_concurrent: IntOrPercent = "10%"
     remediation: Remediation = field(default_factory=Remediation)
     paused: bool = False
+    run_deadline: timedelta | None = None  # None: derived from the reproducer (specs.runs)
 
 
 def _int_or_percent(value: Any, default: IntOrPercent) -> IntOrPercent:
@@ -70,6 +71,7 @@ def parse_spec(raw: Mapping[str, Any] | None) -> CheckSpec:
     repro = spec.get("reproducer") or {}
     remedy = spec.get("remediation") or {}
     interval = (spec.get("schedule") or {}).get("interval")
+    deadline = spec.get("runDeadline")
     tolerations = spec.get("tolerations")
     defaults = Reproducer()
     return CheckSpec(
@@ -95,4 +97,5 @@ def parse_spec(raw: Mapping[str, Any] | None) -> CheckSpec:
             max_cordoned=_int_or_percent(remedy.get("maxCordoned"), 1),
         ),
         paused=bool(spec.get("paused", False)),
+        run_deadline=parse_duration(deadline) if deadline else None,
     )

@@ -11,7 +11,7 @@ pod, and the preflight prediction recorded beside it) differs, or patched when o
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,8 +21,9 @@ from thpcheck.model.verdict import Verdict
 from thpcheck.specs import names
 from thpcheck.specs.agent import CHECK, CheckRef, hash_of
 from thpcheck.specs.prediction import disagreement, node_record, predict_view
+from thpcheck.specs.runs import Failure, Outcome
 from thpcheck.specs.termination import AgentResult, error_result
-from thpcheck.specs.views import AgentPodView, NodeView, ResultView
+from thpcheck.specs.views import OOM_KILLED, AgentPodView, CheckRun, NodeView, ResultView
 
 MESSAGE_LIMIT = 1024
 _VERDICTS = {v.value: v for v in Verdict}
@@ -53,6 +54,7 @@ class ResultWrite:
     new_run: bool = True  # an agent run this result had not recorded yet (or a prediction)
     disagreement: str = ""  # the agent contradicts the prediction (see specs.prediction)
     previous_disagreement: str = ""
+    outcome: str = ""  # how the run ended (specs.runs.Outcome); "" for predictions
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,9 @@ class ResultPlan:
     pending: list[str]  # nodes with a finished pod but no result yet (awaiting the message)
     # Selected nodes whose current result contradicts its prediction, and why.
     disagreements: dict[str, str] = field(default_factory=dict)
+    # Results claiming to be the check's that the operator did not write (name -> why): they
+    # are neither used, nor rewritten, nor deleted.
+    untrusted: dict[str, str] = field(default_factory=dict)
 
 
 def _utf8_cap(text: str, limit: int) -> str:
@@ -192,6 +197,51 @@ def predicted_content(check: CheckRef, node: NodeView,
     })
 
 
+def untrusted_reason(view: ResultView, check: CheckRef) -> str:
+    """Why a result that names ``check`` in its status was not written by this operator for
+    that check ("" if it was): the operator always sets a controller ownerReference to the
+    ThpCheck (with its uid), and the name, labels and content hash it derives from the
+    status."""
+    if not view.owner_uid:
+        return f"no controller owner reference to ThpCheck {check.name}"
+    if view.owner_uid != check.uid:
+        return (f"its owner reference is to another ThpCheck {check.name} (uid "
+                f"{view.owner_uid}, not {check.uid})")
+    return view.mismatch
+
+
+def trusted_results(check: CheckRef, observed: Iterable[ResultView],
+                    untrusted: dict[str, str]) -> dict[str, ResultView]:
+    """The check's own results by node; the others go into ``untrusted`` (name -> why)."""
+    results: dict[str, ResultView] = {}
+    for view in observed:
+        why = untrusted_reason(view, check)
+        if why:
+            untrusted[view.name] = why
+        else:
+            results[view.node] = view
+    return results
+
+
+def run_id(pod: AgentPodView) -> str:
+    """Identifies an agent run (recorded as the result's pod uid and finish time)."""
+    return f"{pod.uid}/{pod.run.finished_at if pod.run else ''}"
+
+
+def run_outcome(run: CheckRun | None) -> Outcome:
+    if run is not None and (run.reason == OOM_KILLED or run.exit_code not in (0, None)):
+        return Outcome.CRASHED
+    return Outcome.COMPLETED
+
+
+def failure_result(failure: Failure) -> AgentResult:
+    """The ``error`` result of a run that ended without the agent's: the reason, and the
+    attempt's start as ``checkedAt`` (stable, so the result is written once per attempt)."""
+    pod = failure.pod
+    return replace(error_result(failure.message),
+                   checked_at=pod.started_at or pod.created_at or None)
+
+
 def latest_run(pods: Iterable[AgentPodView]) -> AgentPodView | None:
     """The check pod whose check container finished last (standby pods check nothing)."""
     finished = [p for p in pods if p.template == CHECK and p.run is not None]
@@ -221,23 +271,36 @@ def _pod_result(pod: AgentPodView, now: datetime, grace: timedelta) -> AgentResu
 def plan_results(check: CheckRef, selected: Sequence[NodeView],
                  pods: Iterable[AgentPodView], observed: Iterable[ResultView],
                  mitigated_by_pod: Mapping[str, bool], now: datetime,
-                 grace: timedelta) -> ResultPlan:
+                 grace: timedelta, failures: Mapping[str, Failure] | None = None) -> ResultPlan:
     """The writes that make every selected node's result match its latest agent run.
 
     ``mitigated_by_pod`` maps nodes labelled for mitigation to their mitigation pod's
-    readiness; other nodes take ``mitigated`` from the agent's own report. Results of nodes
+    readiness; other nodes take ``mitigated`` from the agent's own report. ``failures`` are
+    current runs that ended without the agent's result (``specs.runs.plan_runs``): each
+    becomes an ``error`` result naming the reason, written once per attempt. Results of nodes
     no longer selected, or deleted, are deleted: the garbage collector cannot do it while
     the ThpCheck exists, because it only collects an object once *all* its owners are gone.
+    Results the operator did not write are ignored (``ResultPlan.untrusted``).
     """
     by_node: dict[str, list[AgentPodView]] = {}
     for agent_pod in pods:
         by_node.setdefault(agent_pod.node, []).append(agent_pod)
-    results = {r.node: r for r in observed}
     plan = ResultPlan([], [], [], {}, [])
+    results = trusted_results(check, observed, plan.untrusted)
+    failures = failures or {}
     for node in selected:
         existing = results.get(node.name)
-        pod = latest_run(by_node.get(node.name, ()))
-        result = _pod_result(pod, now, grace) if pod else None
+        failure = failures.get(node.name)
+        if failure is not None:
+            pod: AgentPodView | None = failure.pod
+            result: AgentResult | None = failure_result(failure)
+            outcome = failure.outcome
+            if existing is not None and existing.run == run_id(failure.pod):
+                result = None  # this attempt's failure is recorded already
+        else:
+            pod = latest_run(by_node.get(node.name, ()))
+            result = _pod_result(pod, now, grace) if pod else None
+            outcome = run_outcome(pod.run if pod else None)
         if pod is not None and result is None and pod.run is not None:
             plan.pending.append(node.name)
         if result is None or pod is None:
@@ -259,7 +322,7 @@ def plan_results(check: CheckRef, selected: Sequence[NodeView],
         if existing is None or existing.content_hash != digest:
             durations = [p.duration_seconds for p in result.paths
                          if p.duration_seconds is not None]
-            run = f"{pod.uid}/{pod.run.finished_at if pod.run else ''}"
+            run = run_id(pod)
             plan.writes.append(ResultWrite(
                 name=body["metadata"]["name"], node=node.name, body=body,
                 previous_verdict=(existing.verdict if existing and not existing.predicted
@@ -268,7 +331,8 @@ def plan_results(check: CheckRef, selected: Sequence[NodeView],
                 duration_seconds=sum(durations) if durations else None,
                 before=existing.resource_version if existing else "",
                 new_run=existing is None or existing.run != run, disagreement=why,
-                previous_disagreement=existing.disagreement if existing else ""))
+                previous_disagreement=existing.disagreement if existing else "",
+                outcome=outcome.value))
         else:
             _refresh_flags(plan, existing, mitigated, stale)
     node_names = {n.name for n in selected}
@@ -306,8 +370,8 @@ def plan_predicted_results(check: CheckRef, selected: Sequence[NodeView],
     kernel or OS image, or a new model version). No pod is involved; ``mitigated`` still
     comes from a mitigation pod another check may run on the node. Results of nodes no
     longer selected are deleted, as in full mode."""
-    results = {r.node: r for r in observed}
     plan = ResultPlan([], [], [], {}, [])
+    results = trusted_results(check, observed, plan.untrusted)
     written_at = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     for node in selected:
         existing = results.get(node.name)

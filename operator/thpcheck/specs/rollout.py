@@ -6,6 +6,13 @@ or ``schedule.interval`` has passed since the current run started. Paused checks
 DaemonSet as it is. When ``maxConcurrent`` covers every selected node anyway, the standby
 step would only cost two extra pod operations per node: the DaemonSet starts on the check
 template.
+
+Stuck nodes (``specs.runs``: NotReady, or a pod that failed, cannot start or cannot be
+scheduled) hold a rollout slot for ever, as the DaemonSet controller counts their pods
+unavailable. ``maxUnavailable`` is then ``maxConcurrent`` (resolved) plus the stuck count:
+the update strategy is not part of the pod template, so changing it replaces no pod, and
+the healthy nodes keep ``maxConcurrent`` slots. Stuck nodes do not hold back the start of a
+run either.
 """
 
 from __future__ import annotations
@@ -60,32 +67,49 @@ def _changed(desired: dict[str, Any], observed: DaemonSetView) -> bool:
     return wanted != observed.template_hash
 
 
+def max_unavailable(spec: CheckSpec, nodes: int, stuck: int) -> int | str:
+    """``spec.maxConcurrent``, widened by the nodes that hold a slot for ever."""
+    if not stuck:
+        return spec.max_concurrent
+    return concurrency(spec.max_concurrent, nodes) + stuck
+
+
+def rolled_out(observed: DaemonSetView, stuck: int) -> bool:
+    """Every wanted pod runs the current template and is available, but for stuck nodes."""
+    return (observed.observed_generation >= observed.generation
+            and observed.updated + stuck >= observed.desired
+            and observed.available + stuck >= observed.desired)
+
+
 def plan_rollout(spec: CheckSpec, check: CheckRef, config: WorkloadConfig,
-                 observed: DaemonSetView | None, now: datetime, nodes: int) -> RolloutPlan:
+                 observed: DaemonSetView | None, now: datetime, nodes: int,
+                 stuck: int = 0) -> RolloutPlan:
     """What to do with the agent DaemonSet now (``now`` is timezone-aware; ``nodes`` is the
-    number of selected nodes)."""
+    number of selected nodes, ``stuck`` how many of them hold a rollout slot for ever)."""
+    widest = max_unavailable(spec, nodes, stuck)
+
+    def daemonset(template: str, run: str) -> dict[str, Any]:
+        return agent_daemonset(spec, check, config, template=template, run=run,
+                               max_unavailable=widest)
+
     if observed is None:
         if nodes and not spec.paused and concurrency(spec.max_concurrent, nodes) >= nodes:
             run = run_token(now)
-            return RolloutPlan(Step.CREATE, agent_daemonset(spec, check, config, template=CHECK,
-                                                            run=run), run)
-        return RolloutPlan(Step.CREATE, agent_daemonset(spec, check, config, template=STANDBY,
-                                                        run=""))
+            return RolloutPlan(Step.CREATE, daemonset(CHECK, run), run)
+        return RolloutPlan(Step.CREATE, daemonset(STANDBY, ""))
     if spec.paused:
         return RolloutPlan(Step.NONE, run=observed.run)
     if observed.template != CHECK:
-        if observed.rolled_out:
+        if rolled_out(observed, stuck):
             run = run_token(now)
-            return RolloutPlan(Step.START_RUN, agent_daemonset(
-                spec, check, config, template=CHECK, run=run), run)
-        standby = agent_daemonset(spec, check, config, template=STANDBY, run="")
+            return RolloutPlan(Step.START_RUN, daemonset(CHECK, run), run)
+        standby = daemonset(STANDBY, "")
         return RolloutPlan(Step.UPDATE if _changed(standby, observed) else Step.NONE,
                            standby)
     started = parse_token(observed.run)
     if spec.interval is not None and (started is None or now - started >= spec.interval):
         run = run_token(now)
-        return RolloutPlan(Step.RERUN, agent_daemonset(spec, check, config, template=CHECK,
-                                                       run=run), run)
-    desired = agent_daemonset(spec, check, config, template=CHECK, run=observed.run)
+        return RolloutPlan(Step.RERUN, daemonset(CHECK, run), run)
+    desired = daemonset(CHECK, observed.run)
     return RolloutPlan(Step.UPDATE if _changed(desired, observed) else Step.NONE, desired,
                        observed.run)

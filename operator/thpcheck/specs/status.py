@@ -19,6 +19,7 @@ from thpcheck.specs.remediation import PlannedAction
 from thpcheck.specs.results import NodeState
 
 PLANNED_LIMIT = 500
+NAMED_LIMIT = 5  # nodes (or results) a condition message names, with their reasons
 _COUNT_FIELDS = {
     Verdict.AFFECTED: "affected",
     Verdict.SUSCEPTIBLE: "susceptible",
@@ -63,6 +64,12 @@ class StatusInputs:
     previous_conditions: Sequence[Mapping[str, Any]] = field(default_factory=list)
     predicted: bool = False  # mode: preflight (results are predictions, no agent runs)
     disagreements: int = 0  # selected nodes whose agent result contradicts the prediction
+    # Runs that ended without the agent's result (node -> reason, specs.runs.Failure), and
+    # nodes whose run cannot progress now (node -> reason, specs.runs.Blocked).
+    failed: Mapping[str, str] = field(default_factory=dict)
+    blocked: Mapping[str, str] = field(default_factory=dict)
+    rollout_error: str = ""  # the API server refused the agent DaemonSet (its message)
+    untrusted: Mapping[str, str] = field(default_factory=dict)  # result name -> why ignored
 
 
 def counts(selected: Sequence[str], states: Mapping[str, NodeState]) -> dict[str, int]:
@@ -77,8 +84,8 @@ def counts(selected: Sequence[str], states: Mapping[str, NodeState]) -> dict[str
     return result
 
 
-def phase(numbers: Mapping[str, int], unschedulable: int) -> str:
-    if numbers["errors"] or unschedulable:
+def phase(numbers: Mapping[str, int], unschedulable: int, stuck: bool = False) -> str:
+    if numbers["errors"] or unschedulable or stuck:
         return "Degraded"
     if numbers["checked"] == 0:
         return "Pending"
@@ -109,28 +116,82 @@ def _message(numbers: Mapping[str, int], current: str, predicted: bool = False) 
     return f"{current}: {text}"
 
 
+def _named(items: Mapping[str, str]) -> str:
+    """Up to NAMED_LIMIT names with their reasons: "n1 (CrashLoopBackOff), n2 (...) and 3
+    more"."""
+    listed = [f"{name} ({items[name]})" for name in sorted(items)[:NAMED_LIMIT]]
+    more = len(items) - NAMED_LIMIT
+    return ", ".join(listed) + (f" and {more} more" if more > 0 else "")
+
+
+def _degraded(inputs: StatusInputs, numbers: Mapping[str, int]) -> tuple[str, str]:
+    """The Degraded condition's reason and message: what is stuck, naming the nodes."""
+    parts = []
+    if inputs.rollout_error:
+        parts.append(f"the API server rejected the agent DaemonSet: {inputs.rollout_error}")
+    if inputs.failed:
+        parts.append(f"{len(inputs.failed)} runs ended without a result: "
+                     f"{_named(inputs.failed)}")
+    if inputs.blocked:
+        parts.append(f"{len(inputs.blocked)} nodes cannot run the check now: "
+                     f"{_named(inputs.blocked)}")
+    parts.append(f"{numbers['errors']} nodes could not be checked, {inputs.unschedulable} "
+                 "agent pods cannot be scheduled")
+    reason = ("DaemonSetRejected" if inputs.rollout_error else
+              "RunsFailed" if inputs.failed else
+              "NodesBlocked" if inputs.blocked else
+              "AgentErrors" if numbers["errors"] else
+              "Unschedulable" if inputs.unschedulable else "AsExpected")
+    return reason, "; ".join(parts)
+
+
+def _progressing(inputs: StatusInputs, numbers: Mapping[str, int]) -> tuple[bool, str, str]:
+    """A run is in progress while the DaemonSet rolls or an unchecked node can still be
+    checked; it is stalled when only blocked nodes (or a rejected DaemonSet) are left."""
+    unchecked_blocked = sum(1 for n in inputs.blocked
+                            if n in inputs.states and inputs.states[n].verdict is None)
+    waiting = numbers["nodes"] - numbers["checked"] - unchecked_blocked
+    if inputs.rollout_error:
+        return False, "DaemonSetRejected", (f"the API server rejected the agent DaemonSet: "
+                                            f"{inputs.rollout_error}")
+    if inputs.rolling_out or (numbers["nodes"] > 0 and waiting > 0):
+        return True, "RunInProgress", "agent pods are rolling through the nodes"
+    if unchecked_blocked:
+        return False, "RunStalled", (f"the run cannot finish: {len(inputs.blocked)} nodes "
+                                     f"cannot run the check now: {_named(inputs.blocked)}")
+    return False, "RunFinished", "no run in progress"
+
+
+def _untrusted(inputs: StatusInputs) -> tuple[bool, str, str]:
+    if not inputs.untrusted:
+        return False, "None", "every result of this check was written by the operator"
+    return True, "ForeignResults", (
+        f"{len(inputs.untrusted)} ThpNodeResults name this check but were not written by the "
+        f"operator, and are ignored: {_named(inputs.untrusted)}")
+
+
 def build_status(inputs: StatusInputs) -> dict[str, Any]:
     """The whole ``status`` of a ThpCheck."""
     numbers = counts(inputs.selected, inputs.states)
-    current = phase(numbers, inputs.unschedulable)
+    current = phase(numbers, inputs.unschedulable,
+                    bool(inputs.blocked or inputs.rollout_error))
     previous, now, generation = inputs.previous_conditions, inputs.now, inputs.generation
     complete = numbers["nodes"] > 0 and numbers["checked"] == numbers["nodes"]
-    progressing = inputs.rolling_out or (0 < numbers["nodes"] != numbers["checked"])
-    degraded_reason = ("AgentErrors" if numbers["errors"] else
-                       "Unschedulable" if inputs.unschedulable else "AsExpected")
+    progressing, progress_reason, progress_message = _progressing(inputs, numbers)
+    degraded_reason, degraded_message = _degraded(inputs, numbers)
     blocked_reason, blocked_message = _blocked(inputs)
+    foreign, foreign_reason, foreign_message = _untrusted(inputs)
     conditions = [
         condition(previous, "Ready", complete, "AllNodesChecked" if complete else "Checking",
                   _message(numbers, current, inputs.predicted), now, generation),
-        condition(previous, "Progressing", progressing,
-                  "RunInProgress" if progressing else "RunFinished",
-                  "agent pods are rolling through the nodes" if progressing
-                  else "no run in progress", now, generation),
+        condition(previous, "Progressing", progressing, progress_reason, progress_message,
+                  now, generation),
         condition(previous, "Degraded", degraded_reason != "AsExpected", degraded_reason,
-                  f"{numbers['errors']} nodes could not be checked, {inputs.unschedulable} agent "
-                  "pods cannot be scheduled", now, generation),
+                  degraded_message, now, generation),
         condition(previous, "RemediationBlocked", blocked_reason != "NotBlocked",
                   blocked_reason, blocked_message, now, generation),
+        condition(previous, "UntrustedResults", foreign, foreign_reason, foreign_message,
+                  now, generation),
     ]
     status: dict[str, Any] = {
         "phase": current,

@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thpcheck.specs import names
-from thpcheck.specs.termination import AgentResult, parse_termination
+from thpcheck.specs.termination import AgentResult, error_result, parse_termination
+
+# Waiting reasons of a container that will not start without someone fixing something: a run
+# stuck in one of them ends at once, as an ``error`` result naming the reason.
+WAITING_FAILURES = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull",
+                              "InvalidImageName", "CreateContainerConfigError",
+                              "CreateContainerError", "RunContainerError"})
+OOM_KILLED = "OOMKilled"
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class NodeView:
     boot_id: str = ""
     os_image: str = ""
     architecture: str = ""
+    ready: bool = True  # condition Ready is True (or not reported yet)
 
     @property
     def excluded(self) -> bool:
@@ -51,6 +59,15 @@ class CheckRun:
     finished_at: str
     message: str
     result: AgentResult | None  # None: exited 0 without a termination message
+    reason: str = ""  # the kubelet's reason: Completed, Error, OOMKilled
+
+
+@dataclass(frozen=True)
+class Trouble:
+    """A container that crashed (and is being restarted) or cannot start at all."""
+
+    reason: str  # a WAITING_FAILURES reason, or OOMKilled
+    detail: str  # what the kubelet said: the last exit and its message, or why it waits
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,11 @@ class AgentPodView:
     deleting: bool = False
     unschedulable: bool = False
     run: CheckRun | None = None
+    run_token: str = ""  # the pod template's thpcheck.io/run annotation
+    created_at: str = ""
+    started_at: str = ""  # when the current attempt of the check began (RFC 3339)
+    trouble: Trouble | None = None  # the check (or standby's idle) container cannot run
+    scheduling_message: str = ""  # the scheduler's word when the pod is unschedulable
 
 
 @dataclass(frozen=True)
@@ -96,6 +118,8 @@ class ResultView:
     run: str = ""  # "<pod uid>/<finishedAt>" of the agent run the result came from
     disagreement: str = ""  # status.prediction.disagreement
     predicted: bool = False  # written from the preflight prediction (mode: preflight)
+    owner_uid: str = ""  # uid of its controller ownerReference to the ThpCheck status.check
+    mismatch: str = ""  # its name, labels or annotations are not what the operator writes
 
 
 @dataclass(frozen=True)
@@ -113,12 +137,6 @@ class DaemonSetView:
     ready: int = 0
     available: int = 0
 
-    @property
-    def rolled_out(self) -> bool:
-        """Every wanted pod runs the current template and is available."""
-        return (self.observed_generation >= self.generation
-                and self.updated >= self.desired and self.available >= self.desired)
-
 
 def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
     return body.get("metadata") or {}
@@ -127,9 +145,12 @@ def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
 def node_view(body: Mapping[str, Any]) -> NodeView:
     meta = _meta(body)
     spec = body.get("spec") or {}
-    info = (body.get("status") or {}).get("nodeInfo") or {}
+    status = body.get("status") or {}
+    info = status.get("nodeInfo") or {}
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
                    if k.startswith(names.GROUP + "/")}
+    ready = next((c.get("status") == "True" for c in status.get("conditions") or []
+                  if c.get("type") == "Ready"), True)
     return NodeView(
         name=meta.get("name", ""),
         uid=meta.get("uid", ""),
@@ -143,29 +164,94 @@ def node_view(body: Mapping[str, Any]) -> NodeView:
         boot_id=info.get("bootID", "") or "",
         os_image=info.get("osImage", "") or "",
         architecture=info.get("architecture", "") or "",
+        ready=ready,
     )
 
 
-def _check_run(status: Mapping[str, Any]) -> CheckRun | None:
+def _check_status(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
     for entry in status.get("initContainerStatuses") or []:
-        if entry.get("name") != "check":
-            continue
-        terminated = (entry.get("state") or {}).get("terminated")
-        if not terminated:
-            return None
-        exit_code = terminated.get("exitCode")
-        message = terminated.get("message") or ""
-        result = None
-        if message or exit_code not in (0, None):
-            result = parse_termination(message, exit_code, terminated.get("reason"))
-        return CheckRun(exit_code=exit_code, finished_at=terminated.get("finishedAt") or "",
-                        message=message, result=result)
+        if entry.get("name") == "check":
+            return entry  # type: ignore[no-any-return]
     return None
 
 
+def _check_run(status: Mapping[str, Any]) -> CheckRun | None:
+    entry = _check_status(status)
+    terminated = ((entry or {}).get("state") or {}).get("terminated")
+    if not terminated:
+        return None
+    exit_code = terminated.get("exitCode")
+    message = terminated.get("message") or ""
+    reason = terminated.get("reason") or ""
+    result = None
+    if reason == OOM_KILLED:
+        result = error_result(f"{OOM_KILLED}: the check container ran out of memory "
+                              f"({_last_words(terminated)})")
+    elif message or exit_code not in (0, None):
+        result = parse_termination(message, exit_code, reason)
+    return CheckRun(exit_code=exit_code, finished_at=terminated.get("finishedAt") or "",
+                    message=message, result=result, reason=reason)
+
+
+def _snippet(text: str, limit: int = 200) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "\u2026"
+
+
+def _last_words(terminated: Mapping[str, Any]) -> str:
+    """The exit of a terminated container as one short line (stable across restarts)."""
+    text = f"exit {terminated.get('exitCode')}"
+    if terminated.get("reason"):
+        text += f", {terminated['reason']}"
+    if terminated.get("message"):
+        text += f": {_snippet(terminated['message'])}"
+    return text
+
+
+def _trouble(entry: Mapping[str, Any] | None) -> Trouble | None:
+    """A container that cannot run: OOM-killed, crashed and restarting, or waiting for
+    something that will not come by itself (WAITING_FAILURES)."""
+    if not entry:
+        return None
+    state = entry.get("state") or {}
+    last = (entry.get("lastState") or {}).get("terminated") or {}
+    waiting = state.get("waiting") or {}
+    terminated = state.get("terminated") or {}
+    if last.get("reason") == OOM_KILLED and not terminated:
+        return Trouble(OOM_KILLED, f"the container ran out of memory ({_last_words(last)})")
+    reason = waiting.get("reason") or ""
+    if reason == "CrashLoopBackOff":
+        return Trouble(reason, f"the container keeps failing ({_last_words(last)})"
+                       if last else "the container keeps failing")
+    if reason in WAITING_FAILURES:
+        return Trouble(reason, _snippet(waiting.get("message") or reason))
+    if last and last.get("exitCode") not in (0, None) and not terminated:
+        return Trouble("CrashLoopBackOff",
+                       f"the container failed and is being restarted ({_last_words(last)})")
+    return None
+
+
+def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
+
+
 def _unschedulable(status: Mapping[str, Any]) -> bool:
-    return any(c.get("type") == "PodScheduled" and c.get("status") == "False"
-               and c.get("reason") == "Unschedulable" for c in status.get("conditions") or [])
+    scheduled = _condition(status, "PodScheduled")
+    return scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+
+
+def _started_at(meta: Mapping[str, Any], status: Mapping[str, Any],
+                entry: Mapping[str, Any] | None) -> str:
+    """When the current attempt at the check began: the check container's start while it
+    runs, else when the pod last began initialising (a reboot restarts the init container),
+    else when the pod was created."""
+    running = ((entry or {}).get("state") or {}).get("running") or {}
+    if running.get("startedAt"):
+        return str(running["startedAt"])
+    initialized = _condition(status, "Initialized")
+    if initialized.get("status") == "False" and initialized.get("lastTransitionTime"):
+        return max(str(initialized["lastTransitionTime"]), str(meta.get("creationTimestamp") or ""))
+    return str(meta.get("creationTimestamp") or "")
 
 
 def _pod_node(body: Mapping[str, Any]) -> str:
@@ -195,6 +281,11 @@ def agent_pod_view(body: Mapping[str, Any]) -> AgentPodView:
     meta = _meta(body)
     labels = meta.get("labels") or {}
     status = body.get("status") or {}
+    check = _check_status(status)
+    # A check pod's trouble is its check container's; a standby pod's, its idle container's.
+    trouble = _trouble(check) if check else next(
+        (t for t in map(_trouble, status.get("containerStatuses") or []) if t), None)
+    unschedulable = _unschedulable(status)
     return AgentPodView(
         name=meta.get("name", ""),
         namespace=meta.get("namespace", ""),
@@ -203,8 +294,14 @@ def agent_pod_view(body: Mapping[str, Any]) -> AgentPodView:
         node=_pod_node(body),
         template=labels.get(names.TEMPLATE_LABEL, ""),
         deleting=bool(meta.get("deletionTimestamp")),
-        unschedulable=_unschedulable(status),
+        unschedulable=unschedulable,
         run=_check_run(status),
+        run_token=str((meta.get("annotations") or {}).get(names.RUN_ANNOTATION) or ""),
+        created_at=str(meta.get("creationTimestamp") or ""),
+        started_at=_started_at(meta, status, check),
+        trouble=trouble,
+        scheduling_message=(_snippet(_condition(status, "PodScheduled").get("message") or "")
+                            if unschedulable else ""),
     )
 
 
@@ -215,6 +312,36 @@ def mitigation_pod_view(body: Mapping[str, Any]) -> MitigationPodView:
                 for c in status.get("conditions") or [])
     return MitigationPodView(name=meta.get("name", ""), node=_pod_node(body), ready=ready,
                              deleting=bool(meta.get("deletionTimestamp")))
+
+
+def _controller_uid(meta: Mapping[str, Any], check: str) -> str:
+    """The uid of the result's controller ownerReference to ThpCheck ``check`` ("" if none)."""
+    for owner in meta.get("ownerReferences") or []:
+        if (owner.get("kind") == names.CHECK_KIND and owner.get("controller") is True
+                and str(owner.get("apiVersion", "")).startswith(names.GROUP + "/")
+                and owner.get("name") == check):
+            return str(owner.get("uid") or "")
+    return ""
+
+
+def _result_mismatch(meta: Mapping[str, Any], status: Mapping[str, Any]) -> str:
+    """How a result's name, labels or annotations differ from what the operator writes for
+    its ``status.check`` and ``status.node`` ("" when they agree)."""
+    check, node = str(status.get("check") or ""), str(status.get("node") or "")
+    labels = meta.get("labels") or {}
+    if not check or not node:
+        return "status.check or status.node is missing"
+    if meta.get("name") != names.result_name(check, node):
+        return f"its name is not {names.result_name(check, node)}"
+    if labels.get(names.CHECK_LABEL) != names.label_value(check):
+        return f"label {names.CHECK_LABEL} does not name ThpCheck {check}"
+    if labels.get(names.NODE_LABEL) != names.label_value(node):
+        return f"label {names.NODE_LABEL} does not match status.node {node}"
+    if labels.get(names.VERDICT_LABEL) != status.get("verdict"):
+        return f"label {names.VERDICT_LABEL} does not match status.verdict"
+    if not (meta.get("annotations") or {}).get(names.CONTENT_HASH_ANNOTATION):
+        return f"annotation {names.CONTENT_HASH_ANNOTATION} is missing"
+    return ""
 
 
 def result_view(body: Mapping[str, Any]) -> ResultView:
@@ -235,6 +362,8 @@ def result_view(body: Mapping[str, Any]) -> ResultView:
         run=_run_of(status.get("pod")),
         disagreement=_disagreement_of(status.get("prediction")),
         predicted=status.get("predicted") is True,
+        owner_uid=_controller_uid(meta, str(status.get("check") or "")),
+        mismatch=_result_mismatch(meta, status),
     )
 
 
