@@ -55,9 +55,9 @@ class OperatorContext:
     # When each check's status was last written (monotonic): progress-only changes wait for
     # the status interval (see thpcheck.specs.status.progress_only).
     status_written_at: dict[str, float] = field(default_factory=dict)
-    # The agent DaemonSet the API server refused, per check: (its template hash, the API's
-    # message). The same body is not sent again; a changed spec is.
-    rejected_daemonsets: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # The agent DaemonSet the API server refused, per check: (the check's generation, the
+    # API's message). It is not sent again until the spec changes.
+    rejected_daemonsets: dict[str, tuple[int, str]] = field(default_factory=dict)
     # Results not written by the operator that a Warning Event has reported already.
     reported_untrusted: dict[str, set[str]] = field(default_factory=dict)
 

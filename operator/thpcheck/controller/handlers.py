@@ -39,6 +39,8 @@ async def poke_for_agent_pod(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None
     check = annotated_check(body)
     if check:
         context_of(memo).triggers.poke(check)
+    else:  # a deletion a re-list found (controller/kopf_relist.py) names no check
+        context_of(memo).triggers.poke_all()
 
 
 async def poke_everyone(memo: kopf.Memo, **kwargs: Any) -> None:
@@ -58,6 +60,8 @@ async def poke_for_result(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     check = (body.get("status") or {}).get("check")
     if check:
         context_of(memo).triggers.poke(check)
+    else:  # a deletion a re-list found (controller/kopf_relist.py) has no status
+        context_of(memo).triggers.poke_all()
 
 
 async def poke_for_daemonset(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:

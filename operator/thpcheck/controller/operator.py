@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 import structlog
 
-from thpcheck.controller import crds, credentials, handlers, indexes, kopf_startup
+from thpcheck.controller import crds, credentials, handlers, indexes, kopf_relist, kopf_startup
 from thpcheck.controller.api import ApiError, Kube
 from thpcheck.controller.context import MEMO_KEY, OperatorContext
 from thpcheck.controller.metrics import Metrics
@@ -181,10 +181,11 @@ def run(settings: Settings, kubeconfig: str | None = None) -> int:
     liveness = (f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port
                 else None)
     coalesced = kopf_startup.coalesce_barrier_wakeups()
+    relist = kopf_relist.announce_relist_deletions()
     log.info("operator starting", namespace=settings.namespace, image=settings.agent_image,
              server=kube.server, credentials=source.description,
              metrics_port=settings.metrics_port, health_port=settings.health_port,
-             coalesced_startup_wakeups=coalesced)
+             coalesced_startup_wakeups=coalesced, relist_deletions=relist)
     try:
         kopf.run(registry=build_registry(settings, source), settings=kopf_settings(settings),
                  namespaces=[settings.namespace], standalone=True, liveness_endpoint=liveness,

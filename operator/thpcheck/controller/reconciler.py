@@ -155,10 +155,9 @@ class CheckReconciler:
             self.ctx.rejected_daemonsets.pop(self.name, None)
             return plan
         unchanged = RolloutPlan(Step.NONE, run=observed.run if observed else "")
-        digest = plan.body["metadata"]["annotations"][names.TEMPLATE_HASH_ANNOTATION]
         rejected = self.ctx.rejected_daemonsets.get(self.name)
-        if rejected is not None and rejected[0] == digest:
-            self.rollout_error = rejected[1]  # the same body would be refused again
+        if rejected is not None and rejected[0] == self.generation:
+            self.rollout_error = rejected[1]  # the same spec would be refused again
             return unchanged
         kube = self.ctx.kube
         try:
@@ -174,7 +173,7 @@ class CheckReconciler:
             if exc.status not in _REJECTED:
                 raise
             self.rollout_error = exc.message
-            self.ctx.rejected_daemonsets[self.name] = (digest, exc.message)
+            self.ctx.rejected_daemonsets[self.name] = (self.generation, exc.message)
             self.log.warning("agent daemonset rejected", step=plan.step.value,
                              status=exc.status, error=exc.message)
             return unchanged
