@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,6 @@ from tests.chart.chart_kit import (
     can_i,
     checks_deleted_at_exit,
     documents,
-    fast_values,
     node_marks,
     run_hook_script,
     token_kubeconfig,
@@ -55,33 +53,6 @@ from tests.operator.cluster_kit import (
 from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def test_id() -> str:
-    return uuid.uuid4().hex[:6]
-
-
-@pytest.fixture
-def release(chart_cluster: Cluster, helm: Helm, test_id: str,
-            tmp_path: Path) -> Iterator[Release]:
-    """A namespace for the release; whatever the test leaves installed is removed."""
-    namespace = f"thp-{test_id}"
-    chart_cluster.api("POST", "/api/v1/namespaces", {
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": namespace,
-                     "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}})
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    rel = Release(chart_cluster, helm, namespace, fast_values(scratch))
-    try:
-        yield rel
-    finally:
-        if rel.installed():
-            rel.run("uninstall", RELEASE, "--no-hooks", "--wait", "--timeout", "60s",
-                    check=False)
-        chart_cluster.kubectl("delete", "namespace", namespace, "--wait=false",
-                              "--ignore-not-found", check=False)
 
 
 @pytest.fixture
@@ -192,7 +163,7 @@ def test_install_run_as_the_service_account_and_upgrade(
                    for c in crd_body["status"]["conditions"])
     deployment = release.deployment()
     assert deployment["status"]["availableReplicas"] == 1
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"  # leader election
     for kind, name, scope in (("serviceaccount", OPERATOR_SA, namespace),
                               ("service", "thp-checker-metrics", namespace),
                               ("role", OPERATOR_SA, namespace),

@@ -123,7 +123,8 @@ def test_crd_files_are_rendered_unchanged(helm: Helm) -> None:
 def test_operator_deployment_is_locked_down(helm: Helm) -> None:
     deployment = find(render(helm), "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # One replica; leader election on, so a new pod may start before the old one is gone.
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "RollingUpdate"}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 65532
@@ -231,19 +232,42 @@ OPERATOR_RULES = sorted([
       for v in ("list", "watch", "create", "patch", "delete")],
     ("default", "", "events", "create"),
 ])
+LEASE_RULES = [("thp-checker", "coordination.k8s.io", "leases", "create"),
+               ("thp-checker", "coordination.k8s.io", "leases[thp-checker-operator]", "get"),
+               ("thp-checker", "coordination.k8s.io", "leases[thp-checker-operator]", "update")]
 
 
 def test_operator_rbac_is_exactly_the_verbs_it_uses(helm: Helm) -> None:
     sa = "thp-checker-operator"
-    assert _rules(render(helm, "report-only"), sa) == OPERATOR_RULES
+    assert _rules(render(helm, "report-only"), sa) == sorted(OPERATOR_RULES + LEASE_RULES)
     with_remediation = _rules(render(helm), sa)
-    assert sorted(set(with_remediation) - set(OPERATOR_RULES)) == [("*", "", "nodes", "patch")]
+    assert sorted(set(with_remediation) - set(OPERATOR_RULES + LEASE_RULES)) == [
+        ("*", "", "nodes", "patch")]
+    alone = _rules(render(helm, "report-only", "--set", "operator.leaderElection.enabled=false"),
+                   sa)
+    assert alone == OPERATOR_RULES
     for docs in (render(helm), render(helm, "report-only")):
         granted = _rules(docs, sa)
         assert not [g for g in granted if g[2] in ("secrets", "configmaps", "pods/exec")]
         assert not [g for g in granted if "*" in g[1:]]
     assert not [g for g in _rules(render(helm, "report-only"), sa)
                 if g[2] == "nodes" and g[3] in NODE_WRITES]
+
+
+def test_replicas_and_leader_election(helm: Helm) -> None:
+    two = find(render(helm, "defaults", "--set", "operator.replicas=2"), "Deployment")
+    env = container_env(two)
+    assert two["spec"]["replicas"] == 2 and two["spec"]["strategy"] == {"type": "RollingUpdate"}
+    assert (env["THPCHECK_LEADER_ELECTION"], env["THPCHECK_LEASE_NAME"],
+            env["THPCHECK_LEASE_DURATION"]) == ("true", "thp-checker-operator", "15")
+    alone = find(render(helm, "defaults", "--set", "operator.leaderElection.enabled=false"),
+                 "Deployment")
+    assert alone["spec"]["strategy"] == {"type": "Recreate"}
+    assert container_env(alone)["THPCHECK_LEADER_ELECTION"] == "false"
+    refused = helm.run("template", "thp-checker", str(CHART), "--set", "operator.replicas=2",
+                       "--set", "operator.leaderElection.enabled=false", check=False)
+    assert refused.returncode != 0
+    assert "operator.replicas > 1 needs operator.leaderElection.enabled=true" in refused.stderr
 
 
 def test_view_role_aggregates_read_access(helm: Helm) -> None:

@@ -134,6 +134,9 @@ Remediation guards, checked on every render.
    a thpcheck.io/labelled-by, cordoned-by or mitigate-by annotation.
 */}}
 {{- define "thp-checker.validate" -}}
+{{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.leaderElection.enabled) }}
+{{- fail "operator.replicas > 1 needs operator.leaderElection.enabled=true (two operators would act on the same nodes)" }}
+{{- end }}
 {{- if not .Values.remediation.enabled }}
 {{- if and .Values.defaultCheck.enabled (or .Values.defaultCheck.remediation.cordon .Values.defaultCheck.remediation.mitigate) }}
 {{- fail "defaultCheck.remediation.cordon/mitigate need remediation.enabled=true (the operator may not write nodes otherwise)" }}

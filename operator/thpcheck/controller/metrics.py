@@ -75,6 +75,9 @@ class Metrics:
             "crash-looping or unable to start), timed_out (past spec.runDeadline), "
             "unschedulable (never scheduled until the deadline).", ["check", "outcome"],
             registry=r)
+        self.leader = Gauge(
+            "thpcheck_leader", "1 while this replica holds the operator's Lease and acts (always "
+            "1 without leader election), 0 while it stands by.", registry=r)
         self.reconcile_seconds = Histogram(
             "thpcheck_reconcile_duration_seconds", "Time of one reconcile of a ThpCheck.",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60), registry=r)

@@ -18,6 +18,7 @@ import structlog
 from thpcheck.controller import crds, credentials, handlers, indexes, kopf_relist, kopf_startup
 from thpcheck.controller.api import ApiError, Kube
 from thpcheck.controller.context import MEMO_KEY, OperatorContext
+from thpcheck.controller.leader import Leadership, healthy_while_waiting
 from thpcheck.controller.metrics import Metrics
 from thpcheck.controller.settings import Settings
 from thpcheck.specs import names
@@ -162,8 +163,9 @@ def verify_startup(kube: Kube, settings: Settings) -> None:
 
 
 def run(settings: Settings, kubeconfig: str | None = None) -> int:
-    """Check the credentials, the CRDs and RBAC, serve metrics, and run kopf until SIGTERM:
-    cluster-scoped kinds cluster-wide, pods and DaemonSets in the operator's namespace."""
+    """Check the credentials, the CRDs and RBAC, serve metrics, (with leader election) wait
+    for the Lease, and run kopf until SIGTERM: cluster-scoped kinds cluster-wide, pods and
+    DaemonSets in the operator's namespace."""
     metrics = Metrics()
     try:
         configuration, source = credentials.configuration(kubeconfig)
@@ -186,11 +188,22 @@ def run(settings: Settings, kubeconfig: str | None = None) -> int:
              server=kube.server, credentials=source.description,
              metrics_port=settings.metrics_port, health_port=settings.health_port,
              coalesced_startup_wakeups=coalesced, relist_deletions=relist)
+    leadership = None
+    if settings.leader_election:
+        leadership = Leadership(kube, metrics, namespace=settings.namespace,
+                                name=settings.lease_name, duration=settings.lease_duration)
+        with healthy_while_waiting(settings.health_port):
+            leadership.acquire()
+        leadership.keep()
+    else:
+        metrics.leader.set(1)
     try:
         kopf.run(registry=build_registry(settings, source), settings=kopf_settings(settings),
                  namespaces=[settings.namespace], standalone=True, liveness_endpoint=liveness,
                  memo=kopf.Memo({MEMO_KEY: context}))
     finally:
+        if leadership is not None:
+            leadership.release()
         kube.close()
     return 0
 

@@ -43,6 +43,9 @@ class Settings:
     watch_client_timeout: float = 330.0  # THPCHECK_WATCH_CLIENT_TIMEOUT
     handler_timeout: float = 600.0  # THPCHECK_HANDLER_TIMEOUT (deletion clean-up)
     handler_retries: int = 20  # THPCHECK_HANDLER_RETRIES
+    leader_election: bool = False  # THPCHECK_LEADER_ELECTION: act only while holding a Lease
+    lease_name: str = "thpcheck-operator"  # THPCHECK_LEASE_NAME (in THPCHECK_NAMESPACE)
+    lease_duration: float = 15.0  # THPCHECK_LEASE_DURATION: seconds before a standby takes over
 
     def workload(self) -> WorkloadConfig:
         return WorkloadConfig(namespace=self.namespace, image=self.agent_image,
@@ -79,6 +82,15 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     return int(value)
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("true", "false"):
+        raise SettingsError(f"{name}={env.get(name)!r} must be true or false")
+    return raw == "true"
+
+
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``env`` (default: the process environment)."""
     env = os.environ if env is None else env
@@ -108,4 +120,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         watch_client_timeout=_number(env, "THPCHECK_WATCH_CLIENT_TIMEOUT", 330.0, 1.0),
         handler_timeout=_number(env, "THPCHECK_HANDLER_TIMEOUT", 600.0, 1.0),
         handler_retries=int(_number(env, "THPCHECK_HANDLER_RETRIES", 20, 1)),
+        leader_election=_flag(env, "THPCHECK_LEADER_ELECTION", False),
+        lease_name=env.get("THPCHECK_LEASE_NAME") or "thpcheck-operator",
+        lease_duration=_number(env, "THPCHECK_LEASE_DURATION", 15.0, 3.0),
     )

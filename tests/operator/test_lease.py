@@ -1,0 +1,83 @@
+"""Leader election on a Lease (pure): client-go's reading of a Lease, decided per round."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from thpcheck.controller.settings import SettingsError, from_env
+from thpcheck.specs.lease import Decision, lease_record, plan_lease, release
+
+NOW = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
+WHERE = {"name": "thpcheck-operator", "namespace": "thp-checker"}
+
+
+def stored(holder: str, version: str = "7", renew: str = "2026-12-04T09:59:58.000000Z",
+           transitions: int = 2) -> dict:
+    return {"metadata": {"name": "thpcheck-operator", "resourceVersion": version},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                     "renewTime": renew, "acquireTime": "2026-12-04T09:00:00.000000Z",
+                     "leaseTransitions": transitions}}
+
+
+def plan(body: dict | None, me: str, unchanged_for: float = 0.0):  # type: ignore[no-untyped-def]
+    record = lease_record(body) if body is not None else None
+    return plan_lease(record, me, now=NOW, duration_seconds=15, unchanged_for=unchanged_for,
+                      **WHERE)
+
+
+def test_the_first_replica_creates_the_lease_holding_it() -> None:
+    step = plan(None, "a")
+    assert step.decision is Decision.CREATE and step.body is not None
+    spec = step.body["spec"]
+    assert (spec["holderIdentity"], spec["leaseDurationSeconds"], spec["leaseTransitions"]) == (
+        "a", 15, 0)
+    assert spec["renewTime"] == "2026-12-04T10:00:00.000000Z"
+
+
+def test_the_holder_renews_against_the_version_it_read() -> None:
+    step = plan(stored("a"), "a")
+    assert step.decision is Decision.RENEW and step.body is not None
+    assert step.body["metadata"]["resourceVersion"] == "7"
+    assert step.body["spec"]["acquireTime"] == "2026-12-04T09:00:00.000000Z"
+    assert step.body["spec"]["leaseTransitions"] == 2
+
+
+@pytest.mark.parametrize("seconds", [0.0, 5.0, 14.9])
+def test_a_standby_waits_while_the_holders_record_keeps_changing(seconds: float) -> None:
+    assert plan(stored("a"), "b", unchanged_for=seconds).decision is Decision.WAIT
+
+
+def test_a_standby_takes_over_once_the_record_stood_still_for_the_duration() -> None:
+    # Its own observation counts, not the renewTime (the clocks of two machines differ).
+    step = plan(stored("a", renew="2030-01-01T00:00:00.000000Z"), "b", unchanged_for=15.0)
+    assert step.decision is Decision.ACQUIRE and step.body is not None
+    assert step.body["metadata"]["resourceVersion"] == "7"  # one of two racers wins
+    assert (step.body["spec"]["holderIdentity"], step.body["spec"]["leaseTransitions"]) == (
+        "b", 3)
+
+
+def test_a_released_lease_is_taken_at_once() -> None:
+    body = release(lease_record(stored("a")), "a", now=NOW, **WHERE)
+    assert body is not None and body["spec"]["holderIdentity"] == ""
+    body["metadata"]["resourceVersion"] = "8"
+    assert plan(body, "b").decision is Decision.ACQUIRE
+
+
+def test_only_the_holder_releases() -> None:
+    assert release(lease_record(stored("a")), "b", now=NOW, **WHERE) is None
+
+
+def test_leader_election_settings() -> None:
+    settings = from_env({"THPCHECK_NAMESPACE": "x"})
+    assert (settings.leader_election, settings.lease_name, settings.lease_duration) == (
+        False, "thpcheck-operator", 15.0)
+    chosen = from_env({"THPCHECK_NAMESPACE": "x", "THPCHECK_LEADER_ELECTION": "true",
+                       "THPCHECK_LEASE_NAME": "rel-operator", "THPCHECK_LEASE_DURATION": "20"})
+    assert (chosen.leader_election, chosen.lease_name, chosen.lease_duration) == (
+        True, "rel-operator", 20.0)
+    with pytest.raises(SettingsError, match="THPCHECK_LEADER_ELECTION='yes' must be true or"):
+        from_env({"THPCHECK_LEADER_ELECTION": "yes"})
+    with pytest.raises(SettingsError, match="THPCHECK_LEASE_DURATION"):
+        from_env({"THPCHECK_LEASE_DURATION": "1"})
