@@ -12,14 +12,20 @@ check pods come up it writes the agent's compact result (one real `thpcheck chec
 document of this machine) into their init container's terminated state, at a steady
 ``--rate`` per second.
 
+With ``--crash-looping P%`` the check pods of P % of the nodes crash-loop instead (the kubelet's
+CrashLoopBackOff state, not Ready), and with ``--not-ready P%`` P % of the nodes die as their
+check pod starts (the container running, then the node unmanaged by kwok and reported
+Ready=False, as a kubelet that stops does). The status then settles when nothing can progress
+any more: every other node checked, Progressing=False, phase Degraded naming the stuck nodes.
+
 Reported per N: time from the last injected result to a complete ThpCheck status (every node
-checked, phase Completed); API requests per node by verb, from kube-apiserver's
+checked, phase Completed, or settled as above); API requests per node by verb, from kube-apiserver's
 ``apiserver_request_total`` (all clients, scraped before the ThpCheck is created and after it
 settled) and from the audit log (the operator's own identity only); the operator's peak RSS
 and CPU seconds; the load average. Raw results go to benchmarks/out/operator-scale-<N>.json.
 
     .venv/bin/python -m benchmarks.operator_scale --nodes 100,1000,5000 [--rate 100]
-        [--max-concurrent 10%] [--keep] [--profile]
+        [--max-concurrent 10%] [--crash-looping 2%] [--not-ready 1%] [--keep] [--profile]
 
 Needs the cluster binaries (tests/cluster/tools/build.sh). A benchmark, not a test.
 """
@@ -288,6 +294,60 @@ def terminated_status(pod: Mapping[str, Any], message: str) -> dict[str, Any]:
     return {"status": {"initContainerStatuses": statuses}}
 
 
+def _not_ready_conditions(now: str) -> list[dict[str, Any]]:
+    return [{"type": t, "status": "False" if t != "PodScheduled" else "True",
+             "lastTransitionTime": now} for t in ("PodScheduled", "Initialized", "Ready",
+                                                    "ContainersReady")]
+
+
+def crash_loop_status(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The kubelet's status of a pod whose check container keeps failing."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    statuses = []
+    for entry in pod["status"]["initContainerStatuses"]:
+        entry = dict(entry)
+        if entry["name"] == "check":
+            entry.update(ready=False, restartCount=3, state={"waiting": {
+                "reason": "CrashLoopBackOff",
+                "message": "back-off 40s restarting failed container=check"}},
+                lastState={"terminated": {"exitCode": 1, "reason": "Error",
+                                          "message": "Traceback (most recent call last): ...",
+                                          "startedAt": now, "finishedAt": now}})
+        statuses.append(entry)
+    return {"status": {"phase": "Pending", "conditions": _not_ready_conditions(now),
+                       "initContainerStatuses": statuses}}
+
+
+def running_status(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The kubelet's status of a pod whose check container has started (and not ended)."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    statuses = []
+    for entry in pod["status"]["initContainerStatuses"]:
+        entry = dict(entry)
+        if entry["name"] == "check":
+            entry.update(ready=False, state={"running": {"startedAt": now}})
+        statuses.append(entry)
+    return {"status": {"phase": "Pending", "conditions": _not_ready_conditions(now),
+                       "initContainerStatuses": statuses}}
+
+
+def choose_faults(count: int, crash_looping: float, not_ready: float) -> dict[str, str]:
+    """Which nodes fail how, spread evenly over the names (disjoint sets)."""
+    faults: dict[str, str] = {}
+    for share, fault in ((crash_looping, "crash"), (not_ready, "notready")):
+        wanted = round(count * share / 100)
+        if not wanted:
+            continue
+        step = count / wanted
+        offset = 1 if fault == "crash" else 2
+        for k in range(wanted):
+            index = int(k * step) + offset
+            while f"bench-{index % count:05d}" in faults:
+                index += 1
+            faults[f"bench-{index % count:05d}"] = fault
+    return faults
+
+
 def is_check_pod_ready_for_result(pod: Mapping[str, Any]) -> bool:
     meta, status = pod["metadata"], pod.get("status") or {}
     return (meta.get("labels", {}).get(names.TEMPLATE_LABEL) == "check"
@@ -305,6 +365,7 @@ class Injector:
     rate: float
     expected: int
     workers: int = 8
+    faults: Mapping[str, str] = field(default_factory=dict)  # node -> crash | notready
     injected: dict[str, float] = field(default_factory=dict)  # node -> monotonic time
     first_check_pod: float | None = None
     all_check_pods: float | None = None
@@ -356,10 +417,26 @@ class Injector:
 
     def _inject(self, pod: Mapping[str, Any]) -> None:
         meta = pod["metadata"]
+        node = pod["spec"]["nodeName"]
+        fault = self.faults.get(node)
+        status = (crash_loop_status(pod) if fault == "crash" else
+                  running_status(pod) if fault == "notready" else
+                  terminated_status(pod, self.message))
         try:
             self.api.call("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/"
-                          f"{quote(meta['name'])}/status", terminated_status(pod, self.message),
+                          f"{quote(meta['name'])}/status", status,
                           content_type="application/merge-patch+json")
+            if fault == "notready":  # the node dies: kwok lets go of it, it reports NotReady
+                self.api.call("PATCH", f"/api/v1/nodes/{quote(node)}", {"metadata": {
+                    "annotations": {KWOK_ANNOTATION[0]: None}}},
+                    content_type="application/merge-patch+json")
+                now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                self.api.call("PATCH", f"/api/v1/nodes/{quote(node)}/status", {"status": {
+                    "conditions": [{"type": "Ready", "status": "False",
+                                    "reason": "KubeletNotReady",
+                                    "message": "container runtime is down",
+                                    "lastHeartbeatTime": now, "lastTransitionTime": now}]}},
+                    content_type="application/strategic-merge-patch+json")
         except Exception as exc:  # a benchmark reports, it does not stop
             self.errors.append(f"{meta['name']}: {exc}")
             return
@@ -425,6 +502,24 @@ def wait_complete(api: Api, count: int, timeout: float) -> tuple[float | None, d
     return None, status
 
 
+def wait_settled(api: Api, count: int, not_ready: int,
+                 timeout: float) -> tuple[float | None, dict[str, Any]]:
+    """Poll the ThpCheck until nothing can progress: every node that can be checked is, and
+    Progressing is False (Completed, or Degraded naming what is stuck)."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(RuntimeError, OSError):
+            status = api.call("GET", f"{CHECKS_PATH}/{CHECK}").get("status") or {}
+            progressing = {c["type"]: c for c in status.get("conditions") or []}.get(
+                "Progressing", {})
+            if status.get("checked") == count - not_ready \
+                    and progressing.get("status") == "False":
+                return time.monotonic(), status
+        time.sleep(0.25)
+    return None, status
+
+
 def wait_idle(pid: int, since: float, timeout: float, window: float = 5.0,
               busy: float = 0.05) -> float:
     """Seconds from ``since`` until the process used less than ``busy`` of a CPU over a
@@ -462,7 +557,11 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
                            f"--audit-log-path={audit}", "--audit-log-format=json",
                            "--audit-log-maxbackup=0", "--audit-log-maxsize=0"],
     }
+    faults = choose_faults(nodes, _percent(args.crash_looping), _percent(args.not_ready))
+    not_ready = sum(1 for f in faults.values() if f == "notready")
     doc: dict[str, Any] = {"nodes": nodes, "rate_per_s": args.rate,
+                           "crash_looping": sum(1 for f in faults.values() if f == "crash"),
+                           "not_ready": not_ready,
                            "operator_src": str(args.operator_src),
                            "max_concurrent": args.max_concurrent, "client_qps": CLIENT_QPS,
                            "load": {"start": os.getloadavg()}}
@@ -507,7 +606,7 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
             "spec": {"nodeSelector": {NODE_LABEL: "1"}, "paths": ["/var/lib/thpcheck"],
                      "maxConcurrent": args.max_concurrent}})
         selector = f"{names.CHECK_LABEL}={names.label_value(CHECK)}"
-        injector = Injector(api, selector, message, args.rate, nodes).start()
+        injector = Injector(api, selector, message, args.rate, nodes, faults=faults).start()
         deadline = time.monotonic() + args.timeout
         while len(injector.injected) + len(injector.errors) < nodes:
             if time.monotonic() > deadline:
@@ -516,7 +615,8 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
             time.sleep(0.2)
         last = max(injector.injected.values())
         first = min(injector.injected.values())
-        complete, status = wait_complete(api, nodes, args.timeout)
+        complete, status = (wait_settled(api, nodes, not_ready, args.timeout) if faults
+                            else wait_complete(api, nodes, args.timeout))
         time.sleep(args.tail)  # Events are posted in the background; let them land
         injector.stop.set()
         after = request_totals(api.text("/metrics"))
@@ -548,6 +648,10 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
         doc["final_status"] = {k: status.get(k) for k in (
             "phase", "nodes", "checked", "affected", "notAffected", "susceptible", "unknown",
             "errors")}
+        doc["final_conditions"] = {c["type"]: f"{c['status']} {c['reason']}: {c['message']}"
+                                   for c in status.get("conditions") or []
+                                   if c["type"] in ("Progressing", "Degraded")}
+        doc["runs_by_outcome"] = _runs(operator.metrics())
         doc["verdict"] = json.loads(message)["verdict"]
         everyone = difference(after, before)
         operator_own = audit_counts(audit, since, until)
@@ -585,6 +689,19 @@ def _operator_writes(metrics: str) -> dict[str, float]:
     return found
 
 
+def _percent(text: str) -> float:
+    return float(text.rstrip("%") or 0)
+
+
+def _runs(metrics: str) -> dict[str, float]:
+    found = {}
+    for line in metrics.splitlines():
+        match = re.match(r'thpcheck_runs_total\{check="[^"]*",outcome="(\w+)"\} (\S+)', line)
+        if match:
+            found[match[1]] = float(match[2])
+    return found
+
+
 def _log_warnings(log: Path) -> list[str]:
     lines = []
     with contextlib.suppress(OSError):
@@ -607,6 +724,11 @@ def print_summary(doc: Mapping[str, Any]) -> None:
           f"complete {timeline['complete']} s")
     print(f"  settle (last result -> complete status): {doc['settle_s']} s; status "
           f"{doc['final_status']}")
+    if doc.get("crash_looping") or doc.get("not_ready"):
+        print(f"  faults: {doc['crash_looping']} crash-looping check pods, {doc['not_ready']} "
+              f"nodes NotReady mid-run; runs by outcome {doc['runs_by_outcome']}")
+        for kind, text in doc["final_conditions"].items():
+            print(f"  {kind}: {text[:400]}")
     print(f"  operator start with {doc['nodes']} nodes: healthy in {doc['operator_healthy_s']} "
           f"s, idle (everything indexed) after {doc['operator_start_s']} s and "
           f"{doc['operator_start_cpu_s']} CPU s; RSS then {doc['operator_rss_mib_after_start']} "
@@ -637,6 +759,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="results injected per second (default 100)")
     parser.add_argument("--max-concurrent", default="10%",
                         help="the ThpCheck's spec.maxConcurrent (default 10%%, the CRD's)")
+    parser.add_argument("--crash-looping", default="0%",
+                        help="share of check pods that crash-loop instead of finishing (e.g. 2%%)")
+    parser.add_argument("--not-ready", default="0%",
+                        help="share of nodes that go NotReady as their check starts (e.g. 1%%)")
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--tail", type=float, default=15.0,
                         help="seconds to wait after completion before scraping metrics")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import sys
 from datetime import UTC, datetime
@@ -12,8 +13,11 @@ from benchmarks.operator_scale import (
     OPERATOR_USER,
     audit_counts,
     by_verb,
+    choose_faults,
+    crash_loop_status,
     difference,
     request_totals,
+    running_status,
     terminated_status,
 )
 from benchmarks.vm_cost import cost_steps, in_process_repro_s, summarise
@@ -98,3 +102,26 @@ def test_vm_cost_interleaves_and_summarises() -> None:
     assert (summary["wall_s_median"], summary["wall_s_min"], summary["repro_s_median"],
             summary["peak_rss_mib_max"], summary["outcomes"]) == (
         2.0, 1.0, 0.5, 2.0, ["affected/reproduced"])
+
+
+def test_faults_are_spread_disjoint_and_sized() -> None:
+    faults = choose_faults(1000, 2.0, 1.0)
+    assert sorted(collections.Counter(faults.values()).items()) == [
+        ("crash", 20), ("notready", 10)]
+    assert choose_faults(1000, 0.0, 0.0) == {}
+
+
+def test_the_injected_fault_states_read_as_the_operator_expects() -> None:
+    from thpcheck.specs.views import agent_pod_view
+
+    pod = {"metadata": {"name": "p", "namespace": "n", "uid": "u",
+                        "creationTimestamp": "2026-12-04T10:00:00Z",
+                        "labels": {"thpcheck.io/template": "check"}},
+           "spec": {"nodeName": "bench-00001"},
+           "status": {"phase": "Running", "initContainerStatuses": [
+               {"name": "check", "state": {"terminated": {"exitCode": 0}}}]}}
+    crashed = agent_pod_view({**pod, **crash_loop_status(pod)})
+    assert crashed.run is None and crashed.trouble is not None
+    assert crashed.trouble.reason == "CrashLoopBackOff"
+    running = agent_pod_view({**pod, **running_status(pod)})
+    assert running.run is None and running.trouble is None and running.started_at
