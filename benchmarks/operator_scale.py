@@ -294,41 +294,31 @@ def terminated_status(pod: Mapping[str, Any], message: str) -> dict[str, Any]:
     return {"status": {"initContainerStatuses": statuses}}
 
 
-def _not_ready_conditions(now: str) -> list[dict[str, Any]]:
-    return [{"type": t, "status": "False" if t != "PodScheduled" else "True",
-             "lastTransitionTime": now} for t in ("PodScheduled", "Initialized", "Ready",
-                                                    "ContainersReady")]
+def _unready_check(pod: Mapping[str, Any], now: str, **check: Any) -> dict[str, Any]:
+    """A status patch: the check container as ``check`` says, the pod not Ready (Pending)."""
+    statuses = [dict(entry, ready=False, **check) if entry["name"] == "check" else dict(entry)
+                for entry in pod["status"]["initContainerStatuses"]]
+    conditions = [{"type": t, "status": "True" if t == "PodScheduled" else "False",
+                   "lastTransitionTime": now}
+                  for t in ("PodScheduled", "Initialized", "Ready", "ContainersReady")]
+    return {"status": {"phase": "Pending", "conditions": conditions,
+                       "initContainerStatuses": statuses}}
 
 
 def crash_loop_status(pod: Mapping[str, Any]) -> dict[str, Any]:
     """The kubelet's status of a pod whose check container keeps failing."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    statuses = []
-    for entry in pod["status"]["initContainerStatuses"]:
-        entry = dict(entry)
-        if entry["name"] == "check":
-            entry.update(ready=False, restartCount=3, state={"waiting": {
-                "reason": "CrashLoopBackOff",
-                "message": "back-off 40s restarting failed container=check"}},
-                lastState={"terminated": {"exitCode": 1, "reason": "Error",
-                                          "message": "Traceback (most recent call last): ...",
-                                          "startedAt": now, "finishedAt": now}})
-        statuses.append(entry)
-    return {"status": {"phase": "Pending", "conditions": _not_ready_conditions(now),
-                       "initContainerStatuses": statuses}}
+    return _unready_check(pod, now, restartCount=3, state={"waiting": {
+        "reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container=check"}},
+        lastState={"terminated": {"exitCode": 1, "reason": "Error",
+                                  "message": "Traceback (most recent call last): ...",
+                                  "startedAt": now, "finishedAt": now}})
 
 
 def running_status(pod: Mapping[str, Any]) -> dict[str, Any]:
     """The kubelet's status of a pod whose check container has started (and not ended)."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    statuses = []
-    for entry in pod["status"]["initContainerStatuses"]:
-        entry = dict(entry)
-        if entry["name"] == "check":
-            entry.update(ready=False, state={"running": {"startedAt": now}})
-        statuses.append(entry)
-    return {"status": {"phase": "Pending", "conditions": _not_ready_conditions(now),
-                       "initContainerStatuses": statuses}}
+    return _unready_check(pod, now, state={"running": {"startedAt": now}})
 
 
 def choose_faults(count: int, crash_looping: float, not_ready: float) -> dict[str, str]:
