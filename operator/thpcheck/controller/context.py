@@ -56,8 +56,8 @@ class OperatorContext:
     # the status interval (see thpcheck.specs.status.progress_only).
     status_written_at: dict[str, float] = field(default_factory=dict)
     # The agent DaemonSet the API server refused, per check: (the check's generation, the
-    # API's message). It is not sent again until the spec changes.
-    rejected_daemonsets: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # API's message, when). It is not sent again until the spec changes, or 5 minutes passed.
+    rejected_daemonsets: dict[str, tuple[int, str, float]] = field(default_factory=dict)
     # Results not written by the operator that a Warning Event has reported already.
     reported_untrusted: dict[str, set[str]] = field(default_factory=dict)
 

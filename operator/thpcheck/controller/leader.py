@@ -173,6 +173,11 @@ class _Healthy(BaseHTTPRequestHandler):
         pass  # one line per probe is noise
 
 
+class _ReusableServer(ThreadingHTTPServer):
+    allow_reuse_address = True  # kopf binds the same port right after
+    daemon_threads = True
+
+
 @contextlib.contextmanager
 def healthy_while_waiting(port: int) -> Iterator[None]:
     """Answer the liveness probe (``/healthz``) while the replica waits for the Lease; the
@@ -180,8 +185,7 @@ def healthy_while_waiting(port: int) -> Iterator[None]:
     if not port:
         yield
         return
-    ThreadingHTTPServer.allow_reuse_address = True
-    server = ThreadingHTTPServer(("0.0.0.0", port), _Healthy)
+    server = _ReusableServer(("0.0.0.0", port), _Healthy)
     thread = threading.Thread(target=server.serve_forever, name="standby-health", daemon=True)
     thread.start()
     try:

@@ -61,6 +61,7 @@ UNTRUSTED_REASON = "UntrustedResult"
 # What the API server says when it refuses a DaemonSet for good (retrying the same body is
 # pointless): 400 Bad Request, 403 Forbidden (admission), 422 Invalid.
 _REJECTED = (400, 403, 422)
+REJECTION_RETRY = 300.0  # seconds: an admission policy may be fixed without a spec change
 
 
 @dataclass
@@ -156,7 +157,8 @@ class CheckReconciler:
             return plan
         unchanged = RolloutPlan(Step.NONE, run=observed.run if observed else "")
         rejected = self.ctx.rejected_daemonsets.get(self.name)
-        if rejected is not None and rejected[0] == self.generation:
+        if rejected is not None and rejected[0] == self.generation \
+                and time.monotonic() - rejected[2] < REJECTION_RETRY:
             self.rollout_error = rejected[1]  # the same spec would be refused again
             return unchanged
         kube = self.ctx.kube
@@ -173,7 +175,8 @@ class CheckReconciler:
             if exc.status not in _REJECTED:
                 raise
             self.rollout_error = exc.message
-            self.ctx.rejected_daemonsets[self.name] = (self.generation, exc.message)
+            self.ctx.rejected_daemonsets[self.name] = (self.generation, exc.message,
+                                                       time.monotonic())
             self.log.warning("agent daemonset rejected", step=plan.step.value,
                              status=exc.status, error=exc.message)
             return unchanged
