@@ -273,7 +273,7 @@ def test_install_run_as_the_service_account_and_upgrade(
         assert not may("patch", "nodes", name=nodes[0])
         status = completed(cluster, "default", 3)
 
-        # 5. An upgrade that changes the pod template rolls a new ReplicaSet (Recreate), and a
+        # 5. An upgrade that changes the pod template rolls a new ReplicaSet, and a
         # change of the default ThpCheck reaches the operator.
         before = release.deployment()
         old_hash = replica_set_hashes(cluster, namespace)

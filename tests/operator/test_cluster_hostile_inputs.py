@@ -5,6 +5,7 @@ not write are ignored, reported in status and by an Event, and never drive remed
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,11 @@ def test_a_deeply_nested_termination_message_is_an_error_result(
     message, document = kubelet.run_agent(pods[n0])
     kubelet.terminate(pods[n0], "[" * 1000 + "]" * 1000)  # json.loads: RecursionError
     kubelet.terminate(pods[n1], message)
+    written = time.monotonic()
 
     found = eventually(lambda: (r := results(crds, name)) and len(r) == 2 and r, 30,
                        what="both nodes' results")
+    print(f"error result {time.monotonic() - written:.1f} s after the message")
     assert found[n0]["status"]["verdict"] == "error"
     assert "nests 1000 levels deep" in found[n0]["status"]["message"]
     assert found[n1]["status"]["verdict"] == document["verdict"]
@@ -75,6 +78,7 @@ def test_results_the_operator_did_not_write_are_ignored_and_reported(
         forged(crds, name, n1, name=f"copy-{name}.{n1}", owner=owner),  # a name not ours
         forged(crds, name, "gone-node", owner=copy.deepcopy(owner) | {"uid": "old-uid"}),
     ]
+    planted_at = time.monotonic()
     pods = kubelet.wait_check_pods(name, [n0, n1])
     message, document = kubelet.run_agent(pods[n0])
     kubelet.terminate(pods[n0], message)
@@ -87,6 +91,8 @@ def test_results_the_operator_did_not_write_are_ignored_and_reported(
             else None
 
     status = eventually(reported, 30, what="untrusted results in the status")
+    print(f"UntrustedResults {time.monotonic() - planted_at:.1f} s after the forgeries "
+          "(including the agent's run on the other node)")
     message_text = {c["type"]: c for c in status["conditions"]}["UntrustedResults"]["message"]
     for body in planted:
         assert body["metadata"]["name"] in message_text

@@ -174,8 +174,10 @@ def test_a_daemonset_the_api_server_rejects_degrades_the_check_with_its_message(
     # The CRD accepts any toleration key; a Pod spec wants a label name (422 from the API).
     create_check(crds, checks, name, test_id, tmp_path / "scratch",
                  tolerations=[{"key": "bad key!", "operator": "Exists"}])
+    created = time.monotonic()
     found = eventually(lambda: (c := conditions(crds, name)).get("Degraded", {}).get(
         "reason") == "DaemonSetRejected" and c, 30, what="Degraded: DaemonSetRejected")
+    print(f"Degraded (DaemonSetRejected) {time.monotonic() - created:.1f} s after the check")
     assert found["Degraded"]["status"] == "True"
     assert "spec.template.spec.tolerations[0].key" in found["Degraded"]["message"]
     assert 'Invalid value: "bad key!"' in found["Degraded"]["message"]
