@@ -230,6 +230,7 @@ OPERATOR_RULES = sorted([
     ("thp-checker", "", "pods", "list"), ("thp-checker", "", "pods", "watch"),
     *[("thp-checker", "apps", "daemonsets", v)
       for v in ("list", "watch", "create", "patch", "delete")],
+    ("thp-checker", "", "events", "list"),
     ("default", "", "events", "create"),
 ])
 LEASE_RULES = [("thp-checker", "coordination.k8s.io", "leases", "create"),

@@ -129,6 +129,8 @@ def test_tuning_defaults_are_the_operators_defaults() -> None:
     assert VALUES["operator"]["healthPort"] == defaults["health_port"]
     assert VALUES["metrics"]["port"] == defaults["metrics_port"]
     assert VALUES["agent"]["priorityClassName"] == defaults["priority_class"]
+    assert VALUES["agent"]["mitigationPriorityClassName"] == defaults[
+        "mitigation_priority_class"]
     assert VALUES["agent"]["mitigationStateDir"] == defaults["mitigation_state_dir"]
 
 

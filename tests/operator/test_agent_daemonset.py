@@ -30,7 +30,7 @@ def pod_spec(ds: dict[str, Any]) -> dict[str, Any]:
 def test_pods_are_locked_down() -> None:
     spec = pod_spec(build())
     assert spec["automountServiceAccountToken"] is False
-    assert spec["priorityClassName"] == "system-node-critical"
+    assert "priorityClassName" not in spec  # no class given: the cluster's default
     assert spec["tolerations"] == [{"operator": "Exists"}]
     assert spec["imagePullSecrets"] == [{"name": "regcred"}]
     assert "hostPID" not in spec and "hostNetwork" not in spec
@@ -69,12 +69,54 @@ def test_scratch_dirs_are_read_write_and_host_views_read_only() -> None:
     mounts = {m["mountPath"]: m for m in spec["initContainers"][0]["volumeMounts"]}
     scratch = mounts["/host/var/lib/a"]
     assert not scratch.get("readOnly")
-    assert volumes[scratch["name"]]["hostPath"] == {"path": "/var/lib/a",
-                                                    "type": "DirectoryOrCreate"}
+    assert volumes[scratch["name"]]["hostPath"] == {"path": "/var/lib/a", "type": "Directory"}
+    reservations = mounts["/host/run/thpcheck"]
+    assert not reservations.get("readOnly")
+    assert volumes[reservations["name"]]["hostPath"] == {"path": "/run/thpcheck",
+                                                         "type": "DirectoryOrCreate"}
     for path in ("/proc", "/sys", "/boot", "/lib/modules", "/etc/os-release"):
         assert mounts["/host" + path]["readOnly"] is True
         assert volumes[mounts["/host" + path]["name"]]["hostPath"]["path"] == path
     assert "/host" not in mounts
+
+
+def test_only_the_default_path_is_created_when_missing() -> None:
+    """A user's path missing on a node must not be created by the kubelet (hostPath type
+    Directory: the pod waits and the operator records an error result); the default one is."""
+    spec = pod_spec(build({"paths": ["/var/lib/thpcheck", "/srv/data"]}))
+    types = {v["hostPath"]["path"]: v["hostPath"].get("type") for v in spec["volumes"]
+             if "hostPath" in v}
+    assert types["/var/lib/thpcheck"] == "DirectoryOrCreate"
+    assert types["/srv/data"] == "Directory"
+    assert "DirectoryOrCreate" not in {types[p] for p in ("/proc", "/sys", "/boot")}
+
+
+def test_the_agent_cannot_preempt_and_is_sized_from_its_run() -> None:
+    chosen = WorkloadConfig(namespace="ns", image="i", priority_class="thp-checker-agent")
+    spec = agent_daemonset(parse_spec({}), CHECK_REF, chosen, template=CHECK, run="r")[
+        "spec"]["template"]["spec"]
+    assert spec["priorityClassName"] == "thp-checker-agent"
+    (check,) = spec["initContainers"]
+    # 48 MiB of agent + 64 MiB base + 200 x 16 KiB appends + 18 MiB: 134 MiB, rounded up.
+    assert check["resources"] == {"requests": {"cpu": "100m", "memory": "134Mi"},
+                                  "limits": {"cpu": "1", "memory": "134Mi"}}
+    big = pod_spec(build({"reproducer": {"baseSizeBytes": 1 << 30, "iterations": 10000,
+                                         "appendSizeBytes": 65536}}))["initContainers"][0]
+    assert big["resources"]["limits"]["memory"] == "1715Mi"
+    predict_only = pod_spec(build({"reproducer": {"enabled": False}}))["initContainers"][0]
+    assert predict_only["resources"]["limits"]["memory"] == "66Mi"
+    mitigation = mitigation_daemonset(chosen)["spec"]["template"]["spec"]
+    assert mitigation["priorityClassName"] == "system-node-critical"
+
+
+def test_disk_headroom_reaches_the_agent() -> None:
+    command = pod_spec(build({"diskHeadroom": {"imagefsAvailablePercent": 20,
+                                               "minFreeBytes": 1 << 30}}))[
+        "initContainers"][0]["command"]
+    assert command[command.index("--imagefs-threshold") + 1] == "20"
+    assert command[command.index("--nodefs-threshold") + 1] == "10"
+    assert command[command.index("--headroom-margin") + 1] == "5"
+    assert command[command.index("--min-free") + 1] == str(1 << 30)
 
 
 def test_discovery_mounts_the_host_root_with_propagation() -> None:

@@ -99,4 +99,4 @@ def test_discover_one_scratch_dir_per_local_writable_filesystem() -> None:
 29 22 254:32 / /var/lib/kubelet/pods/x/volumes/v rw - ext4 /dev/vde rw
 30 22 0:41 / /tmp rw - tmpfs tmpfs rw
 """
-    assert discover(parse_mountinfo(text)) == ["/.thpcheck", "/srv/.thpcheck"]
+    assert discover(parse_mountinfo(text)).paths == ["/.thpcheck", "/srv/.thpcheck"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,15 +22,20 @@ ROOT = HostRoot("/")
     ("path", "message"),
     [
         ("relative/dir", "not an absolute host path"),
-        ("/", "refusing to write under /, /proc, /sys or /dev"),
-        ("/proc/self", "refusing to write under"),
-        ("/sys/kernel", "refusing to write under"),
-        ("/dev/shm", "refusing to write under"),
+        ("/", "is the root directory /, where the agent never writes"),
+        ("//.", "is the root directory /"),
+        ("/proc/self", "is under a host system directory"),
+        ("/./sys/kernel/", "is under a host system directory"),
+        ("/dev/shm", "is under a host system directory"),
+        ("/etc", "is under a host system directory"),
+        ("/var//lib/kubelet/pods", "is under the kubelet's or a container runtime's state"),
+        ("/var/snap/microk8s/common", "is under the kubelet's or a container runtime's state"),
+        ("/proc/..", "contains '..' segments"),
     ],
 )
 def test_refused_paths(path: str, message: str) -> None:
-    with pytest.raises(BadInput, match=message):
-        validate(ROOT, path, 0)
+    with pytest.raises(BadInput, match=re.escape(message)):
+        validate(ROOT, path)
 
 
 def test_missing_file_and_symlink(tmp_path: Path) -> None:
@@ -37,34 +43,64 @@ def test_missing_file_and_symlink(tmp_path: Path) -> None:
     (tmp_path / "dir").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "dir")
     with pytest.raises(BadInput, match="does not exist; create the directory first"):
-        validate(ROOT, str(tmp_path / "missing"), 0)
+        validate(ROOT, str(tmp_path / "missing"))
     with pytest.raises(BadInput, match="is not a directory"):
-        validate(ROOT, str(tmp_path / "file"), 0)
+        validate(ROOT, str(tmp_path / "file"))
     with pytest.raises(BadInput, match=r"is a symlink; pass the directory it points to"):
-        validate(ROOT, str(tmp_path / "link"), 0)
-    assert validate(ROOT, str(tmp_path / "dir"), 0) == str(tmp_path / "dir")
+        validate(ROOT, str(tmp_path / "link"))
+    assert validate(ROOT, str(tmp_path / "dir")) == str(tmp_path / "dir")
 
 
 def test_symlinked_parent_into_proc_is_refused(tmp_path: Path) -> None:
     (tmp_path / "p").symlink_to("/proc")
-    with pytest.raises(BadInput, match="resolves to /proc/sys"):
-        validate(ROOT, str(tmp_path / "p" / "sys"), 0)
+    with pytest.raises(BadInput, match=f"goes through the symlink {tmp_path}/p and resolves "
+                       "to /proc/sys"):
+        validate(ROOT, str(tmp_path / "p" / "sys"))
 
 
-def test_free_space_is_checked_first(tmp_path: Path) -> None:
-    with pytest.raises(BadInput, match=r"free but the check needs .* lower --base-size"):
-        validate(ROOT, str(tmp_path), 1 << 60)
-    assert list(tmp_path.iterdir()) == []
+def test_symlinks_resolve_inside_the_host_root(tmp_path: Path) -> None:
+    """In a pod with the host's / at /host, an absolute link target is a host path."""
+    host = tmp_path / "host"
+    (host / "data" / "real").mkdir(parents=True)
+    (host / "var" / "lib").mkdir(parents=True)
+    (host / "var" / "lib" / "thpcheck").symlink_to("/data/real")
+    (host / "srv").symlink_to("data")
+    root = HostRoot(str(host))
+    with pytest.raises(BadInput, match="is a symlink; pass the directory it points to "
+                       r"\(/data/real\)"):
+        validate(root, "/var/lib/thpcheck")
+    with pytest.raises(BadInput, match="goes through the symlink /srv and resolves to "
+                       "/data/real"):
+        validate(root, "/srv/real")
+    assert validate(root, "/data/real") == str(host / "data" / "real")
 
 
 def test_required_bytes_has_a_margin() -> None:
     assert required_bytes(64 << 20, 16 << 10, 200) > (64 << 20) + 200 * (16 << 10)
 
 
+def test_headroom_is_checked_before_anything_is_written(tmp_path: Path) -> None:
+    """Through ``prepare_paths``, as ``check`` and ``repro`` do; the registry lives in the
+    temp host root's /run/thpcheck, not this machine's."""
+    from contextlib import ExitStack
+
+    from thpcheck.host.check import CheckOptions, prepare_paths
+    from thpcheck.host.repro import ReproConfig
+
+    (tmp_path / "scratch").mkdir()
+    options = CheckOptions(paths=["/scratch"], host_root=str(tmp_path),
+                           repro=ReproConfig(base_size=1 << 50))
+    with ExitStack() as stack, pytest.raises(BadInput, match=(
+            r"/scratch: refusing to write: not enough headroom: .* available of .*; the run "
+            r"needs .* and must leave .*free space there, lower --base-size")):
+        prepare_paths(HostRoot(str(tmp_path)), options, [], stack)
+    assert os.listdir(tmp_path / "scratch") == []
+
+
 def test_host_root_prefix(tmp_path: Path) -> None:
     (tmp_path / "var" / "lib" / "thpcheck").mkdir(parents=True)
     root = HostRoot(str(tmp_path))
-    assert validate(root, "/var/lib/thpcheck", 0) == str(tmp_path / "var/lib/thpcheck")
+    assert validate(root, "/var/lib/thpcheck") == str(tmp_path / "var/lib/thpcheck")
 
 
 def test_scratch_removes_everything_even_on_error(tmp_path: Path) -> None:

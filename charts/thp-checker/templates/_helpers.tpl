@@ -72,6 +72,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-cleanup" (include "thp-checker.fullname" .) }}
 {{- end }}
 
+{{/* The agent pods' PriorityClass: agent.priorityClassName, else the chart's own class. */}}
+{{- define "thp-checker.agentPriorityClass" -}}
+{{- if .Values.agent.priorityClassName }}
+{{- .Values.agent.priorityClassName }}
+{{- else if .Values.agent.priorityClass.create }}
+{{- printf "%s-agent" (include "thp-checker.fullname" .) }}
+{{- end }}
+{{- end }}
+
 {{/* The operator's image: image.repository:image.tag (default: the chart's appVersion). */}}
 {{- define "thp-checker.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}

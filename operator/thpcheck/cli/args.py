@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from thpcheck.model.headroom import Headroom
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -44,6 +48,48 @@ def add_repro_options(parser: argparse.ArgumentParser) -> None:
 
 KUBECONFIG_HELP = ("kubeconfig file; without it: $KUBECONFIG, then ~/.kube/config, then the "
                    "in-cluster service account (the order every thpcheck command uses)")
+
+
+def percent(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 90:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage from 0 to 90")
+    return value
+
+
+def add_headroom_options(parser: argparse.ArgumentParser) -> None:
+    """How much of the filesystem a run must leave free (kubelet eviction threshold + margin,
+    at least an absolute floor)."""
+    from thpcheck.model.headroom import Headroom
+
+    default = Headroom()
+    group = parser.add_argument_group(
+        "disk headroom", "a run refuses (exit 2, nothing written) unless the filesystem keeps "
+        "at least the kubelet's eviction threshold plus a margin, and the floor, available "
+        "after its writes and those of other running checks")
+    group.add_argument("--nodefs-threshold", type=percent, default=default.nodefs_percent,
+                       metavar="PCT", help="the kubelet's nodefs.available eviction threshold; "
+                       f"also used for other filesystems (default {default.nodefs_percent})")
+    group.add_argument("--imagefs-threshold", type=percent, default=default.imagefs_percent,
+                       metavar="PCT", help="the kubelet's imagefs.available eviction threshold, "
+                       "for a filesystem holding container images (default "
+                       f"{default.imagefs_percent})")
+    group.add_argument("--headroom-margin", type=percent, default=default.margin_percent,
+                       metavar="PCT", help="kept on top of the threshold (default "
+                       f"{default.margin_percent})")
+    group.add_argument("--min-free", type=size, default=default.min_free_bytes, metavar="SIZE",
+                       help="never leave less than this available (default 256MiB)")
+
+
+def headroom_of(args: argparse.Namespace) -> Headroom:
+    from thpcheck.model.headroom import Headroom
+
+    return Headroom(nodefs_percent=args.nodefs_threshold,
+                    imagefs_percent=args.imagefs_threshold,
+                    margin_percent=args.headroom_margin, min_free_bytes=args.min_free)
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,12 @@ import argparse
 import json
 import sys
 
-from thpcheck.cli.args import add_common_options, add_repro_options
+from thpcheck.cli.args import (
+    add_common_options,
+    add_headroom_options,
+    add_repro_options,
+    headroom_of,
+)
 from thpcheck.host import mm
 from thpcheck.host.check import CheckOptions, check
 from thpcheck.host.repro import ReproConfig
@@ -39,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="pod mode: bad paths become error verdicts and the exit code is 0 "
                         "once a result exists (no crash loops)")
     add_repro_options(parser)
+    add_headroom_options(parser)
     add_common_options(parser)
     parser.set_defaults(func=main)
 
@@ -62,6 +68,7 @@ def main(args: argparse.Namespace) -> int:
                           iterations=args.iterations, keep_going=args.keep_going),
         bad_paths_are_errors=args.exit_zero,
         discover=args.discover,
+        headroom=headroom_of(args),
     )
     try:
         report = check(options)

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 
-from thpcheck.cli.args import add_common_options, add_repro_options
+from thpcheck.cli.args import (
+    add_common_options,
+    add_headroom_options,
+    add_repro_options,
+    headroom_of,
+)
 from thpcheck.host import mm
+from thpcheck.host.check import CheckOptions, prepare_paths
+from thpcheck.host.facts import read_mounts
 from thpcheck.host.hostroot import HostRoot
 from thpcheck.host.repro import ReproConfig, run
-from thpcheck.host.scratch import BadInput, Scratch, required_bytes, validate
+from thpcheck.host.scratch import BadInput, Scratch
 from thpcheck.model.repro import Loss, ReproExit, ReproOutcome, ReproResult
 
 
@@ -23,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "subdirectory of it and removes it afterwards")
     parser.add_argument("--host-root", default="/", help=argparse.SUPPRESS)
     add_repro_options(parser)
+    add_headroom_options(parser)
     add_common_options(parser)
     parser.set_defaults(func=main)
 
@@ -68,14 +77,33 @@ def main(args: argparse.Namespace) -> int:
         print(f"thpcheck repro: --base-size {config.base_size} is smaller than the 2 MiB "
               "collapse range; pass at least 2MiB", file=sys.stderr)
         return ReproExit.BAD_INPUT
-    try:
-        visible = validate(HostRoot(args.host_root), args.path,
-                           required_bytes(config.base_size, config.append_size,
-                                          config.iterations))
-    except BadInput as exc:
-        print(f"thpcheck repro: {exc}", file=sys.stderr)
-        return ReproExit.BAD_INPUT
-    print(f"path={args.path} base_size={config.base_size} append_size={config.append_size} "
+    with ExitStack() as stack:  # the path's disk reservation is held until the run ends
+        try:
+            visible = _prepare(args, config, stack)
+        except BadInput as exc:
+            print(f"thpcheck repro: {exc}", file=sys.stderr)
+            return ReproExit.BAD_INPUT
+        return _run(args.path, visible, config)
+
+
+def _prepare(args: argparse.Namespace, config: ReproConfig, stack: ExitStack) -> str:
+    """The checks ``check`` makes before writing (raises BadInput); the visible path."""
+    root = HostRoot(args.host_root)
+    mounts, _, _ = read_mounts(root)
+    options = CheckOptions(paths=[args.path], host_root=args.host_root, repro=config,
+                           headroom=headroom_of(args))
+    prepared = prepare_paths(root, options, mounts, stack)[args.path]
+    if isinstance(prepared, BadInput):  # pragma: no cover - raised, not returned, here
+        raise prepared
+    if not prepared.writes:
+        raise BadInput(f"{args.path}: is on {prepared.fstype}, which is memory-backed: the "
+                       "reproducer needs a disk filesystem; pass a directory on ext4, btrfs, "
+                       "xfs or another disk filesystem")
+    return prepared.visible
+
+
+def _run(path: str, visible: str, config: ReproConfig) -> int:
+    print(f"path={path} base_size={config.base_size} append_size={config.append_size} "
           f"iters={config.iterations}", flush=True)
     seen: list[Loss] = []
 

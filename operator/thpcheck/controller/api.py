@@ -195,6 +195,16 @@ class Kube:
             await self.request("DELETE", _daemonset_path(namespace, name),
                                {"propagationPolicy": "Background"}, resource="daemonsets")
 
+    # -- Events ------------------------------------------------------------------------
+
+    async def pod_events(self, namespace: str, uid: str, reason: str) -> list[dict[str, Any]]:
+        """The Events with ``reason`` about one pod (filtered by the API server)."""
+        selector = f"involvedObject.uid={uid},reason={reason}"
+        found = await self.request("GET", f"/api/v1/namespaces/{quote(namespace, safe='')}"
+                                   "/events", query={"fieldSelector": selector})
+        items: list[dict[str, Any]] = (found or {}).get("items") or []
+        return items
+
     # -- start-up ----------------------------------------------------------------------
 
     def get_crd_sync(self, name: str) -> Any:

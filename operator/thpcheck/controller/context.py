@@ -60,6 +60,10 @@ class OperatorContext:
     rejected_daemonsets: dict[str, tuple[int, str, float]] = field(default_factory=dict)
     # Results not written by the operator that a Warning Event has reported already.
     reported_untrusted: dict[str, set[str]] = field(default_factory=dict)
+    # Agent pods the kubelet cannot start for a missing hostPath, per check: pod uid ->
+    # (monotonic time of the last Event read, missing paths).
+    mount_failures: dict[str, dict[str, tuple[float, list[str]]]] = field(
+        default_factory=dict)
 
     def lock(self, check: str) -> asyncio.Lock:
         """Serialises a check's reconciles and its deletion clean-up."""
@@ -72,6 +76,7 @@ class OperatorContext:
         self.status_written_at.pop(check, None)
         self.rejected_daemonsets.pop(check, None)
         self.reported_untrusted.pop(check, None)
+        self.mount_failures.pop(check, None)
         self.triggers.forget(check)
         self.metrics.forget_check(check)
 

@@ -32,6 +32,7 @@ from thpcheck.model.verdict import Verdict
 from thpcheck.specs import names
 from thpcheck.specs.agent import CheckRef
 from thpcheck.specs.checkspec import CheckSpec, Mode, parse_spec
+from thpcheck.specs.hostpaths import FAILED_MOUNT, missing_paths, stuck_pods, with_mount_failures
 from thpcheck.specs.mitigation import mitigation_daemonset
 from thpcheck.specs.remediation import (
     NodeChange,
@@ -51,7 +52,7 @@ from thpcheck.specs.rollout import RolloutPlan, Step, plan_rollout, rolled_out
 from thpcheck.specs.runs import RunPlan, plan_runs, run_deadline
 from thpcheck.specs.selection import selected_nodes
 from thpcheck.specs.status import StatusInputs, build_status, progress_only
-from thpcheck.specs.views import NodeView, ResultView, node_view, result_view
+from thpcheck.specs.views import AgentPodView, NodeView, ResultView, node_view, result_view
 
 log = structlog.get_logger("thpcheck.operator")
 T = TypeVar("T")
@@ -62,6 +63,7 @@ UNTRUSTED_REASON = "UntrustedResult"
 # pointless): 400 Bad Request, 403 Forbidden (admission), 422 Invalid.
 _REJECTED = (400, 403, 422)
 REJECTION_RETRY = 300.0  # seconds: an admission policy may be fixed without a spec change
+EVENTS_REREAD = 30.0  # seconds between two reads of one stuck pod's FailedMount Events
 
 
 @dataclass
@@ -126,7 +128,7 @@ class CheckReconciler:
                                              self._mitigation_readiness(nodes), self.now)
             remediation = replace(remediation, mitigate=False)
         else:
-            pods = self.idx.pods_of(self.name)
+            pods = await self._mount_failures(self.idx.pods_of(self.name))
             self.runs = plan_runs(selected, pods, self.idx.daemonset(self.name), self.now,
                                   run_deadline(self.spec))
             rollout = await self._roll_out(len(selected), self.runs.stuck)
@@ -201,6 +203,36 @@ class CheckReconciler:
         return RolloutPlan(Step.NONE)
 
     # -- results -----------------------------------------------------------------------
+
+    async def _mount_failures(self, pods: list[AgentPodView]) -> list[AgentPodView]:
+        """Check pods stuck Pending on their node: read the kubelet's FailedMount Events
+        (at most every ``EVENTS_REREAD`` per pod); a missing path becomes the pod's trouble,
+        which the run planner turns into an error result (``specs.hostpaths``)."""
+        cache = self.ctx.mount_failures.setdefault(self.name, {})
+        stuck = stuck_pods(pods, self.now)
+        waiting = {p.uid for p in stuck}
+        for uid in [u for u in cache if u not in waiting]:
+            del cache[uid]  # started, replaced or gone
+
+        async def read(pod: AgentPodView) -> None:
+            seen = cache.get(pod.uid)
+            if seen is not None and time.monotonic() - seen[0] < EVENTS_REREAD:
+                return
+            try:
+                found = await self.ctx.kube.pod_events(pod.namespace, pod.uid, FAILED_MOUNT)
+            except ApiError as exc:
+                self.log.warning("pod events not read", pod=pod.name, error=str(exc))
+                return
+            paths = missing_paths(str(e.get("message") or "") for e in found)
+            cache[pod.uid] = (time.monotonic(), paths)
+            if paths and not (seen and seen[1]):
+                self.log.warning("agent pod cannot mount its paths", pod=pod.name,
+                                 node=pod.node, missing=paths)
+
+        if stuck:
+            await bounded(self.ctx.settings.api_workers, [read(p) for p in stuck])
+        failures = {uid: paths for uid, (_, paths) in cache.items() if paths}
+        return with_mount_failures(pods, failures)
 
     def _mitigation_readiness(self, nodes: Iterable[NodeView]) -> dict[str, bool]:
         """Nodes labelled for mitigation -> is their mitigation pod Ready."""

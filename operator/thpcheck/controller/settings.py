@@ -31,7 +31,13 @@ class Settings:
     agent_image: str = DEFAULT_IMAGE  # THPCHECK_AGENT_IMAGE
     pull_policy: str = "IfNotPresent"  # THPCHECK_AGENT_PULL_POLICY
     pull_secrets: tuple[str, ...] = ()  # THPCHECK_AGENT_PULL_SECRETS (comma-separated)
-    priority_class: str = "system-node-critical"  # THPCHECK_PRIORITY_CLASS
+    # THPCHECK_PRIORITY_CLASS: the agent pods' class. Empty: none (the cluster's default);
+    # the chart creates one with value 0 and preemptionPolicy Never, so a check never
+    # preempts a workload.
+    priority_class: str = ""
+    # THPCHECK_MITIGATION_PRIORITY_CLASS: the mitigation pods' class (protection matters more
+    # than the room they take: tiny requests).
+    mitigation_priority_class: str = "system-node-critical"
     mitigation_state_dir: str = "/var/lib/thpcheck"  # THPCHECK_MITIGATION_STATE_DIR
     metrics_port: int = 8080  # THPCHECK_METRICS_PORT (0 disables)
     health_port: int = 8081  # THPCHECK_HEALTH_PORT (kopf liveness, /healthz; 0 disables)
@@ -50,6 +56,7 @@ class Settings:
     def workload(self) -> WorkloadConfig:
         return WorkloadConfig(namespace=self.namespace, image=self.agent_image,
                               pull_policy=self.pull_policy, priority_class=self.priority_class,
+                              mitigation_priority_class=self.mitigation_priority_class,
                               pull_secrets=self.pull_secrets,
                               mitigation_state_dir=self.mitigation_state_dir)
 
@@ -108,7 +115,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         pull_policy=pull_policy,
         pull_secrets=tuple(s.strip() for s in env.get("THPCHECK_AGENT_PULL_SECRETS", "")
                            .split(",") if s.strip()),
-        priority_class=env.get("THPCHECK_PRIORITY_CLASS", "system-node-critical"),
+        priority_class=env.get("THPCHECK_PRIORITY_CLASS", ""),
+        mitigation_priority_class=env.get("THPCHECK_MITIGATION_PRIORITY_CLASS",
+                                          "system-node-critical"),
         mitigation_state_dir=state_dir.rstrip("/"),
         metrics_port=_port(env, "THPCHECK_METRICS_PORT", 8080),
         health_port=_port(env, "THPCHECK_HEALTH_PORT", 8081),

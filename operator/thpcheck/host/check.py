@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 
 from thpcheck.host import facts as host_facts
 from thpcheck.host import repro as reproducer
 from thpcheck.host.discovery import scratch_roots
 from thpcheck.host.hostroot import HostRoot
-from thpcheck.host.scratch import BadInput, Scratch, required_bytes, validate
+from thpcheck.host.scratch import (
+    BadInput,
+    Scratch,
+    check_bind_source,
+    own_mounts,
+    required_bytes,
+    validate,
+)
+from thpcheck.host.space import Registry, fs_space
+from thpcheck.host.statfs import fs_name
 from thpcheck.logs import get_logger
 from thpcheck.model.distro import lookup
 from thpcheck.model.facts import NodeFacts
-from thpcheck.model.mounts import discover
+from thpcheck.model.headroom import Headroom, fs_role
+from thpcheck.model.mounts import Mount, Skipped, discover, memory_backed, resolve
+from thpcheck.model.paths import IMAGE_DIRS, KUBELET_DIRS
 from thpcheck.model.predict import (
     ConfigKnowledge,
     knowledge_from_config,
@@ -40,6 +53,16 @@ class CheckOptions:
     bad_paths_are_errors: bool = False
     # Also test <mountpoint>/.thpcheck on every local writable filesystem of the host.
     discover: bool = False
+    headroom: Headroom = field(default_factory=Headroom)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A path that passed every check: where it is visible, and whether the run writes."""
+
+    visible: str
+    writes: bool
+    fstype: str | None = None
 
 
 def config_knowledge(facts: NodeFacts) -> ConfigKnowledge:
@@ -51,19 +74,60 @@ def config_knowledge(facts: NodeFacts) -> ConfigKnowledge:
     return knowledge_from_distro(match)
 
 
-def validate_paths(root: HostRoot, options: CheckOptions,
-                   snapshot: bool = False) -> dict[str, str | BadInput]:
-    """Validate every path first, so bad input stops the run before anything is written.
+def _present(root: HostRoot, options: CheckOptions, dirs: tuple[str, ...]
+             ) -> tuple[str, ...]:
+    """The state dirs present on the node when the host's tree is visible here (on the host
+    itself, or the host's / in a pod), else all candidates (the strict side)."""
+    if root.root != "/" and not options.discover:
+        return dirs
+    return tuple(d for d in dirs if os.path.isdir(root.path(d)))
+
+
+def prepare(root: HostRoot, path: str, options: CheckOptions, mounts: list[Mount],
+            mine: list[Mount], registry: Registry | None, stack: ExitStack) -> Prepared:
+    """Every check before a path is written: its spelling and place, symlinks (in a pod: the
+    bind mount's source against the host's mountinfo), memory-backed filesystems, and disk
+    headroom with a reservation held until the run ends. Raises BadInput."""
+    visible = validate(root, path, will_write=options.run_repro)
+    if root.root != "/":
+        check_bind_source(posixpath.normpath(path), visible, mounts, mine)
+    try:
+        fstype: str | None = fs_name(visible)
+    except OSError:
+        fstype = None
+    if registry is None or memory_backed(fstype):
+        return Prepared(visible, False, fstype)
+    config = options.repro
+    need = required_bytes(config.base_size, config.append_size, config.iterations)
+    resolved = resolve(path, mounts)
+    device = resolved.backing.device if resolved else None
+    role = fs_role(path, mounts, _present(root, options, KUBELET_DIRS),
+                   _present(root, options, IMAGE_DIRS))
+    decision, reservation = registry.claim(device, fs_space(visible), need, role,
+                                           options.headroom)
+    if not decision.ok:
+        raise BadInput(f"{path}: refusing to write: {decision.detail}; free space there, "
+                       "lower --base-size or --iterations, or pass a path on another "
+                       "filesystem")
+    if reservation is not None:
+        stack.callback(reservation.release)
+    return Prepared(visible, True, fstype)
+
+
+def prepare_paths(root: HostRoot, options: CheckOptions, mounts: list[Mount],
+                  stack: ExitStack, snapshot: bool = False) -> dict[str, Prepared | BadInput]:
+    """Prepare every path first, so bad input stops the run before anything is written.
 
     A snapshot holds no scratch directories: an absolute path is all there is to check.
     """
-    need = required_bytes(options.repro.base_size, options.repro.append_size,
-                          options.repro.iterations) if options.run_repro else 0
-    results: dict[str, str | BadInput] = {}
+    registry = stack.enter_context(Registry(root)) if options.run_repro else None
+    mine = own_mounts() if root.root != "/" else []
+    results: dict[str, Prepared | BadInput] = {}
     for path in options.paths:
         try:
-            results[path] = root.path(path) if snapshot and path.startswith("/") else \
-                validate(root, path, need, will_write=options.run_repro)
+            results[path] = (Prepared(root.path(path), False) if snapshot
+                             and path.startswith("/") else
+                             prepare(root, path, options, mounts, mine, registry, stack))
         except BadInput as exc:
             if not options.bad_paths_are_errors:
                 raise
@@ -89,17 +153,32 @@ def check(options: CheckOptions) -> CheckReport:
     facts = host_facts.collect(root, snapshot)
     if not options.discover:
         return _check(root, options, facts)
-    discovered = [p for p in discover(list(facts.mounts)) if p not in options.paths]
+    found = discover(list(facts.mounts))
+    discovered = [p for p in found.paths if p not in options.paths]
     if not options.run_repro:  # nothing is written: classify the mount points themselves
         discovered = [posixpath.dirname(p) for p in discovered]
-    log.info("discovered_filesystems", paths=discovered)
+    log.info("discovered_filesystems", paths=discovered, skipped=len(found.skipped))
     options = replace(options, paths=[*options.paths, *discovered])
     with scratch_roots(root, discovered if options.run_repro else []):
-        return _check(root, options, facts)
+        return _check(root, options, facts, found.skipped)
 
 
-def _check(root: HostRoot, options: CheckOptions, facts: NodeFacts) -> CheckReport:
-    validated = validate_paths(root, options, facts.snapshot)
+def _memory_backed_skip(fstype: str | None) -> ReproResult:
+    return ReproResult(ReproOutcome.SKIPPED, message=(
+        f"reproducer not run: {fstype} is memory-backed (its page cache is RAM and the bug "
+        "needs a disk filesystem), nothing was written"))
+
+
+def _check(root: HostRoot, options: CheckOptions, facts: NodeFacts,
+           skipped: Sequence[Skipped] = ()) -> CheckReport:
+    with ExitStack() as stack:
+        prepared = prepare_paths(root, options, list(facts.mounts), stack, facts.snapshot)
+        return _run_paths(root, options, facts, prepared, skipped)
+
+
+def _run_paths(root: HostRoot, options: CheckOptions, facts: NodeFacts,
+               prepared: dict[str, Prepared | BadInput],
+               skipped: Sequence[Skipped]) -> CheckReport:
     knowledge = config_knowledge(facts)
     kernel = facts.kernel.version
     report = CheckReport(
@@ -107,12 +186,13 @@ def _check(root: HostRoot, options: CheckOptions, facts: NodeFacts) -> CheckRepo
         config=knowledge,
         node_prediction=predict(kernel, knowledge, thp=facts.thp, node_only=True),
         checked_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),  # no datetime import
+        skipped=list(skipped),
     )
     for path in options.paths:
-        visible = validated[path]
-        if isinstance(visible, BadInput):
+        ready = prepared[path]
+        if isinstance(ready, BadInput):
             report.paths.append(PathReport(path, None, None, None,
-                                           PathVerdict(Verdict.ERROR, str(visible), None)))
+                                           PathVerdict(Verdict.ERROR, str(ready), None)))
             continue
         path_facts = host_facts.path_facts(root, path, facts.mounts, facts.snapshot)
         if path_facts.error:
@@ -121,7 +201,11 @@ def _check(root: HostRoot, options: CheckOptions, facts: NodeFacts) -> CheckRepo
             continue
         backing = path_facts.resolved.backing if path_facts.resolved else None
         prediction = predict(kernel, knowledge, path_facts.fstype, backing, facts.thp)
-        repro = _run_repro(visible, options.repro) if options.run_repro else None
+        repro: ReproResult | None = None
+        if ready.writes:
+            repro = _run_repro(ready.visible, options.repro)
+        elif options.run_repro and memory_backed(ready.fstype):
+            repro = _memory_backed_skip(ready.fstype)
         if repro is not None and repro.madv_collapse_known is not None:
             report.madv_collapse = repro.madv_collapse_known
         verdict = combine(prediction, repro)

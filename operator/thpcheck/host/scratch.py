@@ -19,14 +19,16 @@ from types import TracebackType
 
 from thpcheck.host.hostroot import HostRoot
 from thpcheck.logs import get_logger
+from thpcheck.model.mounts import Mount, MountinfoError, bind_target, parse_mountinfo
+from thpcheck.model.paths import refusal
 
 log = get_logger("thpcheck.scratch")
 
 PREFIX = "thpcheck-scratch."
 MARKER = "owner"
-FORBIDDEN_ROOTS = ("/proc", "/sys", "/dev")
 # Names the agent may create inside its directory; reaping removes nothing else.
 KNOWN_FILES = frozenset({MARKER, "data", "probe"})
+MAX_SYMLINKS = 40  # as the kernel's path walk
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -35,38 +37,77 @@ class BadInput(ValueError):
     """A scratch path the agent refuses, with a message naming the path and the fix."""
 
 
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root + "/")
-
-
 def required_bytes(base_size: int, append_size: int, iterations: int) -> int:
     """Free space a run needs: base + every append + a margin for metadata and journals."""
     payload = base_size + iterations * append_size
     return payload + max(16 * 1024 * 1024, payload // 10)
 
 
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"  # pragma: no cover
+def resolve_in(root: HostRoot, host_path: str) -> str:
+    """Where ``host_path`` leads on the host, following its symlinks inside the host root
+    (absolute targets are host paths); components that do not exist are kept as written."""
+    parts = [p for p in host_path.split("/") if p]
+    resolved = "/"
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            resolved = posixpath.dirname(resolved)
+            continue
+        candidate = posixpath.join(resolved, part)
+        try:
+            is_link = stat.S_ISLNK(os.lstat(root.path(candidate)).st_mode)
+        except OSError:
+            is_link = False
+        if not is_link or links >= MAX_SYMLINKS:
+            resolved = candidate
+            continue
+        links += 1
+        target = os.readlink(root.path(candidate))
+        if target.startswith("/"):
+            resolved = "/"
+        parts = [p for p in target.split("/") if p] + parts
+    return resolved
 
 
-def validate(root: HostRoot, host_path: str, need_bytes: int, will_write: bool = True) -> str:
+def symlink_on_the_way(root: HostRoot, host_path: str) -> str | None:
+    """The first component of ``host_path`` that is a symlink in the host root, or None."""
+    current = ""
+    for part in (p for p in host_path.split("/") if p):
+        current += "/" + part
+        try:
+            if stat.S_ISLNK(os.lstat(root.path(current)).st_mode):
+                return current
+        except OSError:
+            return None  # missing: said by the caller
+    return None
+
+
+def validate(root: HostRoot, host_path: str, will_write: bool = True) -> str:
     """Check a scratch path; returns where it is visible. Raises BadInput naming the fix.
 
     With ``will_write=False`` (prediction only) the path just has to be a real directory.
+    Free space is checked separately (``host.space``), once the filesystem is known.
     """
     if not host_path.startswith("/"):
         raise BadInput(f"{host_path}: not an absolute host path; pass a path such as "
                        "/var/lib/thpcheck")
+    why = refusal(host_path)
+    if will_write and why:
+        raise BadInput(f"{host_path}: {why}, where the agent never writes; pass a directory "
+                       "of its own on a real filesystem, such as /var/lib/thpcheck")
     normal = posixpath.normpath(host_path)
-    if will_write and (normal == "/" or any(_under(normal, f) for f in FORBIDDEN_ROOTS)):
-        raise BadInput(f"{host_path}: refusing to write under /, /proc, /sys or /dev; pass a "
-                       "directory on a real filesystem, such as /var/lib/thpcheck")
     visible = root.path(normal)
+    link = symlink_on_the_way(root, normal)
+    if link is not None:
+        target = resolve_in(root, normal)
+        if link == normal:
+            raise BadInput(f"{host_path}: is a symlink; pass the directory it points to "
+                           f"({target}) instead")
+        raise BadInput(f"{host_path}: goes through the symlink {link} and resolves to "
+                       f"{target}; pass {target} instead")
     try:
         info = os.lstat(visible)
     except FileNotFoundError:
@@ -75,28 +116,37 @@ def validate(root: HostRoot, host_path: str, need_bytes: int, will_write: bool =
     except OSError as exc:
         raise BadInput(f"{host_path}: cannot be inspected ({exc.strerror}); check permissions"
                        ) from None
-    if stat.S_ISLNK(info.st_mode):
-        raise BadInput(f"{host_path}: is a symlink; pass the directory it points to "
-                       f"({os.path.realpath(visible)}) instead")
     if not stat.S_ISDIR(info.st_mode):
         raise BadInput(f"{host_path}: is not a directory; pass a directory")
-    if not will_write:
-        return visible
-    real = os.path.realpath(visible)
-    real_host = "/" + posixpath.relpath(real, root.root) if _under(real, root.root) else real
-    if any(_under(real_host, forbidden) for forbidden in FORBIDDEN_ROOTS):
-        raise BadInput(f"{host_path}: resolves to {real_host} (under /proc, /sys or /dev); pass "
-                       "a directory on a real filesystem")
-    fs = os.statvfs(visible)
-    if fs.f_flag & os.ST_RDONLY:
+    if will_write and os.statvfs(visible).f_flag & os.ST_RDONLY:
         raise BadInput(f"{host_path}: is on a read-only mount; pass a directory on a writable "
                        "filesystem")
-    free = fs.f_bavail * fs.f_frsize
-    if free < need_bytes:
-        raise BadInput(f"{host_path}: has {_human(free)} free but the check needs "
-                       f"{_human(need_bytes)} (base + iterations x append + margin); free space "
-                       "there or lower --base-size / --iterations")
     return visible
+
+
+def own_mounts() -> list[Mount]:
+    """This process's own mounts (in a pod: what the kubelet and the runtime mounted)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+            return parse_mountinfo(handle.read())
+    except (OSError, MountinfoError):
+        return []
+
+
+def check_bind_source(host_path: str, visible: str, host_mounts: list[Mount],
+                      mine: list[Mount]) -> None:
+    """In a pod the scratch path is a hostPath bind mount at ``visible``; the kubelet and the
+    runtime resolved symlinks before mounting, so the agent never sees them, but mountinfo
+    does: the mount's source (device and directory) must be ``host_path`` itself in the
+    host's mountinfo. Raises BadInput naming where it really resolves."""
+    bound = next((m for m in reversed(mine) if m.mount_point == visible), None)
+    if bound is None or not host_mounts:
+        return
+    target = bind_target(host_path, bound, host_mounts)
+    if target is not None:
+        raise BadInput(f"{host_path}: is a symlink or goes through one on the host and resolves "
+                       f"to {target} (the kubelet follows symlinks when it mounts a hostPath); "
+                       f"pass {target} itself, nothing was written")
 
 
 @contextlib.contextmanager

@@ -11,6 +11,8 @@ import posixpath
 import re
 from dataclasses import dataclass
 
+from thpcheck.model.paths import IMAGE_DIRS, KUBELET_DIRS, matching_rule, under_any
+
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
@@ -135,24 +137,179 @@ def resolve(path: str, mounts: list[Mount]) -> ResolvedMount | None:
 
 # Local, block-backed filesystems worth a scratch dir each when discovering (`--discover`).
 DISCOVERABLE = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "bcachefs"})
-DISCOVERY_SKIP = ("/proc", "/sys", "/dev", "/run", "/var/lib/kubelet/pods")
 DISCOVERY_DIR = ".thpcheck"
+NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p",
+                        "afs", "lustre", "gpfs", "beegfs", "ocfs2", "gfs2", "davfs", "sshfs",
+                        "virtiofs", "orangefs", "pvfs2"})
+MEMORY_FS = frozenset({"tmpfs", "ramfs", "shm", "devtmpfs"})
+# Kernel interfaces, not filesystems anyone stores data on: skipped without a mention.
+PSEUDO_FS = frozenset({"proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "debugfs",
+                       "tracefs", "securityfs", "pstore", "bpf", "configfs", "fusectl",
+                       "hugetlbfs", "binfmt_misc", "autofs", "nsfs", "efivarfs", "rpc_pipefs",
+                       "selinuxfs", "nfsd"})
+# Volume mounts the kubelet makes wherever its root dir is (CSI staging and publish, every
+# other volume plugin): recognised by shape, so a custom --root-dir is covered too.
+TENANT_VOLUME = re.compile(r"/(plugins/kubernetes\.io/csi|plugins/kubernetes\.io~csi"
+                           r"|volumes/kubernetes\.io~[^/]+|volumeDevices)(/|$)")
 
 
-def discover(mounts: list[Mount]) -> list[str]:
-    """One scratch path (``<mountpoint>/.thpcheck``) per local writable filesystem.
+def memory_backed(fstype: str | None) -> bool:
+    """tmpfs and friends: page cache that is RAM, and no disk for the bug to lose data on."""
+    return fstype in MEMORY_FS
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A mount ``discover`` did not test, and why."""
+
+    mount_point: str
+    fstype: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Discovery:
+    paths: list[str]  # one scratch path per filesystem to test
+    skipped: list[Skipped]
+
+
+def _overlay_layers(mounts: list[Mount]) -> list[str]:
+    """Every overlay's lower, upper and work directories (never written behind its back)."""
+    layers: list[str] = []
+    for mount in mounts:
+        if mount.fstype != "overlay":
+            continue
+        for key in ("lowerdir", "upperdir", "workdir"):
+            value = mount.super_option(key)
+            if value:
+                layers.extend(d for d in re.split(r"(?<!\\):", value) if d.startswith("/"))
+    return layers
+
+
+def _kubelet_roots(mounts: list[Mount]) -> tuple[str, ...]:
+    """The standard kubelet root dirs, and any other one its volume mounts reveal (a custom
+    ``--root-dir``: ``<root>/pods/<uid>/volumes/...``, ``<root>/plugins/kubernetes.io/csi``)."""
+    roots = set(KUBELET_DIRS)
+    for mount in mounts:
+        match = TENANT_VOLUME.search(mount.mount_point)
+        if match is None:
+            continue
+        head = mount.mount_point[:match.start()]
+        if match.group(1).startswith("plugins/"):
+            roots.add(head or "/")
+        elif "/pods/" in head:
+            roots.add(head[:head.rindex("/pods/")] or "/")
+    roots.discard("/")
+    return tuple(sorted(roots))
+
+
+def _skip_reason(mount: Mount, layers: list[str], kubelet_roots: tuple[str, ...]
+                 ) -> str | None:
+    """Why ``mount`` is not a filesystem to test (None: test it)."""
+    point = mount.mount_point
+    if TENANT_VOLUME.search(point) or under_any(point, kubelet_roots):
+        return "a pod volume or CSI mount under the kubelet's directory (another tenant's data)"
+    if under_any(point, IMAGE_DIRS):
+        return "a container runtime's state (images, snapshots)"
+    rule = matching_rule(posixpath.join(point, DISCOVERY_DIR))
+    if rule is not None and rule.id == "kubelet":
+        return "the kubelet's or a container runtime's state directory"
+    if rule is not None:
+        return f"under {rule.what}"
+    if mount.fstype in NETWORK_FS:
+        return "a network filesystem"
+    if mount.fstype.startswith("fuse") or mount.fstype == "fuseblk":
+        return "a FUSE filesystem"
+    if mount.read_only:
+        return "a read-only mount"
+    if any(_is_under(point, layer) for layer in layers):
+        return "an overlay's lower, upper or work layer (written only through the overlay)"
+    if mount.fstype in MEMORY_FS:
+        return "memory-backed (the bug needs a disk filesystem)"
+    if mount.fstype not in DISCOVERABLE:
+        return f"{mount.fstype} is not a local disk filesystem the discovery tests"
+    return None
+
+
+def discover(mounts: list[Mount]) -> Discovery:
+    """One scratch path (``<mountpoint>/.thpcheck``) per local writable filesystem, and every
+    other mount with the reason it was skipped (kernel interfaces such as proc and cgroup are
+    left out of that list).
 
     Bind mounts and btrfs subvolumes of one device are tested once, at the shortest mount
-    point; pod volumes and pseudo filesystems are skipped.
+    point; pod volumes, CSI mounts, the kubelet's and runtimes' directories (standard, k3s,
+    k0s, MicroK8s), network and FUSE filesystems, read-only mounts and overlay layers are
+    never touched.
     """
+    layers = _overlay_layers(mounts)
+    kubelet_roots = _kubelet_roots(mounts)
     chosen: dict[str, Mount] = {}
+    skipped: list[Skipped] = []
     for mount in mounts:
-        if mount.fstype not in DISCOVERABLE or mount.read_only:
+        if mount.fstype in PSEUDO_FS:
             continue
-        if any(_is_under(mount.mount_point, skip) for skip in DISCOVERY_SKIP):
+        reason = _skip_reason(mount, layers, kubelet_roots)
+        if reason is not None:
+            skipped.append(Skipped(mount.mount_point, mount.fstype, reason))
             continue
         key = mount.source if mount.fstype == "btrfs" else mount.device
         best = chosen.get(key)
         if best is None or len(mount.mount_point) < len(best.mount_point):
+            if best is not None:
+                skipped.append(_duplicate(best, mount))
             chosen[key] = mount
-    return sorted(posixpath.join(m.mount_point, DISCOVERY_DIR) for m in chosen.values())
+        else:
+            skipped.append(_duplicate(mount, best))
+    return Discovery(sorted(posixpath.join(m.mount_point, DISCOVERY_DIR) for m in chosen.values()),
+                     skipped)
+
+
+def _duplicate(mount: Mount, kept: Mount) -> Skipped:
+    return Skipped(mount.mount_point, mount.fstype,
+                   f"another mount of the filesystem tested at {kept.mount_point}")
+
+
+# -- what a filesystem is to the kubelet, and what the kubelet really mounted ----------------
+
+
+def _join(root: str, relative: str) -> str:
+    return posixpath.normpath(root.rstrip("/") + "/" + relative.lstrip("/"))
+
+
+def fs_location(path: str, mounts: list[Mount]) -> tuple[str, str] | None:
+    """``(device, path inside that filesystem)`` of a host path, by mount points alone (no
+    symlink is followed: mountinfo holds none)."""
+    mount = mount_for(path, mounts)
+    if mount is None:
+        return None
+    normal = posixpath.normpath(path)
+    relative = normal if mount.mount_point == "/" else normal[len(mount.mount_point):]
+    return mount.device, _join(mount.root, relative)
+
+
+def host_path_of(device: str, fs_path: str, mounts: list[Mount]) -> str | None:
+    """Where ``fs_path`` of the filesystem ``device`` is visible on the host (None: nowhere)."""
+    best: Mount | None = None
+    for mount in mounts:
+        if mount.device != device or not _is_under(fs_path, mount.root):
+            continue
+        if best is None or len(mount.root) > len(best.root) or (
+                len(mount.root) == len(best.root)
+                and len(mount.mount_point) < len(best.mount_point)):
+            best = mount
+    if best is None:
+        return None
+    relative = fs_path if best.root == "/" else fs_path[len(best.root.rstrip("/")):]
+    return _join(best.mount_point, relative)
+
+
+def bind_target(host_path: str, bound: Mount, host_mounts: list[Mount]) -> str | None:
+    """Where the bind mount ``bound`` (what the kubelet mounted for ``host_path``) comes from on
+    the host, when that is not ``host_path`` itself: the kubelet and the runtime follow
+    symlinks, so a symlink on the way shows up here as another source. None when it is the
+    path itself."""
+    expected = fs_location(host_path, host_mounts)
+    if expected == (bound.device, posixpath.normpath(bound.root)):
+        return None
+    found = host_path_of(bound.device, posixpath.normpath(bound.root), host_mounts)
+    return found or f"{bound.root} on device {bound.device}"

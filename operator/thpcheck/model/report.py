@@ -10,6 +10,7 @@ from typing import Any
 
 from thpcheck import __version__
 from thpcheck.model.facts import NodeFacts, PathFacts
+from thpcheck.model.mounts import Skipped
 from thpcheck.model.predict import ConfigKnowledge, Prediction
 from thpcheck.model.repro import ReproResult
 from thpcheck.model.verdict import PathVerdict, Verdict, worst
@@ -43,6 +44,7 @@ class CheckReport:
     paths: list[PathReport] = field(default_factory=list)
     checked_at: str = ""
     madv_collapse: bool | None = None
+    skipped: list[Skipped] = field(default_factory=list)  # mounts --discover did not test
 
     @property
     def verdict(self) -> Verdict:
@@ -131,6 +133,8 @@ def to_document(report: CheckReport) -> dict[str, Any]:
         "mountinfo_source": facts.mountinfo_source,
         "snapshot": facts.snapshot,
         "paths": [_path_dict(p) for p in report.paths],
+        "skipped_mounts": [{"mount_point": m.mount_point, "fstype": m.fstype,
+                            "reason": m.reason} for m in report.skipped],
     }
 
 
@@ -174,7 +178,14 @@ def compact(document: dict[str, Any], limit: int = TERMINATION_LIMIT) -> str:
         "configSource": kernel.get("config_source"),
         "paths": paths,
     }
+    skipped = [{"mountPoint": m.get("mount_point"), "reason": _clip(m.get("reason"), 60)}
+               for m in document.get("skipped_mounts") or []]
+    if skipped:
+        result["skippedMounts"] = skipped
     text = json.dumps(result, separators=(",", ":"))
+    if len(text.encode()) > limit and skipped:  # the first detail to go: a count is kept
+        result["skippedMounts"] = len(skipped)
+        text = json.dumps(result, separators=(",", ":"))
     for shrink in (60, 0):
         if len(text.encode()) <= limit:
             return text
@@ -216,4 +227,8 @@ def render_table(report: CheckReport) -> str:
                  + ("  (mitigated: khugepaged stopped; MADV_COLLAPSE still works)"
                     if report.mitigated else ""))
     lines.extend(f"DISAGREEMENT {text}" for text in report.disagreements)
+    if report.skipped:
+        lines.append("")
+        lines.append(f"not tested ({len(report.skipped)} mounts):")
+        lines.extend(f"  {m.mount_point} ({m.fstype}): {m.reason}" for m in report.skipped)
     return "\n".join(lines)

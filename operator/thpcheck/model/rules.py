@@ -106,6 +106,7 @@ FS_FAMILIES: dict[str, str] = {
     "tmpfs": "shmem",
     "shm": "shmem",
     "devtmpfs": "shmem",
+    "ramfs": "never",  # its pages stay dirty: collapse_file() refuses dirty file pages
     "erofs": "never",
     "hugetlbfs": "never",
     "squashfs": "never",
@@ -200,7 +201,7 @@ RULES: tuple[Rule, ...] = (
     Rule("G4", NA, "fixed stable release: collapse writes back all dirty folios first "
          "(mm/khugepaged: write all dirty file folios when collapsing)", V, ("S12",),
          condition=Condition.FIXED_STABLE, node_level=True),
-    Rule("G5", NA, "tmpfs/shmem, erofs, hugetlbfs and read-only filesystems never get a "
+    Rule("G5", NA, "tmpfs/shmem, ramfs, erofs, hugetlbfs and read-only filesystems never get a "
          "purge-armed file THP", V, ("S5",), families=_fam("shmem", "never")),
     Rule("G5", NA, "read-only mount: the file cannot be opened for write", INF, ("S5",),
          condition=Condition.READ_ONLY_MOUNT),

@@ -108,7 +108,9 @@ def combine(prediction: Prediction | None, repro: ReproResult | None) -> PathVer
     if at_risk:
         return PathVerdict(Verdict.SUSCEPTIBLE, f"{reason}; {seen}", rule)
     if ruled_out:
-        return PathVerdict(Verdict.NOT_AFFECTED, reason, rule)
+        # A reproducer skipped for a reason (a memory-backed path) says so beside the rule.
+        why = repro.message if repro and outcome is ReproOutcome.SKIPPED else None
+        return PathVerdict(Verdict.NOT_AFFECTED, f"{reason}; {why}" if why else reason, rule)
     return PathVerdict(Verdict.UNKNOWN, f"{reason}; {seen}", rule)
 
 

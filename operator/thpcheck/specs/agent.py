@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thpcheck.specs import names
-from thpcheck.specs.checkspec import CheckSpec
+from thpcheck.specs.checkspec import DEFAULT_PATHS, CheckSpec
 
 STANDBY = "standby"
 CHECK = "check"
@@ -24,6 +24,19 @@ READ_ONLY_HOST_PATHS = ("/proc", "/sys", "/boot", "/lib/modules", "/etc/os-relea
 IDLE_COMMAND = ("/bin/sh", "-c", "trap 'exit 0' TERM; sleep infinity & wait")
 TERMINATION_LOG = "/dev/termination-log"
 IDLE_USER = 65532  # the image's unprivileged user
+RESERVATIONS = "/run/thpcheck"  # host: the disk reservation registry (host.space)
+MiB = 1 << 20
+# The agent's own memory: peak RSS of a default run measured at 28.7 MiB on this project's
+# machine and 17.8-18.1 MiB in the kernel-matrix guests (docs/benchmarks.md), rounded up
+# with room for Python's allocator on other distributions.
+AGENT_RSS_BYTES = 48 * MiB
+# On top of it, the page cache of the run's own data file is charged to the pod's memory
+# cgroup: one path at a time (each file is removed before the next path), plus the 2 MiB
+# huge page a collapse allocates, plus slack so the cgroup never reclaims (reclaim would
+# write the appended data back and hide a loss).
+PAGE_CACHE_SLACK = 18 * MiB
+AGENT_CPU_REQUEST = "100m"
+AGENT_CPU_LIMIT = "1"
 
 
 @dataclass(frozen=True)
@@ -33,7 +46,8 @@ class WorkloadConfig:
     namespace: str
     image: str
     pull_policy: str = "IfNotPresent"
-    priority_class: str = "system-node-critical"
+    priority_class: str = ""  # the agent's; the chart's class never preempts (value 0)
+    mitigation_priority_class: str = "system-node-critical"
     pull_secrets: tuple[str, ...] = ()
     mitigation_state_dir: str = "/var/lib/thpcheck"
     extra_labels: Mapping[str, str] = field(default_factory=dict)
@@ -82,10 +96,40 @@ def agent_command(spec: CheckSpec) -> list[str]:
         command.append("--no-repro")
     if spec.discover_filesystems:
         command.append("--discover")
+    room = spec.disk_headroom
     command += ["--base-size", str(spec.reproducer.base_size_bytes),
                 "--append-size", str(spec.reproducer.append_size_bytes),
-                "--iterations", str(spec.reproducer.iterations), *spec.paths]
+                "--iterations", str(spec.reproducer.iterations),
+                "--nodefs-threshold", str(room.nodefs_percent),
+                "--imagefs-threshold", str(room.imagefs_percent),
+                "--headroom-margin", str(room.margin_percent),
+                "--min-free", str(room.min_free_bytes), *spec.paths]
     return command
+
+
+def agent_memory_bytes(spec: CheckSpec) -> int:
+    """The check container's memory request and limit: the agent's RSS plus the page cache
+    one path's run writes, rounded up to a MiB."""
+    repro = spec.reproducer
+    run = (repro.base_size_bytes + repro.iterations * repro.append_size_bytes
+           if repro.enabled else 0)
+    total = AGENT_RSS_BYTES + run + PAGE_CACHE_SLACK
+    return -(-total // MiB) * MiB
+
+
+def agent_resources(spec: CheckSpec) -> dict[str, Any]:
+    """Requests equal to limits for memory (never over its request, so never the kubelet's
+    first eviction candidate, and never more than it was given); CPU limited to one core."""
+    memory = f"{agent_memory_bytes(spec) // MiB}Mi"
+    return {"requests": {"cpu": AGENT_CPU_REQUEST, "memory": memory},
+            "limits": {"cpu": AGENT_CPU_LIMIT, "memory": memory}}
+
+
+def scratch_volume_type(path: str) -> str:
+    """``Directory`` for paths a user chose: a missing one is an error result for its node,
+    never a directory the kubelet creates; the default path is created (``DirectoryOrCreate``)
+    so that a fresh install works everywhere."""
+    return "DirectoryOrCreate" if path in DEFAULT_PATHS else "Directory"
 
 
 def _host_mounts(spec: CheckSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -100,8 +144,12 @@ def _host_mounts(spec: CheckSpec) -> tuple[list[dict[str, Any]], list[dict[str, 
         for index, path in enumerate(spec.paths):
             name = _volume_name("scratch", index)
             volumes.append({"name": name,
-                            "hostPath": {"path": path, "type": "DirectoryOrCreate"}})
+                            "hostPath": {"path": path, "type": scratch_volume_type(path)}})
             mounts.append({"name": name, "mountPath": HOST_ROOT + path})
+        if spec.reproducer.enabled:
+            volumes.append({"name": "reservations",
+                            "hostPath": {"path": RESERVATIONS, "type": "DirectoryOrCreate"}})
+            mounts.append({"name": "reservations", "mountPath": HOST_ROOT + RESERVATIONS})
     for index, path in enumerate(READ_ONLY_HOST_PATHS):
         name = _volume_name("host-ro", index)
         volumes.append({"name": name, "hostPath": {"path": path}})
@@ -135,9 +183,7 @@ def _check_container(spec: CheckSpec, config: WorkloadConfig,
         "command": agent_command(spec),
         "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
         "securityContext": restricted_security_context(),
-        # The base file lives in page cache charged to the pod: no memory limit, so the
-        # reproducer is not distorted by cgroup reclaim.
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+        "resources": agent_resources(spec),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
@@ -167,12 +213,13 @@ def pod_template(spec: CheckSpec, check: CheckRef, config: WorkloadConfig, templ
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "priorityClassName": config.priority_class,
         "tolerations": [dict(t) for t in spec.tolerations],
         "terminationGracePeriodSeconds": 60,
         "containers": [_idle_container(config)],
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
     }
+    if config.priority_class:
+        pod_spec["priorityClassName"] = config.priority_class
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if config.pull_secrets:

@@ -12,6 +12,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
+from thpcheck.model.headroom import Headroom
 from thpcheck.specs.quantities import IntOrPercent, parse_duration
 
 DEFAULT_PATHS = ("/var/lib/thpcheck",)
@@ -50,6 +51,7 @@ class CheckSpec:
     paths: tuple[str, ...] = DEFAULT_PATHS
     discover_filesystems: bool = False
     reproducer: Reproducer = field(default_factory=Reproducer)
+    disk_headroom: Headroom = field(default_factory=Headroom)
     interval: timedelta | None = None
     max_concurrent: IntOrPercent = "10%"
     remediation: Remediation = field(default_factory=Remediation)
@@ -74,6 +76,8 @@ def parse_spec(raw: Mapping[str, Any] | None) -> CheckSpec:
     deadline = spec.get("runDeadline")
     tolerations = spec.get("tolerations")
     defaults = Reproducer()
+    room = spec.get("diskHeadroom") or {}
+    room_defaults = Headroom()
     return CheckSpec(
         mode=Mode(spec.get("mode") or Mode.FULL),
         node_selector=dict(spec.get("nodeSelector") or {}),
@@ -86,6 +90,13 @@ def parse_spec(raw: Mapping[str, Any] | None) -> CheckSpec:
             iterations=int(repro.get("iterations", defaults.iterations)),
             base_size_bytes=int(repro.get("baseSizeBytes", defaults.base_size_bytes)),
             append_size_bytes=int(repro.get("appendSizeBytes", defaults.append_size_bytes)),
+        ),
+        disk_headroom=Headroom(
+            nodefs_percent=int(room.get("nodefsAvailablePercent", room_defaults.nodefs_percent)),
+            imagefs_percent=int(room.get("imagefsAvailablePercent",
+                                         room_defaults.imagefs_percent)),
+            margin_percent=int(room.get("marginPercent", room_defaults.margin_percent)),
+            min_free_bytes=int(room.get("minFreeBytes", room_defaults.min_free_bytes)),
         ),
         interval=parse_duration(interval) if interval else None,
         max_concurrent=_int_or_percent(spec.get("maxConcurrent"), "10%"),

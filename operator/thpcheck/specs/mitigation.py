@@ -52,7 +52,7 @@ def mitigation_daemonset(config: WorkloadConfig) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "priorityClassName": config.priority_class,
+        "priorityClassName": config.mitigation_priority_class,
         "nodeSelector": {names.MITIGATE_LABEL: "true"},
         "tolerations": [{"operator": "Exists"}],
         "terminationGracePeriodSeconds": 30,

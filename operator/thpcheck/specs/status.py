@@ -136,7 +136,8 @@ def _degraded(inputs: StatusInputs, numbers: Mapping[str, int]) -> tuple[str, st
         parts.append(f"{len(inputs.blocked)} nodes cannot run the check now: "
                      f"{_named(inputs.blocked)}")
     parts.append(f"{numbers['errors']} nodes could not be checked, {inputs.unschedulable} "
-                 "agent pods cannot be scheduled")
+                 "agent pods cannot be scheduled (no room on their nodes; an agent pod never "
+                 "preempts a workload)")
     reason = ("DaemonSetRejected" if inputs.rollout_error else
               "RunsFailed" if inputs.failed else
               "NodesBlocked" if inputs.blocked else
@@ -202,6 +203,7 @@ def build_status(inputs: StatusInputs) -> dict[str, Any]:
         "plannedActions": [a.to_status() for a in inputs.planned[:PLANNED_LIMIT]],
         "plannedActionCount": len(inputs.planned),
         "disagreements": inputs.disagreements,
+        "unschedulable": inputs.unschedulable,
         "message": _message(numbers, current, inputs.predicted),
         "conditions": conditions,
     }

@@ -88,6 +88,7 @@ class AgentPodView:
     started_at: str = ""  # when the current attempt of the check began (RFC 3339)
     trouble: Trouble | None = None  # the check (or standby's idle) container cannot run
     scheduling_message: str = ""  # the scheduler's word when the pod is unschedulable
+    pending: bool = False  # bound to its node (spec.nodeName) and still phase Pending
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,8 @@ def agent_pod_view(body: Mapping[str, Any]) -> AgentPodView:
         trouble=trouble,
         scheduling_message=(_snippet(_condition(status, "PodScheduled").get("message") or "")
                             if unschedulable else ""),
+        pending=bool((body.get("spec") or {}).get("nodeName"))
+        and status.get("phase") == "Pending",
     )
 
 
