@@ -31,17 +31,26 @@ def _cases(tmp: Path, mounts: dict[str, Path]) -> dict[str, tuple[Path, Path, st
     (tmp / "a-file").write_text("x")
     (tmp / "real").mkdir()
     (tmp / "link").symlink_to(tmp / "real")
+    (tmp / "real" / "sub").mkdir()
     return {
         "missing": (tmp / "missing", tmp, "does not exist; create the directory first"),
         "not-a-dir": (tmp / "a-file", tmp, "is not a directory"),
         "symlink": (tmp / "link", tmp / "real", "is a symlink; pass the directory it points to"),
-        "proc": (Path("/proc/self"), tmp, "refusing to write under /, /proc, /sys or /dev"),
+        "symlinked-parent": (tmp / "link" / "sub", tmp / "real",
+                             f"goes through the symlink {tmp}/link and resolves to "
+                             f"{tmp}/real/sub"),
+        "proc": (Path("/proc/self"), tmp, "is under a host system directory"),
+        "proc-spelling": (Path("//proc/./self/"), tmp, "is under a host system directory"),
+        "kubelet": (Path("/var/lib/kubelet/pods"), tmp,
+                    "is under the kubelet's or a container runtime's state directory"),
         "read-only": (mounts["readonly"], mounts["readonly"], "is on a read-only mount"),
-        "no-space": (mounts["small"], mounts["small"], "free but the check needs"),
+        "no-space": (mounts["small"], mounts["small"],
+                     "refusing to write: not enough headroom"),
     }
 
 
-CASE_NAMES = ["missing", "not-a-dir", "symlink", "proc", "read-only", "no-space"]
+CASE_NAMES = ["missing", "not-a-dir", "symlink", "symlinked-parent", "proc", "proc-spelling",
+              "kubelet", "read-only", "no-space"]
 
 
 @pytest.mark.parametrize("command", ["check", "repro"])
