@@ -25,10 +25,15 @@ from tests.operator.cluster_kit import (
     results,
     with_verdict,
 )
+from tests.unit.test_paths import REFUSED
 from thpcheck.controller.credentials import StartupExit
 from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster
+# The start of each path rule's message: the API server must say which rule refused.
+RULE_WORDS = {"root": "must not be the root directory",
+              "system": "must not be under a host system directory",
+              "kubelet": "must not be under the kubelet's or a container runtime's state"}
 
 
 def create_check(cluster: Cluster, checks: list[str], name: str, test_id: str,
@@ -62,10 +67,14 @@ def status_of(cluster: Cluster, name: str) -> dict[str, Any]:
 BAD_SPECS = [
     ({"paths": ["relative/dir"]}, "spec.paths[0]", "must be absolute paths"),
     ({"paths": ["/var/../etc"]}, "spec.paths[0]", "must not contain '..' segments"),
-    ({"paths": ["/"]}, "spec.paths[0]", "must not be the root directory"),
-    ({"paths": ["/proc/self"]}, "spec.paths[0]", "must not be under /proc, /sys or /dev"),
-    ({"paths": ["/sys"]}, "spec.paths[0]", "must not be under /proc, /sys or /dev"),
-    ({"paths": ["/dev/shm/x"]}, "spec.paths[0]", "must not be under /proc, /sys or /dev"),
+    ({"paths": ["/proc/.."]}, "spec.paths[0]", "must not contain '..' segments"),
+    # Every spelling of every refused family (tests/unit/test_paths.py), each with its rule.
+    *(({"paths": [path]}, "spec.paths[0]", RULE_WORDS[family])
+      for family, paths in REFUSED.items() for path in paths),
+    ({"reproducer": {"baseSizeBytes": 1 << 30, "iterations": 10000, "appendSizeBytes": 1 << 20}},
+     "spec.reproducer", "one run may write at most 2 GiB per path"),
+    ({"diskHeadroom": {"marginPercent": 95}}, "spec.diskHeadroom.marginPercent",
+     "less than or equal to 90"),
     ({"paths": []}, "spec.paths", "should have at least 1 items"),
     ({"paths": [f"/p{i}" for i in range(17)]}, "spec.paths", "must have at most 16 items"),
     ({"paths": ["/a", "/a"]}, "spec.paths[1]", "Duplicate value"),
@@ -120,7 +129,7 @@ def test_crds_install_with_short_names_and_docs(crds: Cluster) -> None:
 
 
 @pytest.mark.parametrize(("spec", "field", "message"), BAD_SPECS,
-                         ids=[f"{f}:{m[:24]}" for _, f, m in BAD_SPECS])
+                         ids=[f"{f}:{json.dumps(s)[:48]}" for s, f, _ in BAD_SPECS])
 def test_bad_specs_are_rejected_with_a_message_naming_the_field(
         crds: Cluster, spec: dict[str, Any], field: str, message: str) -> None:
     body = {"apiVersion": names.API_VERSION, "kind": names.CHECK_KIND,
@@ -139,6 +148,8 @@ def test_a_good_sparse_spec_gets_every_default(crds: Cluster) -> None:
     assert created["spec"] == {
         "mode": "full", "tolerations": [{"operator": "Exists"}],
         "paths": ["/var/lib/thpcheck"], "discoverFilesystems": False,
+        "diskHeadroom": {"nodefsAvailablePercent": 10, "imagefsAvailablePercent": 15,
+                         "marginPercent": 5, "minFreeBytes": 268435456},
         "reproducer": {"enabled": True, "iterations": 200, "baseSizeBytes": 67108864,
                        "appendSizeBytes": 16384},
         "schedule": {"interval": "24h"}, "maxConcurrent": "10%",
@@ -163,7 +174,7 @@ def test_a_check_over_three_nodes(crds: Cluster, operator: OperatorProcess, kube
                          f"{names.agent_daemonset_name(name)}")
     pod_spec = daemonset["spec"]["template"]["spec"]
     assert pod_spec["automountServiceAccountToken"] is False
-    assert pod_spec["priorityClassName"] == "system-node-critical"
+    assert "priorityClassName" not in pod_spec  # the operator's default: none
     assert pod_spec["tolerations"] == [{"operator": "Exists"}]
     (check_container,) = pod_spec["initContainers"]
     context = check_container["securityContext"]

@@ -53,6 +53,24 @@ def test_ordinary_paths_are_allowed(path: str) -> None:
     assert matching_rule(path) is None and refusal(path) is None
 
 
+def spellings(path: str) -> list[str]:
+    """Other spellings of ``path``: each separator doubled or given a ``/./``, a trailing
+    ``/`` or ``/.``."""
+    parts = path.split("/")
+    out = [path.rstrip("/") + "/", path.rstrip("/") + "/.", "/." + path]
+    for i in range(1, len(parts)):
+        for sep in ("//", "/./", "/.//./"):
+            out.append("/".join(parts[:i]) + sep + "/".join(parts[i:]))
+    return out
+
+
+@pytest.mark.parametrize("path", [p for paths in REFUSED.values() for p in paths] + ALLOWED)
+def test_the_patterns_judge_every_spelling_as_its_normal_form(path: str) -> None:
+    normal = matching_rule(normalize(path))
+    for spelling in spellings(path):
+        assert matching_rule(spelling) == normal, spelling
+
+
 @pytest.mark.parametrize("path", ["/proc/..", "/var/../etc", "/a/b/../../sys", ".."])
 def test_dotdot_is_refused(path: str) -> None:
     assert "'..'" in (refusal(path) or "") or refusal(path) == "is not an absolute host path"
