@@ -41,7 +41,8 @@ What could change the machine, and how it does not:
 - iptables: `makeIPTablesUtilChains: false` (kubelet's KUBE-FIREWALL and hint chains).
 - Paths outside the work dir that containerd or the pods create anyway (/run/containerd/s
   for shim sockets, /var/lib/cni for libcni's result cache, empty hostPath directories such as
-  /lib/modules on a machine without modules) are removed again when they did not exist.
+  /lib/modules on a machine without modules, the agent's reservation registry /run/thpcheck)
+  are removed again when they did not exist.
 """
 
 from __future__ import annotations
@@ -106,8 +107,10 @@ STRAY_PATHS = (
     Path("/var/log/pods"), Path("/var/lib/kubelet"), Path("/var/lib/containerd"),
     Path("/opt/cni"), Path("/opt/containerd"), Path("/run/netns"), Path("/run/runc"),
     Path("/usr/libexec/kubernetes"), Path("/etc/kubernetes"), Path("/lib/modules"),
-    Path("/boot"), Path("/var/lib/thpcheck"),
+    Path("/boot"), Path("/var/lib/thpcheck"), Path("/run/thpcheck"),
 )
+# Files the agent leaves in a stray path on purpose: its disk reservation registry's lock.
+AGENT_FILES = {Path("/run/thpcheck/reservations.lock")}
 # kubelet's sockets sit deep under its root dir (.../kubelet/root/pod-resources/kubelet.sock)
 # and a unix socket path has at most 107 bytes.
 MAX_WORKDIR = 48
@@ -935,7 +938,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     def _clean_tree(self, root: Path) -> None:
         for path in sorted(root.rglob("*"), key=lambda p: -len(p.parts)):
             if path.is_symlink() or path.is_file():
-                if self.network in path.name:  # libcni results of our network
+                if self.network in path.name or path in AGENT_FILES:  # libcni's, the agent's
                     path.unlink()
             elif path.is_socket():
                 if not _socket_alive(path):
