@@ -26,14 +26,15 @@ TERMINATION_LOG = "/dev/termination-log"
 IDLE_USER = 65532  # the image's unprivileged user
 RESERVATIONS = "/run/thpcheck"  # host: the disk reservation registry (host.space)
 MiB = 1 << 20
-# The agent's own memory: peak RSS of a default run measured at 28.7 MiB on this project's
-# machine and 17.8-18.1 MiB in the kernel-matrix guests (docs/benchmarks.md), rounded up
-# with room for Python's allocator on other distributions.
+# Sized from measurements (docs/benchmarks.md, benchmarks/agent_memory.py): a default run
+# that writes its whole base and 200 appends peaks at 28.4 MiB RSS and 78.8 MiB in its memory
+# cgroup (RSS charged to it plus the page cache of the 67 MiB it writes), 17.8-18.1 MiB RSS in
+# the kernel-matrix guests. The agent's own part, rounded up for other distributions' Python:
 AGENT_RSS_BYTES = 48 * MiB
 # On top of it, the page cache of the run's own data file is charged to the pod's memory
 # cgroup: one path at a time (each file is removed before the next path), plus the 2 MiB
 # huge page a collapse allocates, plus slack so the cgroup never reclaims (reclaim would
-# write the appended data back and hide a loss).
+# write the appended data back and hide a loss). Default run: 134 MiB, 1.7x the measured peak.
 PAGE_CACHE_SLACK = 18 * MiB
 AGENT_CPU_REQUEST = "100m"
 AGENT_CPU_LIMIT = "1"
