@@ -113,15 +113,22 @@ def daemonsets(cluster: Cluster) -> list[str]:
         "GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets")["items"])
 
 
-@pytest.fixture
-def scratch(realnode: RealCluster, tmp_path: Path) -> Iterator[Path]:
-    """A directory on a loop-mounted btrfs, checked empty (the agent cleans up) and removed."""
+@contextmanager
+def loop_btrfs(tmp_path: Path) -> Iterator[Path]:
+    """A loop-mounted btrfs on this machine (the node's host), unmounted afterwards."""
     if not os.path.exists("/dev/loop-control"):
         skip_or_fail("realnode", "this machine has no loop devices (/dev/loop-control)")
     for tool in ("losetup", MKFS[FSTYPE][0]):
         if shutil.which(tool) is None:
             skip_or_fail("realnode", f"{tool} is not installed (apt-get install btrfs-progs)")
     with loop_mount(tmp_path / "fs", FSTYPE) as mountpoint:
+        yield mountpoint
+
+
+@pytest.fixture
+def scratch(realnode: RealCluster, tmp_path: Path) -> Iterator[Path]:
+    """A directory on a loop-mounted btrfs, checked empty (the agent cleans up) and removed."""
+    with loop_btrfs(tmp_path) as mountpoint:
         path = mountpoint / f"scratch-{uuid.uuid4().hex[:8]}"
         path.mkdir()
         yield path

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,6 @@ import pytest
 import yaml
 
 from tests.cluster.harness import Cluster, ClusterError
-from tests.host.loopfs import MKFS, loop_mount
 from tests.realnode.conftest import RealCluster
 from tests.realnode.test_e2e import (
     CHART,
@@ -38,13 +36,11 @@ from tests.realnode.test_e2e import (
     VALUES,
     eventually,
     kubectl_get,
+    loop_btrfs,
 )
-from tests.support.require import skip_or_fail
 from thpcheck.specs import names
 
 pytestmark = pytest.mark.realnode
-
-FSTYPE = "btrfs"
 
 
 def snapshot(directory: Path) -> list[tuple[str, str]]:
@@ -59,12 +55,7 @@ def snapshot(directory: Path) -> list[tuple[str, str]]:
 @pytest.fixture
 def volume(realnode: RealCluster, tmp_path: Path) -> Iterator[Path]:
     """A loop-mounted btrfs on this machine (the node's host)."""
-    if not os.path.exists("/dev/loop-control"):
-        skip_or_fail("realnode", "this machine has no loop devices (/dev/loop-control)")
-    for tool in ("losetup", MKFS[FSTYPE][0]):
-        if shutil.which(tool) is None:
-            skip_or_fail("realnode", f"{tool} is not installed (apt-get install btrfs-progs)")
-    with loop_mount(tmp_path / "fs", FSTYPE) as mountpoint:
+    with loop_btrfs(tmp_path) as mountpoint:
         yield mountpoint
 
 
