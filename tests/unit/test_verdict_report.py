@@ -104,6 +104,29 @@ def test_compact_fits_the_termination_message(tmp_path: object, paths: int) -> N
     assert result.get("truncated", False) is (paths == 200)
 
 
+@pytest.mark.parametrize("mounts", [3, 300])
+def test_skipped_mounts_are_reported_and_never_crowd_out_paths(tmp_path: object,
+                                                               mounts: int) -> None:
+    from thpcheck.model.mounts import Skipped
+
+    report = _report(tmp_path, 4)
+    report.skipped = [Skipped(f"/var/lib/kubelet/pods/{i:04d}/volumes/kubernetes.io~csi/p/mount",
+                              "ext4", "a pod volume or CSI mount under the kubelet's directory")
+                      for i in range(mounts)]
+    document = to_document(report)
+    assert len(document["skipped_mounts"]) == mounts
+    assert document["skipped_mounts"][0]["reason"].startswith("a pod volume or CSI mount")
+    text = compact(document)
+    result = json.loads(text)
+    assert len(text.encode()) <= 4096 and len(result["paths"]) == 4
+    if mounts == 3:
+        assert [m["mountPoint"] for m in result["skippedMounts"]] == [
+            m.mount_point for m in report.skipped]
+    else:
+        assert result["skippedMounts"] == 300  # only the count fits
+    assert "not tested (3 mounts)" in render_table(report) or mounts == 300
+
+
 def test_table_names_every_path(tmp_path: object) -> None:
     text = render_table(_report(tmp_path, 2, reason="x"))
     assert "/scratch/000" in text and "/scratch/001" in text
