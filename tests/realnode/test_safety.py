@@ -122,8 +122,7 @@ def test_symlinked_and_missing_paths_are_errors_and_nothing_is_written(
     assert status["verdict"] == "error", status
     (path,) = status["paths"]
     assert path["path"] == str(link) and path["verdict"] == "error"
-    assert f"resolves to {target}" in path["reason"], path["reason"]
-    assert "nothing was written" in path["reason"]
+    assert f"resolves to {target} on the host" in path["reason"], path["reason"]
     assert snapshot(target) == before
     assert link.is_symlink() and os.readlink(link) == str(target)
 
@@ -203,8 +202,8 @@ def test_a_full_node_keeps_its_workload_and_shows_the_agent_unschedulable(
     (ours,) = classes
     assert ours["preemptionPolicy"] == "Never" and ours["value"] == 0
 
-    # A user's pod (no priority class: priority 0) takes all the CPU the node has left, bar
-    # less than the agent's request.
+    # A user's pod (no priority class: priority 0) takes all the CPU the node has left but
+    # 40m: less than the agent's 100m, even while the operator's pod (50m) is replaced.
     allocatable = _millicores(node.node()["status"]["allocatable"]["cpu"])
     spare = allocatable - cpu_requested(cluster, node.name)
     cluster.api("POST", "/api/v1/namespaces", {
@@ -216,7 +215,7 @@ def test_a_full_node_keeps_its_workload_and_shows_the_agent_unschedulable(
         "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
             "name": "workload", "image": realnode.image.image, "imagePullPolicy": "Never",
             "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep infinity & wait"],
-            "resources": {"requests": {"cpu": f"{spare - 50}m", "memory": "16Mi"}}}]}})
+            "resources": {"requests": {"cpu": f"{spare - 40}m", "memory": "16Mi"}}}]}})
     workload = eventually(lambda: (p := cluster.api("GET", "/api/v1/namespaces/user/pods/"
                                                     "workload"))["status"].get("phase")
                           == "Running" and p, 120, "the workload Running", diagnose)

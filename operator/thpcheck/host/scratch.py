@@ -144,9 +144,9 @@ def check_bind_source(host_path: str, visible: str, host_mounts: list[Mount],
         return
     target = bind_target(host_path, bound, host_mounts)
     if target is not None:
-        raise BadInput(f"{host_path}: is a symlink or goes through one on the host and resolves "
-                       f"to {target} (the kubelet follows symlinks when it mounts a hostPath); "
-                       f"pass {target} itself, nothing was written")
+        raise BadInput(f"{host_path}: resolves to {target} on the host (a symlink on the way, "
+                       "which the kubelet followed when it mounted the hostPath); nothing was "
+                       f"written; pass {target} itself")
 
 
 @contextlib.contextmanager
