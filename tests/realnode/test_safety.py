@@ -123,6 +123,7 @@ def test_symlinked_and_missing_paths_are_errors_and_nothing_is_written(
     (path,) = status["paths"]
     assert path["path"] == str(link) and path["verdict"] == "error"
     assert f"resolves to {target} on the host" in path["reason"], path["reason"]
+    symlinked = path["reason"]
     assert snapshot(target) == before
     assert link.is_symlink() and os.readlink(link) == str(target)
 
@@ -136,7 +137,7 @@ def test_symlinked_and_missing_paths_are_errors_and_nothing_is_written(
     assert path["path"] == str(missing) and "does not exist on this node" in path["reason"]
     assert not os.path.lexists(missing), "the kubelet created the missing path"
     print("\n$ kubectl get thpnoderesults\n" + kubectl_get(cluster, "thpnoderesults"))
-    print(json.dumps({"symlinked": path["reason"], "missing": status["message"]}, indent=1))
+    print(json.dumps({"symlinked": symlinked, "missing": status["message"]}, indent=1))
 
     for name in ("symlinked", "missing"):
         cluster.api("DELETE", f"{CHECKS}/{name}")
