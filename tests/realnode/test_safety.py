@@ -234,7 +234,8 @@ def test_a_full_node_keeps_its_workload_and_shows_the_agent_unschedulable(
         "status.unschedulable 1", diagnose)
     assert status["phase"] == "Degraded"
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
-    assert degraded["reason"] == "Unschedulable"
+    assert degraded["reason"] == "NodesBlocked"  # blocked, not failed: before the deadline
+    assert f"{node.name} (Unschedulable)" in degraded["message"], degraded["message"]
     print("\n$ kubectl get thpchecks -o wide\n" + kubectl_get(cluster, "thpchecks"))
     # Some scheduling rounds later the workload is still the same running pod.
     eventually(lambda: len(cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/events"
