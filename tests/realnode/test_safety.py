@@ -203,7 +203,8 @@ def test_a_full_node_keeps_its_workload_and_shows_the_agent_unschedulable(
     assert ours["preemptionPolicy"] == "Never" and ours["value"] == 0
 
     # A user's pod (no priority class: priority 0) takes all the CPU the node has left but
-    # 40m: less than the agent's 100m, even while the operator's pod (50m) is replaced.
+    # 90m: less than the agent's 100m, and room for the operator's next pod (50m) while the
+    # upgrade below rolls it (with the old one still running).
     allocatable = _millicores(node.node()["status"]["allocatable"]["cpu"])
     spare = allocatable - cpu_requested(cluster, node.name)
     cluster.api("POST", "/api/v1/namespaces", {
@@ -215,7 +216,7 @@ def test_a_full_node_keeps_its_workload_and_shows_the_agent_unschedulable(
         "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
             "name": "workload", "image": realnode.image.image, "imagePullPolicy": "Never",
             "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep infinity & wait"],
-            "resources": {"requests": {"cpu": f"{spare - 40}m", "memory": "16Mi"}}}]}})
+            "resources": {"requests": {"cpu": f"{spare - 90}m", "memory": "16Mi"}}}]}})
     workload = eventually(lambda: (p := cluster.api("GET", "/api/v1/namespaces/user/pods/"
                                                     "workload"))["status"].get("phase")
                           == "Running" and p, 120, "the workload Running", diagnose)
