@@ -9,8 +9,8 @@ containerd and kube-scheduler.
   FailedMount Event becomes the node's ``error`` result.
 - A node filled by a priority-0 pod: the agent pod (the chart's class, ``preemptionPolicy:
   Never``) stays Pending, the user pod keeps running, and the ThpCheck shows it unschedulable.
-  Then the same check with ``system-node-critical`` (the old default) preempts that pod: the
-  scenario does detect preemption.
+  Then a pod of ``system-node-critical`` (the agent's old class) with the agent's request
+  preempts that workload: the scenario does detect preemption.
 """
 
 from __future__ import annotations
@@ -203,8 +203,7 @@ def test_a_full_node_keeps_its_workload_and_shows_the_agent_unschedulable(
     assert ours["preemptionPolicy"] == "Never" and ours["value"] == 0
 
     # A user's pod (no priority class: priority 0) takes all the CPU the node has left but
-    # 90m: less than the agent's 100m, and room for the operator's next pod (50m) while the
-    # upgrade below rolls it (with the old one still running).
+    # 50m: less than the agent's 100m.
     allocatable = _millicores(node.node()["status"]["allocatable"]["cpu"])
     spare = allocatable - cpu_requested(cluster, node.name)
     cluster.api("POST", "/api/v1/namespaces", {
@@ -216,7 +215,7 @@ def test_a_full_node_keeps_its_workload_and_shows_the_agent_unschedulable(
         "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
             "name": "workload", "image": realnode.image.image, "imagePullPolicy": "Never",
             "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep infinity & wait"],
-            "resources": {"requests": {"cpu": f"{spare - 90}m", "memory": "16Mi"}}}]}})
+            "resources": {"requests": {"cpu": f"{spare - 50}m", "memory": "16Mi"}}}]}})
     workload = eventually(lambda: (p := cluster.api("GET", "/api/v1/namespaces/user/pods/"
                                                     "workload"))["status"].get("phase")
                           == "Running" and p, 120, "the workload Running", diagnose)
@@ -247,18 +246,26 @@ def test_a_full_node_keeps_its_workload_and_shows_the_agent_unschedulable(
     assert still["status"]["phase"] == "Running"
     assert node_result(cluster, "full-node", node.name) is None  # nothing checked
 
-    # The contrast: the old default class would have taken the node from the workload.
-    cluster.helm("upgrade", RELEASE, str(CHART), "--namespace", NAMESPACE, "--reuse-values",
-                 "--set", "agent.priorityClassName=system-node-critical", "--wait",
-                 "--timeout", "5m", timeout=400)
+    # The contrast: a pod of the agent's old class (system-node-critical, what main gave the
+    # agent) with the agent's request takes the node from the workload at once.
+    cluster.api("POST", "/api/v1/namespaces/user/pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "critical"},
+        "spec": {"priorityClassName": "system-node-critical",
+                 "nodeSelector": {"kubernetes.io/hostname": node.name},
+                 "terminationGracePeriodSeconds": 5, "containers": [{
+                     "name": "critical", "image": realnode.image.image,
+                     "imagePullPolicy": "Never",
+                     "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep infinity & wait"],
+                     "resources": {"requests": {"cpu": "100m", "memory": "16Mi"}}}]}})
 
     def preempted() -> bool:
         body = cluster.api("GET", "/api/v1/namespaces/user/pods?fieldSelector="
                            "metadata.name%3Dworkload")["items"]
         return not body or bool(body[0]["metadata"].get("deletionTimestamp"))
 
-    eventually(preempted, 180, "the workload preempted by a system-node-critical agent",
+    eventually(preempted, 180, "the workload preempted by a system-node-critical pod",
                diagnose)
+    cluster.api("DELETE", "/api/v1/namespaces/user/pods/critical")
     cluster.api("DELETE", f"{CHECKS}/full-node")
     eventually(lambda: not cluster.api("GET", CHECKS)["items"], 120, "check deleted", diagnose)
     eventually(lambda: not all_agent_pods(cluster), 120, "agent pods gone", diagnose)
