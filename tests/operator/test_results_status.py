@@ -8,9 +8,10 @@ from tests.operator.factories import agent_pod, message, node, result
 from thpcheck.model.verdict import Verdict
 from thpcheck.specs import names
 from thpcheck.specs.agent import CheckRef
+from thpcheck.specs.proof import Proof
 from thpcheck.specs.results import NodeState, ResultPlan, plan_results
 from thpcheck.specs.status import StatusInputs, build_status, counts, progress_only
-from thpcheck.specs.views import agent_pod_view
+from thpcheck.specs.views import agent_pod_view, result_view
 
 CHECK = CheckRef("weekly", "uid-check")
 NOW = datetime(2026, 11, 28, 16, 1, tzinfo=UTC)
@@ -39,7 +40,10 @@ def test_a_finished_pod_gives_a_result_owned_by_check_and_node() -> None:
         "n1", "affected", "6.12.90", False)
     assert status["paths"][0]["badBytes"] == 16384
     assert len(status["message"].encode()) <= 1024
-    assert p.states["n1"] == NodeState("n1", Verdict.AFFECTED, False, False)
+    proof = Proof("2026-11-28T16:00:00Z", "6.12.90", "boot-1")
+    assert status["proof"] == {"verdict": "affected", "provenAt": "2026-11-28T16:00:00Z",
+                               "kernelRelease": "6.12.90", "bootID": "boot-1"}
+    assert p.states["n1"] == NodeState("n1", Verdict.AFFECTED, False, False, proof=proof)
 
 
 def test_an_unchanged_result_is_not_written_again() -> None:
@@ -55,8 +59,9 @@ def test_mitigation_readiness_overrides_the_agent_and_only_patches() -> None:
     n1 = node("n1")
     first = plan([n1], [agent_pod("weekly", "n1", message("affected"))]).writes[0]
     digest = first.body["metadata"]["annotations"][names.CONTENT_HASH_ANNOTATION]
-    p = plan([n1], [agent_pod("weekly", "n1", message("affected"))],
-             [result("weekly", "n1", verdict="affected", content_hash=digest)], {"n1": True})
+    stored = result_view(first.body)
+    assert stored.content_hash == digest and stored.proof is not None
+    p = plan([n1], [agent_pod("weekly", "n1", message("affected"))], [stored], {"n1": True})
     assert not p.writes
     assert p.patches[0].patch == {"status": {"mitigated": True, "stale": False}}
     assert p.states["n1"].mitigated and p.states["n1"].verdict is Verdict.AFFECTED

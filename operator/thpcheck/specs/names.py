@@ -19,12 +19,13 @@ RESULT_KIND = "ThpNodeResult"
 RESULT_PLURAL = "thpnoderesults"
 CRD_NAMES = (f"{CHECK_PLURAL}.{GROUP}", f"{RESULT_PLURAL}.{GROUP}")
 SCHEMA_VERSION_ANNOTATION = f"{GROUP}/schema-version"
-SCHEMA_VERSION = 4  # the CRDs' thpcheck.io/schema-version this operator needs (at least)
+SCHEMA_VERSION = 5  # the CRDs' thpcheck.io/schema-version this operator needs (at least)
 # 2: status.predicted/prediction on results, status.disagreements on checks (an older CRD
 # would prune them silently, and the status would be rewritten on every reconcile).
 # 3: spec.runDeadline on checks (an older CRD would prune it: the default would apply).
 # 4: spec.diskHeadroom (pruned, a user's thresholds would silently be the defaults) and
 # status.unschedulable on checks.
+# 5: status.proof on results (a pruned proof would lift the protection of proven nodes).
 
 FINALIZER = f"{GROUP}/finalizer"
 MANAGED_BY = "app.kubernetes.io/managed-by"

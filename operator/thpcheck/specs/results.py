@@ -6,6 +6,10 @@ deterministic, and a result is rewritten only when its content hash (over what c
 pod, and the preflight prediction recorded beside it) differs, or patched when only
 ``mitigated``/``stale`` changed. In ``mode: preflight`` the prediction is the whole result
 (``plan_predicted_results``), rewritten when the node's kernel or OS image changes.
+
+A standing proof (``specs.proof``) is recorded beside the latest run as ``status.proof``: the
+node's state, and the ``thpcheck.io/verdict`` labels, carry the proof's ``affected`` while it
+stands, whatever the latest run says.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from thpcheck.model.verdict import Verdict
 from thpcheck.specs import names
 from thpcheck.specs.agent import CHECK, CheckRef, hash_of
 from thpcheck.specs.prediction import disagreement, node_record, predict_view
+from thpcheck.specs.proof import Proof, Run, effective_verdict, recorded_proof, standing_proof
 from thpcheck.specs.runs import Failure, Outcome
 from thpcheck.specs.termination import AgentResult, error_result
 from thpcheck.specs.views import OOM_KILLED, AgentPodView, CheckRun, NodeView, ResultView
@@ -34,9 +39,11 @@ class NodeState:
     """A selected node's effective state after this reconcile's writes."""
 
     node: str
-    verdict: Verdict | None  # None: no result yet
+    verdict: Verdict | None  # None: no result yet; affected while a proof stands
     mitigated: bool = False
     stale: bool = False
+    latest: Verdict | None = None  # the latest run's verdict, when the proof overrides it
+    proof: Proof | None = None  # the standing proof (specs.proof)
 
 
 @dataclass(frozen=True)
@@ -156,8 +163,9 @@ def result_labels(check: CheckRef, node: str, verdict: Verdict) -> dict[str, str
 
 def result_body(check: CheckRef, node: NodeView, content: Mapping[str, Any], *,
                 mitigated: bool, stale: bool) -> dict[str, Any]:
-    """A whole ThpNodeResult, owned by the ThpCheck (controller) and the Node."""
-    verdict = Verdict(content["verdict"])
+    """A whole ThpNodeResult, owned by the ThpCheck (controller) and the Node. Its verdict
+    label is the standing proof's while there is one (``specs.proof``)."""
+    verdict = Verdict((content.get("proof") or content)["verdict"])
     labels = result_labels(check, node.name, verdict)
     owners = [check.owner_reference()]
     if node.uid:
@@ -242,6 +250,28 @@ def failure_result(failure: Failure) -> AgentResult:
                    checked_at=pod.started_at or pod.created_at or None)
 
 
+def stored_proof(existing: ResultView | None) -> Proof | None:
+    """The proof a stored result records (``specs.proof.recorded_proof``)."""
+    if existing is None:
+        return None
+    return recorded_proof(existing.proof, existing.verdict, predicted=existing.predicted,
+                          kernel_release=existing.kernel_release, boot_id=existing.boot_id,
+                          checked_at=existing.checked_at)
+
+
+def record_proof(content: dict[str, Any], proof: Proof | None) -> None:
+    """Put the standing proof beside the run (hashed with it: a lifted proof rewrites)."""
+    if proof is not None:
+        content["proof"] = proof.to_status()
+
+
+def node_state(node: str, latest: Verdict, proof: Proof | None, *, mitigated: bool,
+               stale: bool) -> NodeState:
+    verdict = effective_verdict(latest, proof)
+    return NodeState(node, verdict, mitigated, stale,
+                     latest=latest if latest is not verdict else None, proof=proof)
+
+
 def latest_run(pods: Iterable[AgentPodView]) -> AgentPodView | None:
     """The check pod whose check container finished last (standby pods check nothing)."""
     finished = [p for p in pods if p.template == CHECK and p.run is not None]
@@ -314,9 +344,14 @@ def plan_results(check: CheckRef, selected: Sequence[NodeView],
         prediction = predict_view(node)
         why = disagreement(prediction, result, node.kernel_version) or ""
         content = result_content(check, node, pod, result, node_record(node, why))
+        proof = standing_proof(stored_proof(existing), Run(
+            result.verdict, result.kernel_release or "", result.boot_id or "",
+            str(content.get("checkedAt") or "")))
+        record_proof(content, proof)
         body = result_body(check, node, content, mitigated=mitigated, stale=stale)
         digest = body["metadata"]["annotations"][names.CONTENT_HASH_ANNOTATION]
-        plan.states[node.name] = NodeState(node.name, result.verdict, mitigated, stale)
+        plan.states[node.name] = node_state(node.name, result.verdict, proof,
+                                            mitigated=mitigated, stale=stale)
         if why:
             plan.disagreements[node.name] = why
         if existing is None or existing.content_hash != digest:
@@ -348,8 +383,8 @@ def _keep(plan: ResultPlan, node: NodeView, existing: ResultView,
     mitigated = mitigated_by_pod.get(node.name, existing.mitigated)
     stale = is_stale(existing.kernel_release, existing.boot_id, node)
     verdict = _VERDICTS.get(existing.verdict or "", Verdict.ERROR)
-    plan.states[node.name] = NodeState(node.name, verdict, mitigated,
-                                       stale or existing.predicted)
+    plan.states[node.name] = node_state(node.name, verdict, stored_proof(existing),
+                                        mitigated=mitigated, stale=stale or existing.predicted)
     if existing.disagreement:
         plan.disagreements[node.name] = existing.disagreement
     _refresh_flags(plan, existing, mitigated, stale)
@@ -377,10 +412,14 @@ def plan_predicted_results(check: CheckRef, selected: Sequence[NodeView],
         existing = results.get(node.name)
         prediction = predict_view(node)
         mitigated = mitigated_by_pod.get(node.name, False)
-        body = result_body(check, node, predicted_content(check, node, prediction),
-                           mitigated=mitigated, stale=False)
+        content = predicted_content(check, node, prediction)
+        proof = standing_proof(stored_proof(existing), Run(
+            prediction.verdict, node.kernel_version, node.boot_id, "", predicted=True))
+        record_proof(content, proof)
+        body = result_body(check, node, content, mitigated=mitigated, stale=False)
         digest = body["metadata"]["annotations"][names.CONTENT_HASH_ANNOTATION]
-        plan.states[node.name] = NodeState(node.name, prediction.verdict, mitigated, False)
+        plan.states[node.name] = node_state(node.name, prediction.verdict, proof,
+                                            mitigated=mitigated, stale=False)
         if existing is None or existing.content_hash != digest:
             body["status"]["checkedAt"] = written_at
             plan.writes.append(ResultWrite(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thpcheck.specs import names
+from thpcheck.specs.proof import Proof, parse_proof
 from thpcheck.specs.termination import AgentResult, error_result, parse_termination
 
 # Waiting reasons of a container that will not start without someone fixing something: a run
@@ -121,6 +122,7 @@ class ResultView:
     predicted: bool = False  # written from the preflight prediction (mode: preflight)
     owner_uid: str = ""  # uid of its controller ownerReference to the ThpCheck status.check
     mismatch: str = ""  # its name, labels or annotations are not what the operator writes
+    proof: Proof | None = None  # status.proof: affected proven on a kernel (specs.proof)
 
 
 @dataclass(frozen=True)
@@ -340,8 +342,9 @@ def _result_mismatch(meta: Mapping[str, Any], status: Mapping[str, Any]) -> str:
         return f"label {names.CHECK_LABEL} does not name ThpCheck {check}"
     if labels.get(names.NODE_LABEL) != names.label_value(node):
         return f"label {names.NODE_LABEL} does not match status.node {node}"
-    if labels.get(names.VERDICT_LABEL) != status.get("verdict"):
-        return f"label {names.VERDICT_LABEL} does not match status.verdict"
+    proof = parse_proof(status.get("proof"))  # the label is the standing proof's verdict
+    if labels.get(names.VERDICT_LABEL) != (proof.verdict.value if proof else status.get("verdict")):
+        return f"label {names.VERDICT_LABEL} does not match status.verdict (or status.proof)"
     if not (meta.get("annotations") or {}).get(names.CONTENT_HASH_ANNOTATION):
         return f"annotation {names.CONTENT_HASH_ANNOTATION} is missing"
     return ""
@@ -367,6 +370,7 @@ def result_view(body: Mapping[str, Any]) -> ResultView:
         predicted=status.get("predicted") is True,
         owner_uid=_controller_uid(meta, str(status.get("check") or "")),
         mismatch=_result_mismatch(meta, status),
+        proof=parse_proof(status.get("proof")),
     )
 
 
