@@ -328,6 +328,8 @@ def test_uninstall_leaves_nothing_behind(chart_cluster: Cluster, release: Releas
     release.values += ["--set", "defaultCheck.nodeSelector.group=a",
                        "--set", "defaultCheck.remediation.cordon=true",
                        "--set", "defaultCheck.remediation.maxCordoned=1",
+                       # The admin's cordon is 1 of the 4 selected nodes: above the 10% guard.
+                       "--set", "remediation.maxUnhealthy=50%",
                        # Holds the hook Job's pod Pending until the test lets it run.
                        "--set", f"cleanup.nodeSelector.{hook_label}=run"]
     release.install()

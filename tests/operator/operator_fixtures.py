@@ -21,9 +21,13 @@ def crds(cluster: Cluster) -> Cluster:
 
 
 @pytest.fixture
-def operator(crds: Cluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    """A running operator for one test; stopped (and its checks deleted) afterwards."""
-    process = OperatorProcess(crds, namespace, tmp_path / "logs").start()
+def operator(crds: Cluster, namespace: str, tmp_path: Path,
+             request: pytest.FixtureRequest) -> Iterator[OperatorProcess]:
+    """A running operator for one test; stopped (and its checks deleted) afterwards. A test
+    marked ``operator_env(NAME="value", ...)`` runs it with those variables set."""
+    marker = request.node.get_closest_marker("operator_env")
+    env = dict(marker.kwargs) if marker else {}
+    process = OperatorProcess(crds, namespace, tmp_path / "logs", extra_env=env).start()
     try:
         yield process
     finally:

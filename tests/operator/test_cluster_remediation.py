@@ -51,6 +51,9 @@ def patch_remediation(cluster: Cluster, name: str, **fields: Any) -> None:
                 content_type="application/merge-patch+json")
 
 
+# Two cordons at once: above the cluster-wide default of 1 (tested on its own in
+# test_cluster_budgets.py), and an admin's cordon of 1 in 10 nodes is within the 10% guard.
+@pytest.mark.operator_env(THPCHECK_CLUSTER_MAX_CORDONED="2")
 def test_remediation_end_to_end(crds: Cluster, operator: OperatorProcess, kubelet: Kubelet,
                                 checks: list[str], make_nodes: Callable[..., list[str]],
                                 test_id: str, tmp_path: Path) -> None:

@@ -46,6 +46,10 @@ class OperatorContext:
     recent: RecentWrites = field(default_factory=RecentWrites)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     mitigation_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Cordon decisions of all checks, one at a time (the cluster-wide cordon budget), and the
+    # cordon lists each check persisted last (the watch may not show them yet).
+    cordon_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    cordon_claims: dict[str, frozenset[str]] = field(default_factory=dict)
     # The status each check's last write produced: the watch may not have delivered it yet,
     # and comparing against it avoids writing the same status twice.
     written_status: dict[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -77,6 +81,7 @@ class OperatorContext:
         self.rejected_daemonsets.pop(check, None)
         self.reported_untrusted.pop(check, None)
         self.mount_failures.pop(check, None)
+        self.cordon_claims.pop(check, None)
         self.triggers.forget(check)
         self.metrics.forget_check(check)
 

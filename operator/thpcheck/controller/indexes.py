@@ -47,6 +47,7 @@ class CheckSummary:
     name: str
     mitigate: bool
     deleting: bool
+    cordoned: tuple[str, ...] = ()  # status.cordonedNodes (the cluster-wide cordon budget)
 
 
 async def index_node(body: kopf.Body, **_: Any) -> dict[str, NodeView]:
@@ -82,7 +83,8 @@ async def index_check(body: kopf.Body, **_: Any) -> dict[str, CheckSummary]:
     name = str(meta.get("name", ""))
     # A preflight check runs no pod on any node, the mitigation's included.
     mitigate = spec.remediation.mitigate and spec.mode is Mode.FULL
-    return {name: CheckSummary(name, mitigate, bool(meta.get("deletionTimestamp")))}
+    cordoned = tuple((body.get("status") or {}).get("cordonedNodes") or ())
+    return {name: CheckSummary(name, mitigate, bool(meta.get("deletionTimestamp")), cordoned)}
 
 
 def _values(index: Mapping[Any, Iterable[T]]) -> Iterator[T]:

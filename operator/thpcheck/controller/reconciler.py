@@ -35,6 +35,7 @@ from thpcheck.specs.checkspec import CheckSpec, Mode, parse_spec
 from thpcheck.specs.hostpaths import FAILED_MOUNT, missing_paths, stuck_pods, with_mount_failures
 from thpcheck.specs.mitigation import mitigation_daemonset
 from thpcheck.specs.remediation import (
+    CLUSTER_UNHEALTHY,
     NodeChange,
     PlannedAction,
     RemediationPlan,
@@ -139,11 +140,20 @@ class CheckReconciler:
                 timedelta(seconds=self.ctx.settings.empty_result_grace), self.runs.failures)
         self._report_untrusted(results.untrusted)
         await self._write_results(results, by_name)
-        remedy = plan_remediation(
-            self.name, remediation, paused=self.spec.paused, selected=selected,
-            all_nodes=nodes, states=results.states,
-            cordoned=list(self.previous.get("cordonedNodes") or []))
-        cordoned = await self._remediate(remedy, by_name)
+        # New cordons are decided and made one check at a time (the cluster-wide budget);
+        # a plan without one (labels, uncordons) is applied outside the lock.
+        async with self.ctx.cordon_lock:
+            remedy = plan_remediation(
+                self.name, remediation, paused=self.spec.paused, selected=selected,
+                all_nodes=nodes, states=results.states,
+                cordoned=list(self.previous.get("cordonedNodes") or []),
+                limits=self.ctx.settings.limits(self._claimed_by_others()))
+            cordons = any(c.unschedulable for c in remedy.changes)
+            if cordons:
+                cordoned = await self._remediate(remedy, by_name)
+        if not cordons:
+            cordoned = await self._remediate(remedy, by_name)
+        self.ctx.cordon_claims[self.name] = frozenset(cordoned)
         await manage_mitigation_daemonset(self.ctx, self.idx)
         self._post_node_events(by_name, remedy)
         await self._write_status(rollout, results, remedy, cordoned, selected, nodes, observed)
@@ -313,6 +323,18 @@ class CheckReconciler:
 
     # -- remediation -------------------------------------------------------------------
 
+    def _claimed_by_others(self) -> frozenset[str]:
+        """Nodes the other checks persisted as cordoned (status.cordonedNodes), from the
+        index and from this process's own latest writes, whichever lists more."""
+        claimed: set[str] = set()
+        for summary in self.idx.check_summaries():
+            if summary.name != self.name:
+                claimed.update(summary.cordoned)
+        for check, nodes in self.ctx.cordon_claims.items():
+            if check != self.name:
+                claimed.update(nodes)
+        return frozenset(claimed)
+
     async def _remediate(self, plan: RemediationPlan,
                          nodes: Mapping[str, NodeView]) -> list[str]:
         """Persist the cordon list, then change the nodes; returns the list to report."""
@@ -328,6 +350,7 @@ class CheckReconciler:
                 self.ctx.triggers.poke(self.name)
                 return stored
             self.previous = {**self.previous, **response}
+            self.ctx.cordon_claims[self.name] = frozenset(plan.cordoned_before)
 
         async def change(item: NodeChange) -> None:
             try:
@@ -432,6 +455,8 @@ class CheckReconciler:
             unschedulable=sum(1 for p in pods if p.unschedulable and not p.deleting),
             cordoned_nodes=cordoned,
             blocked_cordons=remedy.blocked_cordons,
+            blocked_reason=remedy.blocked_reason,
+            blocked_message=remedy.blocked_message,
             paused=self.spec.paused,
             dry_run=self.spec.remediation.dry_run,
             planned=remedy.planned if (self.spec.remediation.dry_run or self.spec.paused)
@@ -453,6 +478,12 @@ class CheckReconciler:
         if status["phase"] != self.previous.get("phase"):
             events.on_check(self.body, reason=status["phase"], message=status["message"],
                             warning=status["phase"] == "Degraded")
+        blocked = _condition(status, "RemediationBlocked")
+        if (blocked.get("reason") == CLUSTER_UNHEALTHY
+                and _condition(self.previous, "RemediationBlocked").get("reason")
+                != CLUSTER_UNHEALTHY):
+            events.on_check(self.body, reason=CLUSTER_UNHEALTHY, warning=True,
+                            message=str(blocked.get("message", "")))
         patch = {**{k: None for k in self.live_status if k not in status}, **status}
         try:
             self.ctx.written_status[self.name] = await self._patch_status(patch) or status
@@ -498,6 +529,10 @@ class CheckReconciler:
                                      if s.verdict is Verdict.AFFECTED and not s.mitigated),
             disagreements=len(results.disagreements),
             interval=(interval.total_seconds() if interval and not self.preflight else None))
+
+
+def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
 
 
 def _parse_time(text: str) -> datetime | None:

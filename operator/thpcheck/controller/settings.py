@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from thpcheck import __version__
 from thpcheck.specs.agent import WorkloadConfig
+from thpcheck.specs.quantities import IntOrPercent, resolve
+from thpcheck.specs.remediation import ClusterLimits
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 DEFAULT_NAMESPACE = "thp-checker"
@@ -52,6 +54,11 @@ class Settings:
     leader_election: bool = False  # THPCHECK_LEADER_ELECTION: act only while holding a Lease
     lease_name: str = "thpcheck-operator"  # THPCHECK_LEASE_NAME (in THPCHECK_NAMESPACE)
     lease_duration: float = 15.0  # THPCHECK_LEASE_DURATION: seconds before a standby takes over
+    # THPCHECK_CLUSTER_MAX_CORDONED: nodes cordoned by all ThpChecks together (or % of nodes)
+    cluster_max_cordoned: IntOrPercent = 1
+    # THPCHECK_MAX_UNHEALTHY: no new cordon while more of a check's selected nodes than this
+    # are NotReady or cordoned by someone else
+    max_unhealthy: IntOrPercent = "10%"
 
     def workload(self) -> WorkloadConfig:
         return WorkloadConfig(namespace=self.namespace, image=self.agent_image,
@@ -59,6 +66,9 @@ class Settings:
                               mitigation_priority_class=self.mitigation_priority_class,
                               pull_secrets=self.pull_secrets,
                               mitigation_state_dir=self.mitigation_state_dir)
+
+    def limits(self, claimed: frozenset[str] = frozenset()) -> ClusterLimits:
+        return ClusterLimits(self.cluster_max_cordoned, self.max_unhealthy, claimed)
 
 
 def _own_namespace() -> str:
@@ -79,6 +89,19 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -
         raise SettingsError(f"{name}={raw!r} is not a number") from None
     if value < minimum:
         raise SettingsError(f"{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
+def _int_or_percent(env: Mapping[str, str], name: str, default: IntOrPercent) -> IntOrPercent:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    value: IntOrPercent = int(raw) if raw.isdigit() else raw
+    try:
+        resolve(value, 100, round_up=False)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} must be a whole number or a percentage such as "
+                            "10%") from None
     return value
 
 
@@ -132,4 +155,6 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         leader_election=_flag(env, "THPCHECK_LEADER_ELECTION", False),
         lease_name=env.get("THPCHECK_LEASE_NAME") or "thpcheck-operator",
         lease_duration=_number(env, "THPCHECK_LEASE_DURATION", 15.0, 3.0),
+        cluster_max_cordoned=_int_or_percent(env, "THPCHECK_CLUSTER_MAX_CORDONED", 1),
+        max_unhealthy=_int_or_percent(env, "THPCHECK_MAX_UNHEALTHY", "10%"),
     )

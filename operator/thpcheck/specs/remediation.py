@@ -11,6 +11,11 @@ Rules, all derived from the node's own marks so they hold across restarts:
   cordoned by us (so never uncordoned), never counted.
 - The cordon budget is counted from ``status.cordonedNodes``, which is written before a node
   is cordoned: a crash between the two leaves the budget over-counted, never exceeded.
+- On top of it (``ClusterLimits``, from the operator's settings): a cluster-wide cap across
+  all ThpChecks, counted from every check's ``status.cordonedNodes`` and every node a check
+  has marked cordoned, and a health guard: no new cordon while more than ``max_unhealthy``
+  of the check's selected nodes are NotReady or unschedulable for other reasons (an admin,
+  a drain; not a ThpCheck's cordon).
 - Dry run and paused plan the same way but change nothing; dry run lists the plan.
 """
 
@@ -24,7 +29,7 @@ from typing import Any
 from thpcheck.model.verdict import Verdict
 from thpcheck.specs import names
 from thpcheck.specs.checkspec import Remediation
-from thpcheck.specs.quantities import budget
+from thpcheck.specs.quantities import IntOrPercent, budget
 from thpcheck.specs.results import NodeState
 from thpcheck.specs.views import NodeView
 
@@ -91,6 +96,21 @@ class NodeChange:
         return body
 
 
+# Why affected nodes wait for a cordon (the RemediationBlocked condition's reason).
+BUDGET_EXHAUSTED = "BudgetExhausted"
+CLUSTER_BUDGET_EXHAUSTED = "ClusterBudgetExhausted"
+CLUSTER_UNHEALTHY = "ClusterUnhealthy"
+
+
+@dataclass(frozen=True)
+class ClusterLimits:
+    """Limits across all ThpChecks (the operator's settings) and what the others hold."""
+
+    max_cordoned: IntOrPercent = 1  # nodes cordoned by all ThpChecks together (% of all nodes)
+    max_unhealthy: IntOrPercent = "10%"  # of the check's selected nodes, before new cordons
+    claimed: frozenset[str] = frozenset()  # nodes other checks persisted as cordoned
+
+
 @dataclass(frozen=True)
 class RemediationPlan:
     changes: list[NodeChange]  # to apply (empty under dry run or paused)
@@ -98,6 +118,8 @@ class RemediationPlan:
     cordoned_before: list[str]  # status.cordonedNodes to persist before changing nodes
     cordoned_after: list[str]  # status.cordonedNodes once the changes are made
     blocked_cordons: int  # affected nodes waiting for budget
+    blocked_reason: str = ""  # BUDGET_EXHAUSTED, CLUSTER_BUDGET_EXHAUSTED or CLUSTER_UNHEALTHY
+    blocked_message: str = ""
 
 
 def _ours(node: NodeView, annotation: str, check: str) -> bool:
@@ -149,11 +171,45 @@ def _plan_mitigation(change: dict[str, NodeChange], node: NodeView, check: str,
         entry.actions.append(PlannedAction(node.name, Action.UNMITIGATE, undo_reason))
 
 
+def unhealthy(nodes: Iterable[NodeView]) -> list[str]:
+    """Nodes that are NotReady, or unschedulable for a reason other than a ThpCheck."""
+    return sorted(n.name for n in nodes if not n.ready or (
+        n.unschedulable and names.CORDONED_BY_ANNOTATION not in n.annotations))
+
+
+def _cordon_room(check: str, remediation: Remediation, limits: ClusterLimits | None,
+                 selected: Sequence[NodeView], nodes: Mapping[str, NodeView],
+                 current: set[str], keep: set[str]) -> tuple[int, str, str]:
+    """How many new cordons the budgets allow, and what limits them (reason, message)."""
+    room = max(0, budget(remediation.max_cordoned, len(selected)) - len(keep))
+    why = (BUDGET_EXHAUSTED, "the spec.remediation.maxCordoned budget")
+    if limits is None:
+        return room, *why
+    sick = unhealthy(selected)
+    allowed = budget(limits.max_unhealthy, len(selected))
+    if len(sick) > allowed:
+        listed = ", ".join(sick[:5]) + (f" and {len(sick) - 5} more" if len(sick) > 5 else "")
+        return 0, CLUSTER_UNHEALTHY, (
+            f"{len(sick)} of {len(selected)} selected nodes are NotReady or cordoned by "
+            f"someone else ({listed}), more than the {limits.max_unhealthy} the operator "
+            "allows (THPCHECK_MAX_UNHEALTHY): no new cordon until they recover")
+    others = {n for n in limits.claimed if n in nodes} | {
+        n.name for n in nodes.values()
+        if n.annotations.get(names.CORDONED_BY_ANNOTATION) not in (None, check)}
+    cluster = max(0, budget(limits.max_cordoned, len(nodes)) - len(others | current))
+    if cluster < room:
+        return cluster, CLUSTER_BUDGET_EXHAUSTED, (
+            f"the cluster-wide budget of {limits.max_cordoned} cordons across all ThpChecks "
+            f"(THPCHECK_CLUSTER_MAX_CORDONED; {len(others)} held by other checks)")
+    return room, *why
+
+
 def plan_remediation(check: str, remediation: Remediation, *, paused: bool,
                      selected: Sequence[NodeView], all_nodes: Iterable[NodeView],
-                     states: Mapping[str, NodeState],
-                     cordoned: Sequence[str]) -> RemediationPlan:
-    """Everything remediation should change now, and the budget bookkeeping."""
+                     states: Mapping[str, NodeState], cordoned: Sequence[str],
+                     limits: ClusterLimits | None = None) -> RemediationPlan:
+    """Everything remediation should change now, and the budget bookkeeping. ``limits``:
+    the cluster-wide cap and health guard (None: the check's own budget only)."""
     nodes = {n.name: n for n in all_nodes}
     chosen = {n.name for n in selected}
     changes: dict[str, NodeChange] = {}
@@ -182,9 +238,11 @@ def plan_remediation(check: str, remediation: Remediation, *, paused: bool,
     current |= {n.name for n in nodes.values() if _ours(n, names.CORDONED_BY_ANNOTATION, check)}
     release = sorted(n for n in current if not wants_cordon(nodes[n]))
     keep = current - set(release)
-    room = max(0, budget(remediation.max_cordoned, len(chosen)) - len(keep))
+    room, reason, limit = _cordon_room(check, remediation, limits, selected, nodes, current,
+                                       keep)
     candidates = sorted(n.name for n in nodes.values() if wants_cordon(n) and n.name not in keep)
     picks, blocked = candidates[:room], candidates[room:]
+    message = (f"{len(blocked)} affected nodes wait for a cordon: {limit}" if blocked else "")
     for name in release:
         node = nodes[name]
         if _ours(node, names.CORDONED_BY_ANNOTATION, check):
@@ -205,10 +263,13 @@ def plan_remediation(check: str, remediation: Remediation, *, paused: bool,
 
     ordered = [changes[n] for n in sorted(changes)]
     planned = [a for c in ordered for a in c.actions]
+    why = reason if blocked else ""
     if remediation.dry_run or paused:
-        return RemediationPlan([], planned, sorted(current), sorted(current), len(blocked))
+        return RemediationPlan([], planned, sorted(current), sorted(current), len(blocked),
+                               why, message)
     after = sorted(keep | set(picks))
-    return RemediationPlan(ordered, planned, sorted(current | set(picks)), after, len(blocked))
+    return RemediationPlan(ordered, planned, sorted(current | set(picks)), after, len(blocked),
+                           why, message)
 
 
 def _uncordon_reason(node: NodeView, remediation: Remediation, state: NodeState | None,

@@ -70,6 +70,10 @@ class StatusInputs:
     blocked: Mapping[str, str] = field(default_factory=dict)
     rollout_error: str = ""  # the API server refused the agent DaemonSet (its message)
     untrusted: Mapping[str, str] = field(default_factory=dict)  # result name -> why ignored
+    # What holds the blocked cordons back (specs.remediation: BudgetExhausted,
+    # ClusterBudgetExhausted, ClusterUnhealthy) and the sentence saying so.
+    blocked_reason: str = ""
+    blocked_message: str = ""
 
 
 def counts(selected: Sequence[str], states: Mapping[str, NodeState]) -> dict[str, int]:
@@ -218,6 +222,8 @@ def _blocked(inputs: StatusInputs) -> tuple[str, str]:
     if inputs.dry_run:
         return "DryRun", ("spec.remediation.dryRun is set: status.plannedActions lists what "
                           "would be done")
+    if inputs.blocked_cordons and inputs.blocked_reason:
+        return inputs.blocked_reason, inputs.blocked_message
     if inputs.blocked_cordons:
         return "BudgetExhausted", (f"{inputs.blocked_cordons} affected nodes wait for the "
                                    "spec.remediation.maxCordoned budget")
