@@ -47,6 +47,16 @@ class ApiError(RuntimeError):
         return self.detail[:500] or f"{self.status} {self.reason}"
 
 
+def _status_message(data: bytes) -> str:
+    """The message of a metav1.Status error body (what a user reads), else the raw text."""
+    text = data.decode(errors="replace") if data else ""
+    with contextlib.suppress(ValueError, AttributeError):
+        message = json.loads(text).get("message")
+        if isinstance(message, str) and message:
+            return message
+    return text
+
+
 class NotFound(ApiError):
     pass
 
@@ -115,7 +125,7 @@ class Kube:
             raise ApiError(verb, path, 0, type(exc).__name__, transport_error(exc)) from exc
         if response.status >= 400:
             self.metrics.api_errors.labels(verb=verb).inc()
-            detail = data.decode(errors="replace") if data else ""
+            detail = _status_message(data)
             kind = (NotFound if response.status == 404 else
                     Conflict if response.status == 409 else ApiError)
             raise kind(verb, path, response.status, response.reason or "", detail)

@@ -50,6 +50,8 @@ class OperatorContext:
     # cordon lists each check persisted last (the watch may not show them yet).
     cordon_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     cordon_claims: dict[str, frozenset[str]] = field(default_factory=dict)
+    # The orphan sweep (controller.handlers.sweep_forever), started by the first watch event.
+    sweeper: asyncio.Task[None] | None = None
     # The status each check's last write produced: the watch may not have delivered it yet,
     # and comparing against it avoids writing the same status twice.
     written_status: dict[str, Mapping[str, Any]] = field(default_factory=dict)

@@ -21,7 +21,13 @@ from thpcheck.controller.context import OperatorContext, context_of
 from thpcheck.controller.indexes import Indexes
 from thpcheck.controller.reconciler import CheckReconciler, bounded, manage_mitigation_daemonset
 from thpcheck.specs import names
-from thpcheck.specs.remediation import NodeChange, event_reason, plan_cleanup
+from thpcheck.specs.cleanup import (
+    CLEANUP_BLOCKED,
+    backoff,
+    blocked_conditions,
+    blocked_message,
+)
+from thpcheck.specs.remediation import NodeChange, event_reason, plan_cleanup, plan_orphans
 from thpcheck.specs.views import NodeView, annotated_check, node_view
 
 log = structlog.get_logger("thpcheck.operator")
@@ -52,6 +58,7 @@ async def poke_everyone(memo: kopf.Memo, **kwargs: Any) -> None:
     ctx = context_of(memo)
     ctx.triggers.poke_all()
     idx = Indexes.of(kwargs)
+    start_sweeper(ctx, idx)
     if not idx.check_summaries() and idx.daemonset(names.MITIGATION_DAEMONSET) is not None:
         await manage_mitigation_daemonset(ctx, idx)
 
@@ -70,6 +77,57 @@ async def poke_for_daemonset(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) ->
         context_of(memo).triggers.poke(check)
     else:
         await poke_everyone(memo, **kwargs)
+
+
+# -- the orphan sweep ----------------------------------------------------------------------
+
+
+def start_sweeper(ctx: OperatorContext, idx: Indexes) -> None:
+    """Start the orphan sweep once, from a watch event: kopf runs those only after every
+    index is filled, so a ThpCheck missing from the index is really gone."""
+    if ctx.sweeper is None:
+        ctx.sweeper = asyncio.get_running_loop().create_task(sweep_forever(ctx, idx),
+                                                             name="orphan sweep")
+
+
+async def stop_sweeper(memo: kopf.Memo, **_: Any) -> None:
+    task = context_of(memo).sweeper
+    if task is not None:
+        task.cancel()
+
+
+async def sweep_forever(ctx: OperatorContext, idx: Indexes) -> None:
+    """Undo orphaned marks, then again every status interval (the resync)."""
+    while True:
+        try:
+            await sweep_orphans(ctx, idx)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the next sweep tries again
+            log.exception("orphan sweep failed")
+        await asyncio.sleep(ctx.settings.status_interval)
+
+
+async def sweep_orphans(ctx: OperatorContext, idx: Indexes) -> None:
+    """Node marks and results of ThpChecks that no longer exist (their finalizer removed by
+    hand, or deleted while the operator was down) are undone, with an Event on each node."""
+    live = {c.name for c in idx.check_summaries()}
+    nodes = {n.name: n for n in ctx.recent.overlay_nodes(idx.all_nodes())}
+    changes = plan_orphans(nodes.values(), live)
+    if changes:
+        failures = await _undo(ctx, changes, nodes)
+        log.info("orphaned marks undone", nodes=len(changes) - len(failures),
+                 failed=sorted(failures))
+        unlabelled = {c.node for c in changes
+                      if names.MITIGATE_LABEL in c.labels and c.node not in failures}
+        await manage_mitigation_daemonset(ctx, idx, unlabelled)
+    for check in sorted(set(idx.results) - live - {""}):
+        try:
+            await ctx.kube.delete_results(check)
+        except ApiError as exc:
+            log.warning("orphaned results not deleted", check=check, error=str(exc))
+        else:
+            log.info("orphaned results deleted", check=check)
 
 
 # -- the per-check daemon ------------------------------------------------------------------
@@ -120,24 +178,33 @@ async def _wait_for_poke(flag: asyncio.Event, stopped: kopf.DaemonStopped, *,
 # -- deletion ------------------------------------------------------------------------------
 
 
-async def clean_up_check(name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    """Undo every label, annotation and cordon the check made; delete its DaemonSet and
-    results. Retried (kopf.TemporaryError) until every node change went through."""
+async def clean_up_check(name: str, body: kopf.Body, memo: kopf.Memo, retry: int = 0,
+                         **kwargs: Any) -> None:
+    """Undo every label, annotation, cordon and mitigation label the check made; delete its
+    DaemonSet and results. The finalizer stays until every node is clean: while a node
+    refuses, a Warning Event and the CleanupBlocked condition name it and the API error, and
+    the next attempt follows a backoff (specs.cleanup). There is no last attempt."""
     ctx = context_of(memo)
     idx = Indexes.of(kwargs)
     async with ctx.lock(name):
         nodes = {n.name: n for n in ctx.recent.overlay_nodes(idx.all_nodes())}
         changes = plan_cleanup(name, nodes.values())
-        failed = await _undo(ctx, changes, nodes)
-        await ctx.kube.delete_daemonset(ctx.settings.namespace,
-                                        names.agent_daemonset_name(name))
-        try:
+        failures = await _undo(ctx, changes, nodes)
+        # What our writes left (a refused write, or a mark the watch shows only now).
+        for left in plan_cleanup(name, ctx.recent.overlay_nodes(idx.all_nodes())):
+            failures.setdefault(left.node, "its marks are still present")
+        if failures:
+            await _report_blocked(ctx, name, body, failures)
+            raise kopf.TemporaryError(
+                blocked_message(failures),
+                delay=backoff(retry, ctx.settings.cleanup_backoff_max))
+        try:  # the garbage collector removes both too (ownerReferences): not worth a wait
+            await ctx.kube.delete_daemonset(ctx.settings.namespace,
+                                            names.agent_daemonset_name(name))
             await ctx.kube.delete_results(name)
         except ApiError as exc:
-            log.warning("results not deleted; the garbage collector will", check=name,
-                        error=str(exc))
-        if failed:
-            raise kopf.TemporaryError(f"{failed} nodes still carry marks of {name}", delay=5)
+            log.warning("agent daemonset or results not deleted; the garbage collector will",
+                        check=name, error=str(exc))
         unlabelled = {c.node for c in changes if names.MITIGATE_LABEL in c.labels}
         await manage_mitigation_daemonset(ctx, _without(idx, name), unlabelled)
         events.on_check(body, reason="CleanedUp",
@@ -146,23 +213,40 @@ async def clean_up_check(name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: 
         ctx.forget(name)
 
 
+async def _report_blocked(ctx: OperatorContext, name: str, body: kopf.Body,
+                          failures: dict[str, str]) -> None:
+    """A Warning Event and the CleanupBlocked condition naming the nodes and errors."""
+    message = blocked_message(failures)
+    log.warning("clean-up blocked; retrying", check=name, nodes=sorted(failures))
+    events.on_check(body, reason=CLEANUP_BLOCKED, warning=True, message=message)
+    status = body.get("status") or {}
+    conditions = blocked_conditions(list(status.get("conditions") or []), failures,
+                                    datetime.now(UTC),
+                                    int(body.get("metadata", {}).get("generation") or 0))
+    try:
+        await ctx.kube.patch_check_status(name, {"status": {"conditions": conditions}})
+    except ApiError as exc:
+        log.warning("clean-up condition not written", check=name, error=str(exc))
+
+
 async def _undo(ctx: OperatorContext, changes: list[NodeChange],
-                nodes: dict[str, NodeView]) -> int:
-    async def undo(change: NodeChange) -> bool:
+                nodes: dict[str, NodeView]) -> dict[str, str]:
+    """Apply the undo changes; returns the nodes that refused, with the API error."""
+    async def undo(change: NodeChange) -> str:
         try:
             written = await ctx.kube.patch_node(change.node, change.patch())
         except ApiError as exc:
             log.warning("node not restored", node=change.node, error=str(exc))
-            return False
+            return str(exc)
         ctx.recent.wrote_node(node_view(written), nodes[change.node].resource_version)
         events.on_node(nodes[change.node], reason=event_reason(change.actions, applied=True),
                        message="; ".join(f"{a.action.value.lower()}: {a.reason}"
                                          for a in change.actions))
-        return True
+        return ""
 
     done = await bounded(ctx.settings.api_workers,
                          [undo(change) for change in changes])
-    return sum(1 for ok in done if not ok)
+    return {c.node: error for c, error in zip(changes, done, strict=True) if error}
 
 
 def _without(idx: Indexes, check: str) -> Indexes:

@@ -83,6 +83,7 @@ def build_registry(settings: Settings, source: credentials.Source) -> kopf.Opera
     """Every handler of the operator, in one place."""
     registry = kopf.OperatorRegistry()
     kopf.on.login(id="login", registry=registry)(login_handler(source))
+    kopf.on.cleanup(registry=registry)(handlers.stop_sweeper)
 
     # Indexes: what the planners read (small views, filled before any handler runs).
     kopf.index("v1", "nodes", id=indexes.NODES, registry=registry)(indexes.index_node)
@@ -109,8 +110,9 @@ def build_registry(settings: Settings, source: credentials.Source) -> kopf.Opera
     # The work: one daemon per ThpCheck, and the clean-up when one is deleted.
     kopf.daemon(*CHECKS, id="reconcile", cancellation_timeout=30, backoff=5,
                 registry=registry)(handlers.run_check)
-    kopf.on.delete(*CHECKS, id="clean-up", timeout=settings.handler_timeout,
-                   retries=settings.handler_retries, backoff=5,
+    # No timeout and no retry limit: a clean-up that gives up would let kopf drop the
+    # finalizer with marks still on nodes. The handler sets its own backoff.
+    kopf.on.delete(*CHECKS, id="clean-up", timeout=None, retries=None, backoff=5,
                    registry=registry)(handlers.clean_up_check)
     return registry
 

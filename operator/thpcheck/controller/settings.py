@@ -49,8 +49,9 @@ class Settings:
     api_workers: int = 16  # THPCHECK_API_WORKERS: concurrent API calls
     watch_server_timeout: float = 300.0  # THPCHECK_WATCH_SERVER_TIMEOUT
     watch_client_timeout: float = 330.0  # THPCHECK_WATCH_CLIENT_TIMEOUT
-    handler_timeout: float = 600.0  # THPCHECK_HANDLER_TIMEOUT (deletion clean-up)
-    handler_retries: int = 20  # THPCHECK_HANDLER_RETRIES
+    # THPCHECK_CLEANUP_BACKOFF_MAX: longest wait between two attempts of a deleted check's
+    # clean-up (it never gives up: the finalizer stays until every mark is gone)
+    cleanup_backoff_max: float = 300.0
     leader_election: bool = False  # THPCHECK_LEADER_ELECTION: act only while holding a Lease
     lease_name: str = "thpcheck-operator"  # THPCHECK_LEASE_NAME (in THPCHECK_NAMESPACE)
     lease_duration: float = 15.0  # THPCHECK_LEASE_DURATION: seconds before a standby takes over
@@ -150,8 +151,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         api_workers=int(_number(env, "THPCHECK_API_WORKERS", 16, 1)),
         watch_server_timeout=_number(env, "THPCHECK_WATCH_SERVER_TIMEOUT", 300.0, 1.0),
         watch_client_timeout=_number(env, "THPCHECK_WATCH_CLIENT_TIMEOUT", 330.0, 1.0),
-        handler_timeout=_number(env, "THPCHECK_HANDLER_TIMEOUT", 600.0, 1.0),
-        handler_retries=int(_number(env, "THPCHECK_HANDLER_RETRIES", 20, 1)),
+        cleanup_backoff_max=_number(env, "THPCHECK_CLEANUP_BACKOFF_MAX", 300.0, 1.0),
         leader_election=_flag(env, "THPCHECK_LEADER_ELECTION", False),
         lease_name=env.get("THPCHECK_LEASE_NAME") or "thpcheck-operator",
         lease_duration=_number(env, "THPCHECK_LEASE_DURATION", 15.0, 3.0),

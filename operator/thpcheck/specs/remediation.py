@@ -21,7 +21,7 @@ Rules, all derived from the node's own marks so they hold across restarts:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -285,18 +285,44 @@ def _uncordon_reason(node: NodeView, remediation: Remediation, state: NodeState 
     return "no longer affected"
 
 
-def plan_cleanup(check: str, all_nodes: Iterable[NodeView]) -> list[NodeChange]:
+MARK_ANNOTATIONS = (names.LABELLED_BY_ANNOTATION, names.CORDONED_BY_ANNOTATION,
+                    names.MITIGATE_BY_ANNOTATION)
+
+
+def plan_cleanup(check: str, all_nodes: Iterable[NodeView],
+                 reason: str = "the ThpCheck was deleted") -> list[NodeChange]:
     """Undo every mark ``check`` made (the ThpCheck is being deleted)."""
     changes: dict[str, NodeChange] = {}
-    reason = "the ThpCheck was deleted"
     for node in all_nodes:
-        _plan_labels(changes, node, check, None, wanted=False, undo_reason=reason)
-        _plan_mitigation(changes, node, check, wanted=False, undo_reason=reason)
-        if _ours(node, names.CORDONED_BY_ANNOTATION, check):
-            entry = _change(changes, node)
-            entry.unschedulable = False
-            entry.annotations[names.CORDONED_BY_ANNOTATION] = None
-            entry.actions.append(PlannedAction(node.name, Action.UNCORDON, reason))
+        _undo_marks(changes, node, check, reason)
+    return [changes[n] for n in sorted(changes)]
+
+
+def _undo_marks(changes: dict[str, NodeChange], node: NodeView, check: str,
+                reason: str) -> None:
+    _plan_labels(changes, node, check, None, wanted=False, undo_reason=reason)
+    _plan_mitigation(changes, node, check, wanted=False, undo_reason=reason)
+    if _ours(node, names.CORDONED_BY_ANNOTATION, check):
+        entry = _change(changes, node)
+        entry.unschedulable = False
+        entry.annotations[names.CORDONED_BY_ANNOTATION] = None
+        entry.actions.append(PlannedAction(node.name, Action.UNCORDON, reason))
+
+
+def marked_by(node: NodeView) -> set[str]:
+    """The ThpChecks whose marks the node carries (labels, cordon, mitigation label)."""
+    return {node.annotations[a] for a in MARK_ANNOTATIONS if node.annotations.get(a)}
+
+
+def plan_orphans(all_nodes: Iterable[NodeView], checks: Collection[str]) -> list[NodeChange]:
+    """Undo the marks of ThpChecks that no longer exist (``checks``: those that do): their
+    finalizer was removed by hand, or the operator was down while they were deleted."""
+    changes: dict[str, NodeChange] = {}
+    for node in all_nodes:
+        for gone in sorted(marked_by(node) - set(checks)):
+            _undo_marks(changes, node, gone, f"ThpCheck {gone} no longer exists (its marks "
+                        "outlived it: finalizer removed by hand, or deleted while the "
+                        "operator was down)")
     return [changes[n] for n in sorted(changes)]
 
 
