@@ -366,8 +366,9 @@ def test_uninstall_leaves_nothing_behind(chart_cluster: Cluster, release: Releas
         assert all(names.VERDICT_LABEL in during[n] for n in nodes)
         daemonsets = cluster.kubectl("get", "daemonsets", "-n", namespace, "-o",
                                      "name").stdout.split()
-        assert len(daemonsets) == 3 and f"daemonset.apps/{names.MITIGATION_DAEMONSET}" \
-            in daemonsets
+        assert len(daemonsets) == 4 and {f"daemonset.apps/{names.MITIGATION_DAEMONSET}",
+                                         f"daemonset.apps/{names.RESTORE_DAEMONSET}"} \
+            <= set(daemonsets)
         assert len(cluster.api("GET", RESULTS_PATH)["items"]) == 5
 
         # helm uninstall: runs the pre-delete hook first and waits for its Job.
@@ -388,19 +389,43 @@ def test_uninstall_leaves_nothing_behind(chart_cluster: Cluster, release: Releas
                                       tmp_path / "cleanup.kubeconfig")
         assert not can_i(cluster, hook_token, "patch", "nodes")
         assert not can_i(cluster, hook_token, "get", "secrets", namespace)
-        # An admin's own mitigation label keeps the shared mitigation DaemonSet alive after
-        # every ThpCheck is gone; the hook must still remove it (no privileged DaemonSet may
-        # outlive the operator).
+        # An admin's own mitigation label: the uninstall would lift a mitigation it cannot
+        # confirm, so the hook fails at once naming the node (once the ThpCheck are gone).
         cluster.kubectl("label", "node", a2, f"{names.MITIGATE_LABEL}=true")
         hook = run_hook_script(hook_token, namespace)
-        assert hook.returncode == 0, hook.stdout + hook.stderr
+        assert hook.returncode == 1, hook.stdout + hook.stderr
         assert "deleting ThpCheck default" in hook.stdout
         assert f"deleting ThpCheck mitigate-{test_id}" in hook.stdout
-        assert f"deleting DaemonSet {namespace}/{names.MITIGATION_DAEMONSET}" in hook.stdout
-        cluster.kubectl("label", "node", a2, f"{names.MITIGATE_LABEL}-")
+        assert f"nodes labelled thpcheck.io/mitigate=true by hand: {a2}." in hook.stderr
 
         # Everything the checks did is undone, while the operator still ran.
         assert all_checks(cluster) == []
+        others = [n for n in nodes if n != a2]
+        assert node_marks(cluster, others) == {n: before[n] for n in others}
+
+        # With the operator stopped: a mark whose ThpCheck is gone, and a node where the
+        # restore cannot be confirmed (no kubelet runs its restore pod). The hook names both.
+        operator.stop()
+        cluster.kubectl("label", "node", a2, f"{names.MITIGATE_LABEL}-")
+        cluster.kubectl("annotate", "node", a0, f"{names.LABELLED_BY_ANNOTATION}=ghost")
+        dead = f"dead-{test_id}"
+        cluster.api("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {
+            "name": dead, "labels": {"kubernetes.io/os": "linux"}}})  # kwok does not run it
+        try:
+            hook = run_hook_script(hook_token, namespace, timeout=20)
+            assert hook.returncode == 1, hook.stdout + hook.stderr
+            assert f"nodes still carrying marks of a ThpCheck: {a0} (ghost)" in hook.stderr
+            assert "khugepaged restore not confirmed" in hook.stderr
+            assert dead in hook.stderr.split("khugepaged restore not confirmed")[1]
+        finally:
+            cluster.delete_node(dead, wait=False)
+        # The operator back: its orphan sweep undoes the ghost's mark, it deletes the
+        # mitigation DaemonSet (no node labelled), and the hook confirms the restore.
+        operator.start()
+        hook = run_hook_script(hook_token, namespace)
+        assert hook.returncode == 0, hook.stdout + hook.stderr
+        assert "khugepaged restore confirmed on all" in hook.stdout or (
+            "no mitigation record left to confirm" in hook.stdout)
         assert node_marks(cluster, nodes) == before
         assert before[admin]["unschedulable"] is True  # the admin's cordon stays
         assert cluster.api("GET", RESULTS_PATH)["items"] == []

@@ -296,9 +296,12 @@ def test_cleanup_hook(helm: Helm) -> None:
     weights = {d["kind"]: int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for d in hooks}
     assert weights["ServiceAccount"] < weights["ClusterRoleBinding"] < weights["Job"]
     assert sorted(_rules(docs, "thp-checker-cleanup")) == [
+        ("*", "", "nodes", "list"),
         ("*", "thpcheck.io", "thpchecks", "delete"), ("*", "thpcheck.io", "thpchecks", "list"),
-        ("thp-checker", "apps", "daemonsets[thpcheck-mitigation]", "delete"),
-        ("thp-checker", "apps", "daemonsets[thpcheck-mitigation]", "get")]
+        ("thp-checker", "", "pods", "list"),
+        ("thp-checker", "apps", "daemonsets[thpcheck-mitigation,thpcheck-mitigation-restore]",
+         "get"),
+        ("thp-checker", "apps", "daemonsets[thpcheck-mitigation-restore]", "delete")]
     job = find(hooks, "Job")
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -343,6 +346,21 @@ def test_report_only_renders_no_node_writes_anywhere(helm: Helm) -> None:
                        "--set", "defaultCheck.remediation.cordon=true", check=False)
     assert refused.returncode != 0
     assert "need remediation.enabled=true" in refused.stderr
+
+
+def test_the_mitigation_state_dir_is_never_an_agent_path(helm: Helm) -> None:
+    assert "/var/lib/thpcheck-mitigation" not in find(render(helm), names.CHECK_KIND)[
+        "spec"]["paths"]
+    for state, path in (("/var/lib/thpcheck", "/var/lib/thpcheck"),
+                        ("/srv/data/state", "/srv/data"), ("/srv", "/srv/data/")):
+        refused = helm.run("template", "r", str(CHART), "--set",
+                           f"agent.mitigationStateDir={state}", "--set-json",
+                           f'defaultCheck.paths=["{path}"]', check=False)
+        assert refused.returncode != 0, (state, path)
+        assert (f"agent.mitigationStateDir {state} overlaps defaultCheck.paths entry {path}"
+                in refused.stderr)
+    assert helm.run("template", "r", str(CHART), "--set", "agent.mitigationStateDir=/srv/a",
+                    "--set-json", 'defaultCheck.paths=["/srv/ab"]', check=False).returncode == 0
 
 
 def test_all_values_check(helm: Helm) -> None:

@@ -213,7 +213,12 @@ def test_the_mitigation_daemonset_is_privileged_and_selects_labelled_nodes() -> 
     assert container["readinessProbe"]["exec"]["command"][:3] == ["thpcheck", "mitigate",
                                                                   "--verify"]
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    assert mounts == {"/host/sys/kernel/mm/transparent_hugepage", "/host/var/lib/thpcheck"}
+    assert mounts == {"/host/sys/kernel/mm/transparent_hugepage",
+                      "/host/var/lib/thpcheck-mitigation"}
+    # A rolling update starts the new pod before the old one stops (an upgrade never lets
+    # khugepaged run).
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"] == {"maxSurge": "10%",
+                                                             "maxUnavailable": 0}
 
 
 def test_when_every_node_may_run_at_once_there_is_no_standby_step() -> None:

@@ -40,9 +40,14 @@ def knob_of(root: Path) -> int:
     return int((root / KNOB.lstrip("/")).read_text())
 
 
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    """The state file in a directory of its own (the mitigation creates it)."""
+    return tmp_path / "state" / "mitigation.state"
+
+
 def test_apply_records_once_and_restore_puts_back_the_exact_value(fake_root: Path,
-                                                                  tmp_path: Path) -> None:
-    state = tmp_path / "state" / "mitigation.state"
+                                                                  state: Path) -> None:
     m = mitigator(fake_root, state)
     applied = m.apply()
     assert (applied.original, applied.recorded_now) == (10000, True)
@@ -57,8 +62,8 @@ def test_apply_records_once_and_restore_puts_back_the_exact_value(fake_root: Pat
     assert m.restore() is None  # nothing recorded: nothing touched
 
 
-def test_a_damaged_state_file_is_an_error_not_a_guess(fake_root: Path, tmp_path: Path) -> None:
-    state = tmp_path / "mitigation.state"
+def test_a_damaged_state_file_is_an_error_not_a_guess(fake_root: Path, state: Path) -> None:
+    state.parent.mkdir(mode=0o700)
     state.write_text("{\"original\": \"lots\"}")
     with pytest.raises(MitigationError, match="no valid original"):
         mitigator(fake_root, state).apply()
@@ -84,7 +89,7 @@ def env() -> dict[str, str]:
 def start(root: Path, state: Path) -> subprocess.Popen[str]:
     """Start ``thpcheck mitigate`` and return once it reports the knob applied (its signal
     handlers are installed by then)."""
-    log = state.with_name(f"mitigate-{time.monotonic_ns()}.log")
+    log = state.parent.with_name(f"mitigate-{time.monotonic_ns()}.log")  # not in the state dir
     with log.open("w") as sink:
         process = subprocess.Popen(
             cli("--host-root", str(root), "--state-file", str(state), "--log-format", "json",
@@ -132,8 +137,101 @@ def scenario(root: Path, state: Path, read: Callable[[], int]) -> None:
     assert not verify(root, state)
 
 
-def test_the_cli_on_a_fake_tree(fake_root: Path, tmp_path: Path) -> None:
-    scenario(fake_root, tmp_path / "mitigation.state", lambda: knob_of(fake_root))
+def restore(root: Path, state: Path) -> int:
+    """``thpcheck mitigate --restore`` (the restore DaemonSet's container): its exit code."""
+    return subprocess.run(cli("--restore", "--host-root", str(root), "--state-file", str(state)),
+                          env=env(), capture_output=True, text=True, check=False).returncode
+
+
+def two_writers(root: Path, state: Path, read: Callable[[], int]) -> None:
+    """An old and a new mitigation pod overlapping (a rolling update with surge): stopping
+    the old one leaves khugepaged stopped; stopping the last one restores the exact value."""
+    original = read()
+    first = start(root, state)
+    recorded = state.read_text()
+    second = start(root, state)
+    assert state.read_text() == recorded and json.loads(recorded)["original"] == original
+    assert stop(first) == 0
+    assert read() == STOPPED and state.read_text() == recorded
+    assert restore(root, state) == 75  # a mitigation holds the node: the restorer waits
+    assert read() == STOPPED and state.exists()
+    assert stop(second) == 0
+    assert read() == original and not state.exists()
+
+
+def test_the_cli_on_a_fake_tree(fake_root: Path, state: Path) -> None:
+    scenario(fake_root, state, lambda: knob_of(fake_root))
+
+
+def test_two_writers_never_lose_the_original(fake_root: Path, state: Path) -> None:
+    two_writers(fake_root, state, lambda: knob_of(fake_root))
+
+
+def test_after_a_kill_the_restorer_puts_the_value_back(fake_root: Path, state: Path) -> None:
+    first = start(fake_root, state)
+    assert restore(fake_root, state) == 75 and knob_of(fake_root) == STOPPED
+    first.kill()  # SIGKILL: no chance to restore, the record stays
+    first.wait(timeout=20)
+    assert knob_of(fake_root) == STOPPED and state.exists()
+    assert restore(fake_root, state) == 0  # no holder left: the restorer restores
+    assert knob_of(fake_root) == 10000 and not state.exists()
+    assert restore(fake_root, state) == 0  # nothing recorded: nothing to do
+
+
+def test_the_state_directory_is_the_mitigations_own(fake_root: Path, tmp_path: Path) -> None:
+    # A symbolic link as the directory, or as the state file: never followed.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "linked").symlink_to(elsewhere)
+    with pytest.raises(MitigationError, match="is a symbolic link"):
+        mitigator(fake_root, tmp_path / "linked" / "mitigation.state").apply()
+    assert knob_of(fake_root) == 10000 and list(elsewhere.iterdir()) == []
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    own = tmp_path / "own"
+    own.mkdir(mode=0o700)
+    (own / "mitigation.state").symlink_to(victim)
+    with pytest.raises(MitigationError, match="cannot be opened"):
+        mitigator(fake_root, own / "mitigation.state").apply()
+    assert victim.read_text() == "precious\n" and knob_of(fake_root) == 10000
+    # A temporary file name planted as a link is removed, not written through.
+    (own / "mitigation.state").unlink()
+    (own / f"mitigation.state.tmp.{os.getpid()}").symlink_to(victim)
+    assert mitigator(fake_root, own / "mitigation.state").apply().original == 10000
+    assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in own.iterdir()) == ["holders.lock", "mitigation.state",
+                                                     "mutex.lock"]
+    # Anything else in it (an agent's scratch files): the mitigation refuses the directory.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "thpcheck-scratch-1").mkdir()
+    with pytest.raises(MitigationError, match="only the mitigation writes"):
+        mitigator(fake_root, shared / "mitigation.state").apply()
+    # Writable by others it is made private; owned by someone else, refused.
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    mitigator(fake_root, loose / "mitigation.state").apply()
+    assert loose.stat().st_mode & 0o777 == 0o700
+    if os.geteuid() == 0:
+        foreign = tmp_path / "foreign"
+        foreign.mkdir()
+        os.chown(foreign, 65534, 65534)
+        with pytest.raises(MitigationError, match="belongs to uid 65534"):
+            mitigator(fake_root, foreign / "mitigation.state").apply()
+
+
+def test_found_stopped_without_a_record_restores_the_kernel_default(fake_root: Path,
+                                                                     state: Path) -> None:
+    knob = fake_root / KNOB.lstrip("/")
+    knob.write_text(f"{STOPPED}\n")  # stopped by a mitigation of an older version
+    m = mitigator(fake_root, state)
+    applied = m.apply()
+    assert (applied.original, applied.assumed) == (10000, True)
+    knob.write_text("10000\n")  # that older pod restored behind our back
+    assert m.enforce() == 10000 and knob_of(fake_root) == STOPPED
+    assert m.enforce() is None
+    assert m.step_down().value == "restored" and knob_of(fake_root) == 10000
 
 
 # -- this machine's sysfs --------------------------------------------------------------------
@@ -160,8 +258,8 @@ def read_real() -> int:
 
 
 @pytest.mark.host
-def test_apply_read_back_and_restore_on_this_machine(real_knob: int, tmp_path: Path) -> None:
-    m = mitigator(Path("/"), tmp_path / "mitigation.state")
+def test_apply_read_back_and_restore_on_this_machine(real_knob: int, state: Path) -> None:
+    m = mitigator(Path("/"), state)
     assert m.apply().original == real_knob
     assert read_real() == STOPPED and m.verify()
     assert m.restore() == real_knob
@@ -169,6 +267,12 @@ def test_apply_read_back_and_restore_on_this_machine(real_knob: int, tmp_path: P
 
 
 @pytest.mark.host
-def test_kill_and_restart_on_this_machine(real_knob: int, tmp_path: Path) -> None:
-    scenario(Path("/"), tmp_path / "mitigation.state", read_real)
+def test_kill_and_restart_on_this_machine(real_knob: int, state: Path) -> None:
+    scenario(Path("/"), state, read_real)
+    assert read_real() == real_knob
+
+
+@pytest.mark.host
+def test_two_writers_on_this_machine(real_knob: int, state: Path) -> None:
+    two_writers(Path("/"), state, read_real)
     assert read_real() == real_knob

@@ -141,10 +141,18 @@ Remediation guards, checked on every render.
    operator could no longer remove its labels, annotations and cordons. On install and upgrade
    (not `helm template`, where lookup sees no cluster) the chart refuses while any node carries
    a thpcheck.io/labelled-by, cordoned-by or mitigate-by annotation.
+3. The mitigation's state directory is its own: never one of the default ThpCheck's paths
+   (the agent writes its scratch files there; the mitigation refuses such a directory).
 */}}
 {{- define "thp-checker.validate" -}}
 {{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.leaderElection.enabled) }}
 {{- fail "operator.replicas > 1 needs operator.leaderElection.enabled=true (two operators would act on the same nodes)" }}
+{{- end }}
+{{- $state := .Values.agent.mitigationStateDir }}
+{{- range .Values.defaultCheck.paths }}
+{{- if or (eq . $state) (hasPrefix (printf "%s/" $state) .) (hasPrefix (printf "%s/" (trimSuffix "/" .)) $state) }}
+{{- fail (printf "agent.mitigationStateDir %s overlaps defaultCheck.paths entry %s: the mitigation's state directory must be its own (the agent writes scratch files in its paths)" $state .) }}
+{{- end }}
 {{- end }}
 {{- if not .Values.remediation.enabled }}
 {{- if and .Values.defaultCheck.enabled (or .Values.defaultCheck.remediation.cordon .Values.defaultCheck.remediation.mitigate) }}

@@ -1,6 +1,7 @@
-"""``thpcheck mitigate``: stop khugepaged until told to stop, then restore the original value.
+"""``thpcheck mitigate``: stop khugepaged while wanted, and put the original value back.
 
-The mitigation DaemonSet's container runs it; its readiness probe runs ``--verify``.
+The mitigation DaemonSet's container runs it (its readiness probe runs ``--verify``); the
+restore DaemonSet's container runs ``--restore`` on nodes where no mitigation is wanted.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ import argparse
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import structlog
 
@@ -21,29 +25,37 @@ from thpcheck.host.mitigation import (
     STOPPED,
     MitigationError,
     Mitigator,
+    StepDown,
 )
 
 log = structlog.get_logger("thpcheck.mitigate")
+T = TypeVar("T")
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+ENFORCE_INTERVAL = 5.0  # how often a running mitigation checks the value is still in effect
+EXIT_HELD = 75  # EX_TEMPFAIL: --restore found a running mitigation holding the node
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "mitigate", help="stop khugepaged (scan_sleep_millisecs=4294967295) until SIGTERM",
         description=f"Record the current {KNOB} in a state file (only if none exists), write "
-        f"{STOPPED}, read it back, and wait; on SIGTERM write the recorded value back and "
-        "remove the state file. --verify exits 0 only while the value is in effect (a "
-        "readiness probe); --restore restores and exits.")
+        f"{STOPPED}, read it back, and hold it (written again if something changes it) until "
+        "stopped; then, if no other mitigation process holds the node, write the recorded "
+        "value back and remove the state file. --verify exits 0 only while the value is in "
+        "effect (a readiness probe). --restore restores and exits: 0 when restored or nothing "
+        f"was recorded, {EXIT_HELD} when a running mitigation holds the node (nothing "
+        "touched), 1 on an error.")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--verify", action="store_true",
                       help="exit 0 if khugepaged is stopped, else 1")
     mode.add_argument("--restore", action="store_true",
-                      help="restore the recorded value (if any) and exit")
+                      help="restore the recorded value (if any) unless a mitigation runs")
     parser.add_argument("--host-root", default="/",
                         help="where the host's / is visible (default /; /host in a pod)")
     parser.add_argument("--state-file",
                         help="the state file as seen by this process (default "
-                        f"<host-root>{DEFAULT_STATE_FILE})")
+                        f"<host-root>{DEFAULT_STATE_FILE}); its directory must be the "
+                        "mitigation's own")
     add_common_options(parser)
     parser.set_defaults(func=main)
 
@@ -53,20 +65,45 @@ def _mitigator(args: argparse.Namespace) -> Mitigator:
     return Mitigator(host, args.state_file or host.path(DEFAULT_STATE_FILE))
 
 
-def _restore(mitigator: Mitigator) -> int:
-    """Restore with stop signals blocked, so a second SIGTERM cannot cut it short."""
+def _quietly(action: Callable[[], T]) -> T:
+    """Run ``action`` with stop signals blocked, so a second SIGTERM cannot cut a restore
+    short (a signal that arrives meanwhile is delivered afterwards)."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
-        original = mitigator.restore()
+        return action()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _log_outcome(mitigator: Mitigator, outcome: StepDown) -> None:
+    if outcome is StepDown.HELD:
+        log.info("another mitigation process holds this node; khugepaged stays stopped",
+                 knob=mitigator.knob)
+    elif outcome is StepDown.RESTORED:
+        log.info("restored", knob=mitigator.knob, value=mitigator.read())
+    else:
+        log.info("nothing recorded; knob left as is", knob=mitigator.knob)
+
+
+def _restore(mitigator: Mitigator) -> int:
+    """Restore unless a mitigation holds the node."""
+    try:
+        outcome = _quietly(mitigator.restore_unheld)
     except MitigationError as exc:
         log.error("restore failed", error=str(exc))
         return 1
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-    if original is None:
-        log.info("nothing recorded; knob left as is", knob=mitigator.knob)
-    else:
-        log.info("restored", knob=mitigator.knob, value=original)
+    _log_outcome(mitigator, StepDown.HELD if outcome is None else outcome)
+    return EXIT_HELD if outcome is None else 0
+
+
+def _step_down(mitigator: Mitigator) -> int:
+    """Stop holding; the last holder restores."""
+    try:
+        outcome = _quietly(mitigator.step_down)
+    except MitigationError as exc:
+        log.error("restore failed", error=str(exc))
+        return 1
+    _log_outcome(mitigator, outcome)
     return 0
 
 
@@ -74,17 +111,25 @@ def _run(mitigator: Mitigator) -> int:
     failed = False
     try:
         applied = mitigator.apply()
+        if applied.assumed:
+            log.warning("khugepaged was already stopped and nothing was recorded (a mitigation "
+                        "of an older version, or by hand): recorded the kernel's default as "
+                        "the value to restore", knob=mitigator.knob, value=applied.original)
         log.info("khugepaged stopped", knob=mitigator.knob, value=STOPPED,
                  original=applied.original, recorded_now=applied.recorded_now,
                  state_file=mitigator.state_file, pid=os.getpid())
         while True:
-            signal.pause()
+            time.sleep(ENFORCE_INTERVAL)
+            found = mitigator.enforce()
+            if found is not None:
+                log.warning("the value changed while mitigated; stopped khugepaged again",
+                            knob=mitigator.knob, found=found)
     except MitigationError as exc:
         log.error("mitigation failed", error=str(exc))
         failed = True
     except (signals.Terminated, KeyboardInterrupt) as stop:
         log.info("stopping", signal=str(stop) or "SIGINT")
-    code = _restore(mitigator)
+    code = _step_down(mitigator)
     return 1 if failed else code
 
 

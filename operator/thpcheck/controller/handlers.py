@@ -53,13 +53,15 @@ async def poke_everyone(memo: kopf.Memo, **kwargs: Any) -> None:
     """Nodes, mitigation pods and the shared DaemonSet matter to every check.
 
     With no ThpCheck left there is no daemon to poke, yet the shared mitigation DaemonSet may
-    still exist for a node an admin labelled; once that label goes, it is deleted here.
+    still exist for a node an admin labelled, and the restore DaemonSet until it confirmed the
+    restore everywhere; once neither is needed, they are deleted here.
     """
     ctx = context_of(memo)
     ctx.triggers.poke_all()
     idx = Indexes.of(kwargs)
     start_sweeper(ctx, idx)
-    if not idx.check_summaries() and idx.daemonset(names.MITIGATION_DAEMONSET) is not None:
+    if not idx.check_summaries() and any(idx.daemonset(name) is not None for name in (
+            names.MITIGATION_DAEMONSET, names.RESTORE_DAEMONSET)):
         await manage_mitigation_daemonset(ctx, idx)
 
 

@@ -16,7 +16,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -33,7 +33,7 @@ from thpcheck.specs import names
 from thpcheck.specs.agent import CheckRef
 from thpcheck.specs.checkspec import CheckSpec, Mode, parse_spec
 from thpcheck.specs.hostpaths import FAILED_MOUNT, missing_paths, stuck_pods, with_mount_failures
-from thpcheck.specs.mitigation import mitigation_daemonset
+from thpcheck.specs.mitigation import mitigation_daemonset, restore_daemonset, wanted_daemonsets
 from thpcheck.specs.remediation import (
     CLUSTER_UNHEALTHY,
     NodeChange,
@@ -53,7 +53,14 @@ from thpcheck.specs.rollout import RolloutPlan, Step, plan_rollout, rolled_out
 from thpcheck.specs.runs import RunPlan, plan_runs, run_deadline
 from thpcheck.specs.selection import selected_nodes
 from thpcheck.specs.status import StatusInputs, build_status, progress_only
-from thpcheck.specs.views import AgentPodView, NodeView, ResultView, node_view, result_view
+from thpcheck.specs.views import (
+    AgentPodView,
+    DaemonSetView,
+    NodeView,
+    ResultView,
+    node_view,
+    result_view,
+)
 
 log = structlog.get_logger("thpcheck.operator")
 T = TypeVar("T")
@@ -545,27 +552,45 @@ def _parse_time(text: str) -> datetime | None:
 async def manage_mitigation_daemonset(ctx: OperatorContext, idx: Indexes,
                                       unlabelled: Collection[str] = frozenset()) -> None:
     """Keep the shared mitigation DaemonSet while any check mitigates or any node is still
-    labelled for it; delete it when neither holds (its pods restore the knob on SIGTERM).
+    labelled for it, and the restore DaemonSet with it and until it has confirmed the restore
+    everywhere (specs.mitigation.wanted_daemonsets); delete each when it is not wanted.
     ``unlabelled``: nodes whose label was just removed (the index may not show it yet)."""
     async with ctx.mitigation_lock:
-        wanted = any(c.mitigate and not c.deleting for c in idx.check_summaries())
-        labelled = any(n.labels.get(names.MITIGATE_LABEL) == "true" and n.name not in unlabelled
-                       for n in ctx.recent.overlay_nodes(idx.all_nodes()))
-        observed = idx.daemonset(names.MITIGATION_DAEMONSET)
+        nodes = [replace(n, labels={k: v for k, v in n.labels.items()
+                                    if k != names.MITIGATE_LABEL})
+                 if n.name in unlabelled else n
+                 for n in ctx.recent.overlay_nodes(idx.all_nodes())]
+        mitigation = idx.daemonset(names.MITIGATION_DAEMONSET)
+        restore = idx.daemonset(names.RESTORE_DAEMONSET)
+        want_mitigation, want_restore = wanted_daemonsets(
+            mitigating=any(c.mitigate and not c.deleting for c in idx.check_summaries()),
+            labelled=any(n.labels.get(names.MITIGATE_LABEL) == "true" for n in nodes),
+            mitigation=mitigation, restore=restore, nodes=nodes)
         workload = ctx.settings.workload()
-        try:
-            if wanted or labelled:
-                desired = mitigation_daemonset(workload)
-                digest = desired["metadata"]["annotations"][names.TEMPLATE_HASH_ANNOTATION]
-                if observed is None:
-                    await ctx.kube.create_daemonset(desired)
-                    log.info("mitigation daemonset created")
-                elif observed.template_hash != digest:
-                    await ctx.kube.update_daemonset(desired)
-            elif observed is not None:
-                await ctx.kube.delete_daemonset(workload.namespace, names.MITIGATION_DAEMONSET)
-                log.info("mitigation daemonset deleted")
-        except Conflict:
-            pass  # created or changed meanwhile (the index lags our own writes)
-        except ApiError as exc:
-            log.warning("mitigation daemonset not reconciled", error=str(exc))
+        await _reconcile_daemonset(ctx, workload.namespace, mitigation, want_mitigation,
+                                   lambda: mitigation_daemonset(workload))
+        await _reconcile_daemonset(ctx, workload.namespace, restore, want_restore,
+                                   lambda: restore_daemonset(workload))
+
+
+async def _reconcile_daemonset(ctx: OperatorContext, namespace: str,
+                               observed: DaemonSetView | None, wanted: bool,
+                               build: Callable[[], dict[str, Any]]) -> None:
+    """Create, update (its template hash differs) or delete one shared DaemonSet."""
+    try:
+        if wanted:
+            desired = build()
+            digest = desired["metadata"]["annotations"][names.TEMPLATE_HASH_ANNOTATION]
+            if observed is None:
+                await ctx.kube.create_daemonset(desired)
+                log.info("daemonset created", name=desired["metadata"]["name"])
+            elif observed.template_hash != digest:
+                await ctx.kube.update_daemonset(desired)
+        elif observed is not None:
+            await ctx.kube.delete_daemonset(namespace, observed.name)
+            log.info("daemonset deleted", name=observed.name)
+    except Conflict:
+        pass  # created or changed meanwhile (the index lags our own writes)
+    except ApiError as exc:
+        log.warning("daemonset not reconciled", name=observed.name if observed else "",
+                    error=str(exc))

@@ -50,7 +50,7 @@ class WorkloadConfig:
     priority_class: str = ""  # the agent's; the chart's class never preempts (value 0)
     mitigation_priority_class: str = "system-node-critical"
     pull_secrets: tuple[str, ...] = ()
-    mitigation_state_dir: str = "/var/lib/thpcheck"
+    mitigation_state_dir: str = names.MITIGATION_STATE_DIR
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
 

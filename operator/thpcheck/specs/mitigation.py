@@ -1,21 +1,44 @@
-"""The cluster-wide mitigation DaemonSet: stops khugepaged on nodes labelled for it.
+"""The two cluster-wide mitigation DaemonSets, and when each should exist.
 
-Its pod runs ``thpcheck mitigate``: record the current ``scan_sleep_millisecs`` in a state
-file on the host (once), write 4294967295, read it back; the readiness probe (``thpcheck
-mitigate --verify``) is Ready only while the value is in effect, and that readiness is what
-the operator reports as ``mitigated``. SIGTERM (label removed, DaemonSet deleted) restores
-the recorded value.
+``thpcheck-mitigation`` (nodeSelector ``thpcheck.io/mitigate=true``) stops khugepaged: its
+privileged pod runs ``thpcheck mitigate`` (record the current ``scan_sleep_millisecs`` in a
+state file on the host, once; write 4294967295; hold it), and its readiness probe
+(``thpcheck mitigate --verify``) is Ready only while the value is in effect; that readiness is
+what the operator reports as ``mitigated``. A stopping pod restores the recorded value only
+if no other mitigation pod holds the node (``host/mitigation.py``), and a rolling update
+starts the new pod before the old one stops (``maxSurge``, ``maxUnavailable: 0``): an upgrade
+never lets khugepaged run.
+
+``thpcheck-mitigation-restore`` runs on every Linux node *not* labelled for mitigation
+(node affinity ``thpcheck.io/mitigate NotIn [true]``): its pod restores the recorded value
+where one is left and no mitigation pod holds the node (a mitigation pod killed with SIGKILL,
+then unlabelled), then idles in a shell; it is Ready once no record is left. The nodes need
+no API credentials: the label is the desired state and the kubelet delivers it.
+
+It exists while the mitigation DaemonSet does, and afterwards until every one of its pods is
+Ready on every node it should run on: that is the confirmation that no record is left.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from thpcheck.specs import names
 from thpcheck.specs.agent import HOST_ROOT, WorkloadConfig, hash_of
+from thpcheck.specs.views import DaemonSetView, NodeView
 
 THP_SYSFS = "/sys/kernel/mm/transparent_hugepage"
 STATE_FILE_NAME = "mitigation.state"
+OS_LABEL = "kubernetes.io/os"
+EXIT_HELD = 75  # thpcheck mitigate --restore: a mitigation holds the node (cli/mitigate.py)
+# The restore pod: restore (retrying while a stopping mitigation pod still holds the node),
+# then idle; a failed restore exits, so the kubelet retries it with backoff.
+RESTORE_SCRIPT = (
+    'while :; do thpcheck mitigate --restore --log-format json --log-level info '
+    '--host-root {root} --state-file {state}; rc=$?; [ "$rc" -eq {held} ] || break; '
+    'sleep 5; done; [ "$rc" -eq 0 ] || exit "$rc"; '
+    "trap 'exit 0' TERM; sleep infinity & wait")
 
 
 def state_file(config: WorkloadConfig) -> str:
@@ -23,11 +46,57 @@ def state_file(config: WorkloadConfig) -> str:
     return f"{HOST_ROOT}{config.mitigation_state_dir}/{STATE_FILE_NAME}"
 
 
+def _host_volumes(config: WorkloadConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    mounts = [{"name": "thp", "mountPath": HOST_ROOT + THP_SYSFS},
+              {"name": "state", "mountPath": HOST_ROOT + config.mitigation_state_dir}]
+    volumes = [{"name": "thp", "hostPath": {"path": THP_SYSFS, "type": "Directory"}},
+               {"name": "state", "hostPath": {"path": config.mitigation_state_dir,
+                                              "type": "DirectoryOrCreate"}}]
+    return mounts, volumes
+
+
+def _daemonset(config: WorkloadConfig, name: str, selector: dict[str, str],
+               labels: dict[str, str], pod_spec: dict[str, Any],
+               strategy: dict[str, Any]) -> dict[str, Any]:
+    if config.pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in config.pull_secrets]
+    spec = {
+        "selector": {"matchLabels": selector},
+        "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": strategy},
+        "template": {"metadata": {"labels": {**config.extra_labels, **labels}}, "spec": pod_spec},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {
+            "name": name,
+            "namespace": config.namespace,
+            "labels": {**config.extra_labels, **labels, names.MANAGED_BY: names.MANAGER},
+            "annotations": {names.TEMPLATE_HASH_ANNOTATION: hash_of(spec)},
+        },
+        "spec": spec,
+    }
+
+
+def _pod_spec(config: WorkloadConfig, container: dict[str, Any], volumes: list[dict[str, Any]],
+              grace: int) -> dict[str, Any]:
+    return {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "priorityClassName": config.mitigation_priority_class,
+        "tolerations": [{"operator": "Exists"}],
+        "terminationGracePeriodSeconds": grace,
+        "containers": [container],
+        "volumes": volumes,
+    }
+
+
 def mitigation_daemonset(config: WorkloadConfig) -> dict[str, Any]:
     """The mitigation DaemonSet (privileged: sysfs is read-only in unprivileged pods)."""
     common = ["--host-root", HOST_ROOT, "--state-file", state_file(config)]
     labels = {names.APP_NAME: names.APP, names.COMPONENT: "mitigator",
               names.POD_ROLE_LABEL: names.MITIGATION_ROLE}
+    mounts, volumes = _host_volumes(config)
     container = {
         "name": "mitigate",
         "image": config.image,
@@ -44,40 +113,70 @@ def mitigation_daemonset(config: WorkloadConfig) -> dict[str, Any]:
         },
         "resources": {"requests": {"cpu": "1m", "memory": "32Mi"},
                       "limits": {"cpu": "100m", "memory": "64Mi"}},
-        "volumeMounts": [
-            {"name": "thp", "mountPath": HOST_ROOT + THP_SYSFS},
-            {"name": "state", "mountPath": HOST_ROOT + config.mitigation_state_dir},
-        ],
+        "volumeMounts": mounts,
     }
-    pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "priorityClassName": config.mitigation_priority_class,
-        "nodeSelector": {names.MITIGATE_LABEL: "true"},
-        "tolerations": [{"operator": "Exists"}],
-        "terminationGracePeriodSeconds": 30,
-        "containers": [container],
-        "volumes": [
-            {"name": "thp", "hostPath": {"path": THP_SYSFS, "type": "Directory"}},
-            {"name": "state", "hostPath": {"path": config.mitigation_state_dir,
-                                           "type": "DirectoryOrCreate"}},
-        ],
+    pod_spec = _pod_spec(config, container, volumes, grace=30)
+    pod_spec["nodeSelector"] = {names.MITIGATE_LABEL: "true"}
+    # The new pod holds the node before the old one stops: an upgrade never lets khugepaged
+    # run (the old pod sees the new one holding and leaves the value stopped).
+    return _daemonset(config, names.MITIGATION_DAEMONSET,
+                      {names.POD_ROLE_LABEL: names.MITIGATION_ROLE}, labels, pod_spec,
+                      {"maxSurge": "10%", "maxUnavailable": 0})
+
+
+def restore_daemonset(config: WorkloadConfig) -> dict[str, Any]:
+    """The restore DaemonSet: every Linux node not labelled for mitigation."""
+    state = state_file(config)
+    selector = {names.APP_NAME: names.APP, names.COMPONENT: names.RESTORE_COMPONENT}
+    mounts, volumes = _host_volumes(config)
+    container = {
+        "name": "restore",
+        "image": config.image,
+        "imagePullPolicy": config.pull_policy,
+        "command": ["/bin/sh", "-c", RESTORE_SCRIPT.format(root=HOST_ROOT, state=state,
+                                                           held=EXIT_HELD)],
+        "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
+        "securityContext": {"privileged": True, "runAsUser": 0,
+                            "readOnlyRootFilesystem": True},
+        # Ready once no record is left on the node (restored and read back, or none made).
+        "readinessProbe": {"exec": {"command": ["test", "!", "-e", state]},
+                           "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 1},
+        "resources": {"requests": {"cpu": "1m", "memory": "8Mi"},
+                      "limits": {"cpu": "100m", "memory": "64Mi"}},
+        "volumeMounts": mounts,
     }
-    if config.pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": s} for s in config.pull_secrets]
-    spec = {
-        "selector": {"matchLabels": {names.POD_ROLE_LABEL: names.MITIGATION_ROLE}},
-        "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}},
-        "template": {"metadata": {"labels": {**config.extra_labels, **labels}}, "spec": pod_spec},
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "DaemonSet",
-        "metadata": {
-            "name": names.MITIGATION_DAEMONSET,
-            "namespace": config.namespace,
-            "labels": {**config.extra_labels, **labels, names.MANAGED_BY: names.MANAGER},
-            "annotations": {names.TEMPLATE_HASH_ANNOTATION: hash_of(spec)},
-        },
-        "spec": spec,
-    }
+    pod_spec = _pod_spec(config, container, volumes, grace=5)
+    pod_spec["nodeSelector"] = {OS_LABEL: "linux"}
+    pod_spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": names.MITIGATE_LABEL, "operator": "NotIn", "values": ["true"]}]}]}}}
+    return _daemonset(config, names.RESTORE_DAEMONSET, selector, selector, pod_spec,
+                      {"maxUnavailable": "10%"})
+
+
+def restore_nodes(nodes: Iterable[NodeView]) -> int:
+    """How many nodes the restore DaemonSet should run on."""
+    return sum(1 for n in nodes if n.labels.get(OS_LABEL) == "linux"
+               and n.labels.get(names.MITIGATE_LABEL) != "true")
+
+
+def restore_confirmed(view: DaemonSetView, nodes: Iterable[NodeView]) -> bool:
+    """Every pod of the restore DaemonSet runs its current template, and as many are Ready
+    as there are nodes it should run on: no record is left anywhere it runs. (Counted
+    against the nodes, not the DaemonSet's desired count: that still counts a deleted node
+    until its pod is garbage-collected, and counts nothing before its first sync.)"""
+    return (view.observed_generation >= view.generation and view.updated >= view.desired
+            and view.ready >= restore_nodes(nodes))
+
+
+def wanted_daemonsets(*, mitigating: bool, labelled: bool, mitigation: DaemonSetView | None,
+                      restore: DaemonSetView | None,
+                      nodes: Iterable[NodeView]) -> tuple[bool, bool]:
+    """(mitigation DaemonSet wanted, restore DaemonSet wanted).
+
+    The mitigation DaemonSet while a check mitigates or a node is labelled for it. The
+    restore DaemonSet with it, and after it until the restore is confirmed everywhere (a
+    fresh restore DaemonSet is confirmed only once its status counts every node)."""
+    apply = mitigating or labelled
+    keep_restore = restore is not None and not restore_confirmed(restore, nodes)
+    return apply, apply or mitigation is not None or keep_restore

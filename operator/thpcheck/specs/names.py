@@ -56,6 +56,12 @@ MITIGATE_BY_ANNOTATION = f"{GROUP}/mitigate-by"
 AGENT_ROLE = "agent"
 MITIGATION_ROLE = "mitigation"
 MITIGATION_DAEMONSET = "thpcheck-mitigation"
+# Restores khugepaged on every node not labelled for mitigation where a record is left (a
+# mitigation pod killed before it could restore); see specs/mitigation.py.
+RESTORE_DAEMONSET = "thpcheck-mitigation-restore"
+RESTORE_COMPONENT = "mitigation-restore"  # app.kubernetes.io/component of its pods
+# The host directory of the mitigation's state: its own, never an agent scratch path.
+MITIGATION_STATE_DIR = "/var/lib/thpcheck-mitigation"
 
 NAME_LIMIT = 253
 LABEL_LIMIT = 63
