@@ -213,6 +213,38 @@ class Kubelet:
                          content_type="application/merge-patch+json")
 
 
+def new_check(cluster: Cluster, checks: list[str], name: str, selector: Mapping[str, str],
+              scratch: Path, remediation: Mapping[str, Any]) -> None:
+    """A fast ThpCheck (one small reproducer iteration, every node at once) on the selected
+    nodes, recorded in ``checks`` so it is deleted while the operator still runs."""
+    checks.append(name)
+    scratch.mkdir(parents=True, exist_ok=True)
+    cluster.api("POST", CHECKS_PATH, {
+        "apiVersion": names.API_VERSION, "kind": names.CHECK_KIND, "metadata": {"name": name},
+        "spec": {"nodeSelector": dict(selector), "paths": [str(scratch)],
+                 "maxConcurrent": "100%",
+                 "reproducer": {"iterations": 1, "baseSizeBytes": 2 << 20},
+                 "remediation": dict(remediation)}})
+
+
+def all_affected(kubelet: Kubelet, check: str, nodes: Sequence[str]) -> dict[str, Any]:
+    """Run the real agent once (on the first node's pod), report ``affected`` on every node;
+    returns the agent's document."""
+    pods = kubelet.wait_check_pods(check, nodes)
+    _, document = kubelet.run_agent(pods[nodes[0]])
+    for n in nodes:
+        kubelet.terminate(pods[n], with_verdict(document, "affected"))
+    return document
+
+
+def check_events(cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    """The Events about a ThpCheck (kopf posts them in the default namespace)."""
+    items: list[dict[str, Any]] = cluster.api(
+        "GET", "/api/v1/namespaces/default/events?fieldSelector="
+        f"involvedObject.kind={names.CHECK_KIND},involvedObject.name={name}")["items"]
+    return items
+
+
 def with_verdict(document: Mapping[str, Any], verdict: str) -> str:
     """The compact result of a real agent document with every verdict set to ``verdict``."""
     changed = json.loads(json.dumps(document))

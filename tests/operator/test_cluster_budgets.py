@@ -13,35 +13,18 @@ import pytest
 
 from tests.cluster.harness import Cluster
 from tests.operator.cluster_kit import (
-    CHECKS_PATH,
     Kubelet,
     OperatorProcess,
+    all_affected,
+    check_events,
     eventually,
     get_check,
+    new_check,
     node,
-    with_verdict,
 )
 from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster
-
-
-def create(cluster: Cluster, checks: list[str], name: str, selector: dict[str, str],
-           scratch: Path) -> None:
-    checks.append(name)
-    scratch.mkdir(exist_ok=True)
-    cluster.api("POST", CHECKS_PATH, {
-        "apiVersion": names.API_VERSION, "kind": names.CHECK_KIND, "metadata": {"name": name},
-        "spec": {"nodeSelector": selector, "paths": [str(scratch)], "maxConcurrent": "100%",
-                 "reproducer": {"iterations": 1, "baseSizeBytes": 2 << 20},
-                 "remediation": {"cordon": True, "maxCordoned": 1}}})
-
-
-def all_affected(kubelet: Kubelet, check: str, nodes: list[str]) -> None:
-    pods = kubelet.wait_check_pods(check, nodes)
-    _, document = kubelet.run_agent(pods[nodes[0]])
-    for n in nodes:
-        kubelet.terminate(pods[n], with_verdict(document, "affected"))
 
 
 def cordoned_by_checks(cluster: Cluster, nodes: list[str]) -> list[str]:
@@ -62,8 +45,11 @@ def test_two_checks_never_cordon_more_than_the_cluster_budget(
     nodes = make_nodes(4, labels={f"t{test_id}-n{i}": {"group": "ab"[i // 2]}
                                   for i in range(4)})
     first, second = f"budget-a-{test_id}", f"budget-b-{test_id}"
-    create(crds, checks, first, {"thpcheck-test": test_id, "group": "a"}, tmp_path / "s")
-    create(crds, checks, second, {"thpcheck-test": test_id, "group": "b"}, tmp_path / "s")
+    cordon = {"cordon": True, "maxCordoned": 1}
+    new_check(crds, checks, first, {"thpcheck-test": test_id, "group": "a"}, tmp_path / "s",
+              cordon)
+    new_check(crds, checks, second, {"thpcheck-test": test_id, "group": "b"}, tmp_path / "s",
+              cordon)
     all_affected(kubelet, first, nodes[:2])
     all_affected(kubelet, second, nodes[2:])
 
@@ -86,7 +72,8 @@ def test_half_the_nodes_cordoned_by_an_admin_blocks_new_cordons(
     admin = {f"t{test_id}-n0", f"t{test_id}-n1"}
     nodes = make_nodes(4, unschedulable=admin)
     name = f"guard-{test_id}"
-    create(crds, checks, name, {"thpcheck-test": test_id}, tmp_path / "s")
+    new_check(crds, checks, name, {"thpcheck-test": test_id}, tmp_path / "s",
+              {"cordon": True, "maxCordoned": 1})
     all_affected(kubelet, name, nodes)
 
     condition = eventually(lambda: (c := blocked(crds, name)).get("reason")
@@ -96,10 +83,8 @@ def test_half_the_nodes_cordoned_by_an_admin_blocks_new_cordons(
     for _ in range(6):
         assert cordoned_by_checks(crds, nodes) == []
         time.sleep(0.5)
-    eventually(lambda: "ClusterUnhealthy" in [e["reason"] for e in crds.api(
-        "GET", "/api/v1/namespaces/default/events?fieldSelector="
-        f"involvedObject.kind={names.CHECK_KIND},involvedObject.name={name}")["items"]],
-        what="a ClusterUnhealthy Event", timeout=30)
+    eventually(lambda: "ClusterUnhealthy" in [e["reason"] for e in check_events(crds, name)],
+               what="a ClusterUnhealthy Event", timeout=30)
 
     # The admin uncordons both: one cordon follows (maxCordoned 1).
     for n in sorted(admin):

@@ -19,14 +19,15 @@ import pytest
 
 from tests.cluster.harness import Cluster
 from tests.operator.cluster_kit import (
-    CHECKS_PATH,
     Kubelet,
     OperatorProcess,
+    all_affected,
+    check_events,
     eventually,
     get_check,
+    new_check,
     node,
     node_events,
-    with_verdict,
 )
 from thpcheck.specs import names
 
@@ -42,18 +43,9 @@ POLICY = "thpcheck-test-deny-uncordon"
 def cordon_both(cluster: Cluster, kubelet: Kubelet, checks: list[str], name: str,
                 nodes: list[str], test_id: str, scratch: Path) -> None:
     """A ThpCheck that labels and cordons both (affected) nodes."""
-    checks.append(name)
-    scratch.mkdir(exist_ok=True)
-    cluster.api("POST", CHECKS_PATH, {
-        "apiVersion": names.API_VERSION, "kind": names.CHECK_KIND, "metadata": {"name": name},
-        "spec": {"nodeSelector": {"thpcheck-test": test_id}, "paths": [str(scratch)],
-                 "maxConcurrent": "100%",
-                 "reproducer": {"iterations": 1, "baseSizeBytes": 2 << 20},
-                 "remediation": {"cordon": True, "maxCordoned": 2}}})
-    pods = kubelet.wait_check_pods(name, nodes)
-    _, document = kubelet.run_agent(pods[nodes[0]])
-    for n in nodes:
-        kubelet.terminate(pods[n], with_verdict(document, "affected"))
+    new_check(cluster, checks, name, {"thpcheck-test": test_id}, scratch,
+              {"cordon": True, "maxCordoned": 2})
+    all_affected(kubelet, name, nodes)
     cordoned = {"unschedulable": True, **dict.fromkeys(MARKS, name)}
     eventually(lambda: all(marks(cluster, n) == cordoned for n in nodes), timeout=60,
                what="both nodes cordoned")
@@ -95,13 +87,6 @@ def lift_policy(cluster: Cluster) -> None:
     for kind in ("validatingadmissionpolicybindings", "validatingadmissionpolicies"):
         cluster.kubectl("delete", f"{kind}.admissionregistration.k8s.io", POLICY,
                         "--ignore-not-found")
-
-
-def check_events(cluster: Cluster, name: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = cluster.api(
-        "GET", "/api/v1/namespaces/default/events?fieldSelector="
-        f"involvedObject.kind={names.CHECK_KIND},involvedObject.name={name}")["items"]
-    return items
 
 
 @pytest.mark.operator_env(THPCHECK_CLUSTER_MAX_CORDONED="2", THPCHECK_CLEANUP_BACKOFF_MAX="2",

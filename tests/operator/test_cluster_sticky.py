@@ -13,10 +13,10 @@ import pytest
 
 from tests.cluster.harness import Cluster
 from tests.operator.cluster_kit import (
-    CHECKS_PATH,
     Kubelet,
     OperatorProcess,
     eventually,
+    new_check,
     node,
     results,
     with_verdict,
@@ -24,18 +24,6 @@ from tests.operator.cluster_kit import (
 from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster
-
-
-def create(cluster: Cluster, checks: list[str], name: str, test_id: str, group: str,
-           scratch: Path, remediation: dict[str, Any]) -> None:
-    checks.append(name)
-    scratch.mkdir(exist_ok=True)
-    cluster.api("POST", CHECKS_PATH, {
-        "apiVersion": names.API_VERSION, "kind": names.CHECK_KIND, "metadata": {"name": name},
-        "spec": {"nodeSelector": {"thpcheck-test": test_id, "group": group},
-                 "paths": [str(scratch)], "maxConcurrent": "100%",
-                 "reproducer": {"iterations": 1, "baseSizeBytes": 2 << 20},
-                 "remediation": remediation}})
 
 
 def rerun(kubelet: Kubelet, check: str, on: str, text: str) -> None:
@@ -52,8 +40,10 @@ def test_an_error_rerun_keeps_protection_and_a_fixed_kernel_lifts_it(
     mitigated, cordoned = make_nodes(2, labels={f"t{test_id}-n0": {"group": "m"},
                                                 f"t{test_id}-n1": {"group": "c"}})
     mitigator, cordoner = f"sticky-m-{test_id}", f"sticky-c-{test_id}"
-    create(crds, checks, mitigator, test_id, "m", tmp_path / "scratch", {"mitigate": True})
-    create(crds, checks, cordoner, test_id, "c", tmp_path / "scratch", {"cordon": True})
+    new_check(crds, checks, mitigator, {"thpcheck-test": test_id, "group": "m"},
+              tmp_path / "scratch", {"mitigate": True})
+    new_check(crds, checks, cordoner, {"thpcheck-test": test_id, "group": "c"},
+              tmp_path / "scratch", {"cordon": True})
     pods = {mitigated: kubelet.wait_check_pods(mitigator, [mitigated])[mitigated],
             cordoned: kubelet.wait_check_pods(cordoner, [cordoned])[cordoned]}
     _, document = kubelet.run_agent(pods[mitigated])
