@@ -163,5 +163,7 @@ def test_remediation_end_to_end(crds: Cluster, operator: OperatorProcess, kubele
     assert marks(crds, admin)["unschedulable"] is True  # the admin's cordon stays
     eventually(lambda: not crds.kubectl("get", "daemonsets", "-n", operator.namespace,
                                         "-o", "name").stdout.strip(),
-               what="agent and mitigation DaemonSets gone")
+               what="agent and mitigation DaemonSets gone", diagnose=lambda: crds.kubectl(
+                   "get", "daemonsets,pods,nodes", "-n", operator.namespace, "-o",
+                   "wide").stdout + operator.tail())
     eventually(lambda: not mitigation_pods(), what="mitigation pods gone")

@@ -60,6 +60,12 @@ async def poke_everyone(memo: kopf.Memo, **kwargs: Any) -> None:
     ctx.triggers.poke_all()
     idx = Indexes.of(kwargs)
     start_sweeper(ctx, idx)
+    await tend_without_checks(ctx, idx)
+
+
+async def tend_without_checks(ctx: OperatorContext, idx: Indexes) -> None:
+    """With no ThpCheck (so no daemon), keep the shared DaemonSets decided: the mitigation
+    one goes with the last label, the restore one once it has confirmed the restore."""
     if not idx.check_summaries() and any(idx.daemonset(name) is not None for name in (
             names.MITIGATION_DAEMONSET, names.RESTORE_DAEMONSET)):
         await manage_mitigation_daemonset(ctx, idx)
@@ -99,10 +105,12 @@ async def stop_sweeper(memo: kopf.Memo, **_: Any) -> None:
 
 
 async def sweep_forever(ctx: OperatorContext, idx: Indexes) -> None:
-    """Undo orphaned marks, then again every status interval (the resync)."""
+    """Undo orphaned marks, then again every status interval (the resync); with no ThpCheck
+    left, also decide the shared DaemonSets (no watch event may come to do it)."""
     while True:
         try:
             await sweep_orphans(ctx, idx)
+            await tend_without_checks(ctx, idx)
         except asyncio.CancelledError:
             raise
         except Exception:  # the next sweep tries again
@@ -123,7 +131,11 @@ async def sweep_orphans(ctx: OperatorContext, idx: Indexes) -> None:
         unlabelled = {c.node for c in changes
                       if names.MITIGATE_LABEL in c.labels and c.node not in failures}
         await manage_mitigation_daemonset(ctx, idx, unlabelled)
-    for check in sorted(set(idx.results) - live - {""}):
+    # Results of gone checks that the operator wrote (name and labels as it writes them: the
+    # deletion by label removes them); others are not its to delete.
+    gone = {r.check for key in set(idx.results) - live - {""} for r in idx.results_of(key)
+            if not r.mismatch}
+    for check in sorted(gone):
         try:
             await ctx.kube.delete_results(check)
         except ApiError as exc:
