@@ -33,7 +33,8 @@ pytestmark = pytest.mark.cluster
 # The start of each path rule's message: the API server must say which rule refused.
 RULE_WORDS = {"root": "must not be the root directory",
               "system": "must not be under a host system directory",
-              "kubelet": "must not be under the kubelet's or a container runtime's state"}
+              "kubelet": "must not be under the kubelet's or a container runtime's state",
+              "mitigation": "must not be under /var/lib/thpcheck-mitigation"}
 
 
 def create_check(cluster: Cluster, checks: list[str], name: str, test_id: str,

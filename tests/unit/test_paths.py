@@ -28,10 +28,12 @@ REFUSED = {
                 "/var/lib/cri-dockerd", "/var/lib/cni", "/var/lib/etcd", "/var/lib/rancher/k3s",
                 "/var/lib/k0s/kubelet", "/var/snap/microk8s/common", "/var/log/pods",
                 "/var/log/containers/", "/opt/cni/bin"],
+    "mitigation": ["/var/lib/thpcheck-mitigation", "/var/lib/thpcheck-mitigation/x",
+                   "//var/./lib/thpcheck-mitigation/"],
 }
 ALLOWED = ["/var/lib/thpcheck", "/srv/data", "/data/", "/var/lib/kubelet-scratch", "/proc-x",
            "/var/lib", "/var", "/tmp/t1", "/mnt/run", "/opt/data", "/var/snap/x", "/srv/lib",
-           "/home/u/etc"]
+           "/home/u/etc", "/var/lib/thpcheck-mitigation2"]
 
 
 def test_normal_spelling() -> None:

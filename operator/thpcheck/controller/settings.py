@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from thpcheck import __version__
-from thpcheck.specs import names
+from thpcheck.model.paths import MITIGATION_STATE_DIR
 from thpcheck.specs.agent import WorkloadConfig
 from thpcheck.specs.quantities import IntOrPercent, resolve
 from thpcheck.specs.remediation import ClusterLimits
@@ -41,7 +41,7 @@ class Settings:
     # THPCHECK_MITIGATION_PRIORITY_CLASS: the mitigation pods' class (protection matters more
     # than the room they take: tiny requests).
     mitigation_priority_class: str = "system-node-critical"
-    mitigation_state_dir: str = names.MITIGATION_STATE_DIR  # THPCHECK_MITIGATION_STATE_DIR
+    mitigation_state_dir: str = MITIGATION_STATE_DIR  # THPCHECK_MITIGATION_STATE_DIR
     metrics_port: int = 8080  # THPCHECK_METRICS_PORT (0 disables)
     health_port: int = 8081  # THPCHECK_HEALTH_PORT (kopf liveness, /healthz; 0 disables)
     status_interval: float = 5.0  # THPCHECK_STATUS_INTERVAL: longest gap between reconciles
@@ -130,7 +130,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     if pull_policy not in PULL_POLICIES:
         raise SettingsError(f"THPCHECK_AGENT_PULL_POLICY={pull_policy!r} must be one of "
                             f"{', '.join(PULL_POLICIES)}")
-    state_dir = env.get("THPCHECK_MITIGATION_STATE_DIR") or names.MITIGATION_STATE_DIR
+    state_dir = env.get("THPCHECK_MITIGATION_STATE_DIR") or MITIGATION_STATE_DIR
     if not state_dir.startswith("/") or state_dir.rstrip("/") == "":
         raise SettingsError(f"THPCHECK_MITIGATION_STATE_DIR={state_dir!r} must be an absolute "
                             "directory other than /")

@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from thpcheck.host.hostroot import HostRoot
-from thpcheck.specs.names import MITIGATION_STATE_DIR
+from thpcheck.model.paths import MITIGATION_STATE_DIR
 
 KNOB = "/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs"
 STOPPED = 4294967295

@@ -32,6 +32,11 @@ IMAGE_DIRS = (
     "/var/lib/k0s/containerd",
     "/var/snap/microk8s/common/var/lib/containerd",
 )
+# The khugepaged mitigation's host state directory (specs/mitigation.py): its own, so no
+# scratch path may be in it (the mitigation refuses a directory holding anything else, and
+# would then not stop khugepaged). THPCHECK_MITIGATION_STATE_DIR may move it elsewhere; the
+# chart then refuses a default check whose paths overlap it.
+MITIGATION_STATE_DIR = "/var/lib/thpcheck-mitigation"
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,11 @@ RULES: tuple[PathRule, ...] = (
         "/var/lib/crio, /var/lib/cri-dockerd, /var/lib/cni, /var/lib/etcd, /var/lib/k0s, "
         "/var/lib/rancher, /var/snap/microk8s, /var/log/pods, /var/log/containers, /opt/cni) "
         "in any spelling: other tenants' volumes and images live there"),
+    PathRule(
+        "mitigation", f"^{SEP}{_spelled(*MITIGATION_STATE_DIR.strip('/').split('/'))}(/|$)",
+        f"the khugepaged mitigation's state directory ({MITIGATION_STATE_DIR})",
+        f"spec.paths entries must not be under {MITIGATION_STATE_DIR} in any spelling: the "
+        "khugepaged mitigation's own state directory, which refuses any other file"),
 )
 
 DOTDOT_PATTERN = r"(^|/)[.][.](/|$)"

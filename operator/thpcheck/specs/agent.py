@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from thpcheck.model.paths import MITIGATION_STATE_DIR
 from thpcheck.specs import names
 from thpcheck.specs.checkspec import DEFAULT_PATHS, CheckSpec
 
@@ -50,7 +51,7 @@ class WorkloadConfig:
     priority_class: str = ""  # the agent's; the chart's class never preempts (value 0)
     mitigation_priority_class: str = "system-node-critical"
     pull_secrets: tuple[str, ...] = ()
-    mitigation_state_dir: str = names.MITIGATION_STATE_DIR
+    mitigation_state_dir: str = MITIGATION_STATE_DIR
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
 

@@ -60,8 +60,6 @@ MITIGATION_DAEMONSET = "thpcheck-mitigation"
 # mitigation pod killed before it could restore); see specs/mitigation.py.
 RESTORE_DAEMONSET = "thpcheck-mitigation-restore"
 RESTORE_COMPONENT = "mitigation-restore"  # app.kubernetes.io/component of its pods
-# The host directory of the mitigation's state: its own, never an agent scratch path.
-MITIGATION_STATE_DIR = "/var/lib/thpcheck-mitigation"
 
 NAME_LIMIT = 253
 LABEL_LIMIT = 63
