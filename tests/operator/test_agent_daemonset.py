@@ -8,7 +8,7 @@ from typing import Any
 from thpcheck.specs import names
 from thpcheck.specs.agent import CHECK, STANDBY, CheckRef, WorkloadConfig, agent_daemonset
 from thpcheck.specs.checkspec import parse_spec
-from thpcheck.specs.mitigation import mitigation_daemonset
+from thpcheck.specs.mitigation import mitigation_daemonset, restore_daemonset
 from thpcheck.specs.rollout import Step, plan_rollout, run_token
 from thpcheck.specs.views import daemonset_view
 
@@ -105,8 +105,10 @@ def test_the_agent_cannot_preempt_and_is_sized_from_its_run() -> None:
     assert big["resources"]["limits"]["memory"] == "1715Mi"
     predict_only = pod_spec(build({"reproducer": {"enabled": False}}))["initContainers"][0]
     assert predict_only["resources"]["limits"]["memory"] == "66Mi"
-    mitigation = mitigation_daemonset(chosen)["spec"]["template"]["spec"]
-    assert mitigation["priorityClassName"] == "system-node-critical"
+    # The mitigation and its restore keep their own class, not the agent's.
+    for daemonset in (mitigation_daemonset(chosen), restore_daemonset(chosen)):
+        assert daemonset["spec"]["template"]["spec"]["priorityClassName"] == (
+            "system-node-critical")
 
 
 def test_disk_headroom_reaches_the_agent() -> None:
