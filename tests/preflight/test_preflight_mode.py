@@ -26,6 +26,7 @@ from tests.operator.cluster_kit import (
     DISAGREEMENT,
     Kubelet,
     OperatorProcess,
+    check_events,
     get_check,
     node,
     node_events,
@@ -80,14 +81,6 @@ def all_results(cluster: Cluster, check: str, count: int,
 def status_of(cluster: Cluster, name: str) -> dict[str, Any]:
     status: dict[str, Any] = (get_check(cluster, name) or {}).get("status") or {}
     return status
-
-
-def check_events(cluster: Cluster, name: str) -> list[dict[str, Any]]:
-    """Events about a ThpCheck (kopf posts those of cluster-scoped objects in default)."""
-    items: list[dict[str, Any]] = cluster.api(
-        "GET", "/api/v1/namespaces/default/events?fieldSelector=involvedObject.kind=ThpCheck,"
-        f"involvedObject.name={name}")["items"]
-    return items
 
 
 def writes(operator: OperatorProcess, resource: str) -> list[str]:

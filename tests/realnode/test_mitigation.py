@@ -22,7 +22,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -72,23 +72,30 @@ def helm(rc: RealCluster, verb: str, tmp_path: Path, state_dir: Path, tag: str) 
 
 
 @contextmanager
-def sampled(interval: float = 0.1) -> Iterator[list[str]]:
-    """Read the knob every ``interval`` seconds in the background while the block runs."""
-    samples: list[str] = []
+def repeating(step: Callable[[], None], interval: float, name: str) -> Iterator[None]:
+    """Call ``step`` every ``interval`` seconds in a background thread while the block runs."""
     done = threading.Event()
 
-    def sample() -> None:
+    def loop() -> None:
         while not done.is_set():
-            samples.append(knob())
+            step()
             done.wait(interval)
 
-    thread = threading.Thread(target=sample, name="knob sampler", daemon=True)
+    thread = threading.Thread(target=loop, name=name, daemon=True)
     thread.start()
     try:
-        yield samples
+        yield
     finally:
         done.set()
         thread.join(5)
+
+
+@contextmanager
+def sampled(interval: float = 0.1) -> Iterator[list[str]]:
+    """Read the knob every ``interval`` seconds in the background while the block runs."""
+    samples: list[str] = []
+    with repeating(lambda: samples.append(knob()), interval, "knob sampler"):
+        yield samples
 
 
 def mitigation_processes(state_file: str) -> list[int]:
@@ -112,25 +119,17 @@ def mitigation_processes(state_file: str) -> list[int]:
 def killing(state_file: str) -> Iterator[list[int]]:
     """SIGKILL every mitigation process as soon as it appears, while the block runs."""
     killed: list[int] = []
-    done = threading.Event()
 
     def kill() -> None:
-        while not done.is_set():
-            for pid in mitigation_processes(state_file):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                except ProcessLookupError:
-                    pass
-            done.wait(0.02)
+        for pid in mitigation_processes(state_file):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
 
-    thread = threading.Thread(target=kill, name="killer", daemon=True)
-    thread.start()
-    try:
+    with repeating(kill, 0.02, "killer"):
         yield killed
-    finally:
-        done.set()
-        thread.join(5)
 
 
 def test_the_mitigation_neither_lapses_on_upgrade_nor_leaks_after_a_kill(
