@@ -86,6 +86,25 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO / "operator")}
 
 
+STARTED: list[subprocess.Popen[str]] = []
+
+
+def kill_survivors() -> None:
+    """SIGKILL every mitigate process a failed test left running (SIGTERM would restore the
+    value it recorded, onto this machine's knob for the host tests)."""
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=20)
+
+
+@pytest.fixture(autouse=True)
+def no_survivors() -> Iterator[None]:
+    yield
+    kill_survivors()
+
+
 def start(root: Path, state: Path) -> subprocess.Popen[str]:
     """Start ``thpcheck mitigate`` and return once it reports the knob applied (its signal
     handlers are installed by then)."""
@@ -94,6 +113,7 @@ def start(root: Path, state: Path) -> subprocess.Popen[str]:
         process = subprocess.Popen(
             cli("--host-root", str(root), "--state-file", str(state), "--log-format", "json",
                 "--log-level", "info"), env=env(), text=True, stdout=sink, stderr=sink)
+    STARTED.append(process)
     deadline = time.monotonic() + 20
     while "khugepaged stopped" not in log.read_text():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -249,6 +269,7 @@ def real_knob() -> Iterator[int]:
         REAL_KNOB.write_text(f"{MARKER}\n")
         yield MARKER
     finally:
+        kill_survivors()  # before putting the value back: none may write it afterwards
         REAL_KNOB.write_text(found + "\n")
         assert REAL_KNOB.read_text().strip() == found
 
