@@ -49,14 +49,15 @@ def test_a_deeply_nested_termination_message_is_an_error_result(
 
 
 def forged(cluster: Cluster, check: str, node_name: str, *, name: str | None = None,
-           owner: dict[str, Any] | None = None, verdict: str = "affected") -> dict[str, Any]:
+           owner: dict[str, Any] | None = None, verdict: str = "affected",
+           also_owned_by: dict[str, Any] | None = None) -> dict[str, Any]:
     """A ThpNodeResult someone else wrote, claiming ``node_name`` of ``check`` is affected."""
     labels = {names.CHECK_LABEL: check, names.NODE_LABEL: node_name,
               names.VERDICT_LABEL: verdict}
     body = {"apiVersion": names.API_VERSION, "kind": names.RESULT_KIND,
             "metadata": {"name": name or names.result_name(check, node_name), "labels": labels,
                          "annotations": {names.CONTENT_HASH_ANNOTATION: "0123456789abcdef"},
-                         "ownerReferences": [owner] if owner else []},
+                         "ownerReferences": [o for o in (owner, also_owned_by) if o]},
             "status": {"node": node_name, "check": check, "verdict": verdict,
                        "mitigated": False, "stale": False, "message": "trust me"}}
     created: dict[str, Any] = cluster.api("POST", RESULTS_PATH, body)
@@ -76,7 +77,11 @@ def test_results_the_operator_did_not_write_are_ignored_and_reported(
     planted = [
         forged(crds, name, n1),  # the right name and labels, but no owner
         forged(crds, name, n1, name=f"copy-{name}.{n1}", owner=owner),  # a name not ours
-        forged(crds, name, "gone-node", owner=copy.deepcopy(owner) | {"uid": "old-uid"}),
+        # An owner of an older check by that name. The live Node as a second owner keeps
+        # the garbage collector from deleting it (no owner left) before the operator looks.
+        forged(crds, name, "gone-node", owner=copy.deepcopy(owner) | {"uid": "old-uid"},
+               also_owned_by={"apiVersion": "v1", "kind": "Node", "name": n1,
+                              "uid": node(crds, n1)["metadata"]["uid"]}),
     ]
     planted_at = time.monotonic()
     pods = kubelet.wait_check_pods(name, [n0, n1])
