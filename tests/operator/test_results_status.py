@@ -43,7 +43,8 @@ def test_a_finished_pod_gives_a_result_owned_by_check_and_node() -> None:
     proof = Proof("2026-11-28T16:00:00Z", "6.12.90", "boot-1")
     assert status["proof"] == {"verdict": "affected", "provenAt": "2026-11-28T16:00:00Z",
                                "kernelRelease": "6.12.90", "bootID": "boot-1"}
-    assert p.states["n1"] == NodeState("n1", Verdict.AFFECTED, False, False, proof=proof)
+    assert p.states["n1"] == NodeState("n1", Verdict.AFFECTED, False, False, proof=proof,
+                                        filesystems=("ext4",))
 
 
 def test_an_unchanged_result_is_not_written_again() -> None:

@@ -24,6 +24,7 @@ from thpcheck.controller.metrics import Metrics
 from thpcheck.specs import names
 
 MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 JSON = "application/json"
 REQUEST_TIMEOUT = (10.0, 60.0)  # connect, read
@@ -181,6 +182,12 @@ class Kube:
     async def patch_node(self, name: str, patch: Mapping[str, Any]) -> Any:
         return await self.request("PATCH", f"/api/v1/nodes/{quote(name, safe='')}", patch,
                                   MERGE_PATCH, resource="nodes")
+
+    async def patch_node_status(self, name: str, patch: Mapping[str, Any]) -> Any:
+        """A strategic merge patch of the node's status: conditions merge by type, so only
+        the condition named changes (the kubelet's own are left alone)."""
+        return await self.request("PATCH", f"/api/v1/nodes/{quote(name, safe='')}/status",
+                                  patch, STRATEGIC_MERGE_PATCH, resource="nodes/status")
 
     # -- DaemonSets --------------------------------------------------------------------
 

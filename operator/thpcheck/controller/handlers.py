@@ -19,7 +19,12 @@ from thpcheck.controller import events
 from thpcheck.controller.api import ApiError
 from thpcheck.controller.context import OperatorContext, context_of
 from thpcheck.controller.indexes import Indexes
-from thpcheck.controller.reconciler import CheckReconciler, bounded, manage_mitigation_daemonset
+from thpcheck.controller.reconciler import (
+    CheckReconciler,
+    apply_node_change,
+    bounded,
+    manage_mitigation_daemonset,
+)
 from thpcheck.specs import names
 from thpcheck.specs.cleanup import (
     CLEANUP_BLOCKED,
@@ -248,7 +253,7 @@ async def _undo(ctx: OperatorContext, changes: list[NodeChange],
     """Apply the undo changes; returns the nodes that refused, with the API error."""
     async def undo(change: NodeChange) -> str:
         try:
-            written = await ctx.kube.patch_node(change.node, change.patch())
+            written = await apply_node_change(ctx, change)
         except ApiError as exc:
             log.warning("node not restored", node=change.node, error=str(exc))
             return str(exc)

@@ -36,6 +36,7 @@ from thpcheck.specs.hostpaths import FAILED_MOUNT, missing_paths, stuck_pods, wi
 from thpcheck.specs.mitigation import mitigation_daemonset, restore_daemonset, wanted_daemonsets
 from thpcheck.specs.remediation import (
     CLUSTER_UNHEALTHY,
+    MINOR_REASONS,
     NodeChange,
     PlannedAction,
     RemediationPlan,
@@ -154,7 +155,7 @@ class CheckReconciler:
                 self.name, remediation, paused=self.spec.paused, selected=selected,
                 all_nodes=nodes, states=results.states,
                 cordoned=list(self.previous.get("cordonedNodes") or []),
-                limits=self.ctx.settings.limits(self._claimed_by_others()))
+                limits=self.ctx.settings.limits(self._claimed_by_others()), now=self.now)
             cordons = any(c.unschedulable for c in remedy.changes)
             if cordons:
                 cordoned = await self._remediate(remedy, by_name)
@@ -361,7 +362,7 @@ class CheckReconciler:
 
         async def change(item: NodeChange) -> None:
             try:
-                written = await self.ctx.kube.patch_node(item.node, item.patch())
+                written = await apply_node_change(self.ctx, item)
             except (Conflict, NotFound) as exc:
                 self.log.info("node changed meanwhile; retrying", node=item.node,
                               error=str(exc))
@@ -399,7 +400,7 @@ class CheckReconciler:
             if actions:
                 parts.extend(f"{a.action.value.lower()}: {a.reason}" for a in actions)
                 top = event_reason(actions, applied=True)
-                if not reason or top not in ("Labelled", "Unlabelled"):
+                if not reason or top not in MINOR_REASONS:
                     reason = top
             events.on_node(node, reason=reason, warning=warning,
                            message=f"ThpCheck {self.name}: " + "; ".join(parts))
@@ -536,6 +537,22 @@ class CheckReconciler:
                                      if s.verdict is Verdict.AFFECTED and not s.mitigated),
             disagreements=len(results.disagreements),
             interval=(interval.total_seconds() if interval and not self.preflight else None))
+
+
+async def apply_node_change(ctx: OperatorContext, change: NodeChange) -> Any:
+    """Apply one planned node change: the Node merge patch and the status patch of the node
+    condition, in the order that keeps ``condition-by`` on the node while our condition is
+    (so a condition without it is never ours). Returns the Node as last written."""
+    status = change.status_patch()
+    body = change.patch()
+    written: Any = None
+    if status is not None and change.condition_first:
+        written = await ctx.kube.patch_node_status(change.node, status)
+    if body:
+        written = await ctx.kube.patch_node(change.node, body)
+    if status is not None and not change.condition_first:
+        written = await ctx.kube.patch_node_status(change.node, status)
+    return written
 
 
 def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:

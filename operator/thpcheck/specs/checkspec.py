@@ -39,6 +39,8 @@ class Remediation:
     mitigate: bool = False
     dry_run: bool = False
     max_cordoned: IntOrPercent = 1
+    taint: str = ""  # "" (none), NoSchedule or PreferNoSchedule (names.TAINT_EFFECTS)
+    condition: bool = False  # the node condition names.NODE_CONDITION
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ def parse_spec(raw: Mapping[str, Any] | None) -> CheckSpec:
             mitigate=bool(remedy.get("mitigate", False)),
             dry_run=bool(remedy.get("dryRun", False)),
             max_cordoned=_int_or_percent(remedy.get("maxCordoned"), 1),
+            taint=str(remedy.get("taint") or ""),
+            condition=bool(remedy.get("condition", False)),
         ),
         paused=bool(spec.get("paused", False)),
         run_deadline=parse_duration(deadline) if deadline else None,

@@ -19,13 +19,15 @@ RESULT_KIND = "ThpNodeResult"
 RESULT_PLURAL = "thpnoderesults"
 CRD_NAMES = (f"{CHECK_PLURAL}.{GROUP}", f"{RESULT_PLURAL}.{GROUP}")
 SCHEMA_VERSION_ANNOTATION = f"{GROUP}/schema-version"
-SCHEMA_VERSION = 5  # the CRDs' thpcheck.io/schema-version this operator needs (at least)
+SCHEMA_VERSION = 6  # the CRDs' thpcheck.io/schema-version this operator needs (at least)
 # 2: status.predicted/prediction on results, status.disagreements on checks (an older CRD
 # would prune them silently, and the status would be rewritten on every reconcile).
 # 3: spec.runDeadline on checks (an older CRD would prune it: the default would apply).
 # 4: spec.diskHeadroom (pruned, a user's thresholds would silently be the defaults) and
 # status.unschedulable on checks.
 # 5: status.proof on results (a pruned proof would lift the protection of proven nodes).
+# 6: spec.remediation.condition and .taint on checks (an older CRD would prune them: asked
+#    for, neither would be set).
 
 FINALIZER = f"{GROUP}/finalizer"
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -52,6 +54,14 @@ CONTENT_HASH_ANNOTATION = f"{GROUP}/content-hash"
 CORDONED_BY_ANNOTATION = f"{GROUP}/cordoned-by"
 LABELLED_BY_ANNOTATION = f"{GROUP}/labelled-by"
 MITIGATE_BY_ANNOTATION = f"{GROUP}/mitigate-by"
+CONDITION_BY_ANNOTATION = f"{GROUP}/condition-by"  # the check that set the node condition
+TAINTED_BY_ANNOTATION = f"{GROUP}/tainted-by"
+
+# The node condition (spec.remediation.condition) and taint (spec.remediation.taint).
+NODE_CONDITION = "ThpDataLoss"
+TAINT_KEY = f"{GROUP}/data-loss"
+TAINT_VALUE = "affected"
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule")
 
 AGENT_ROLE = "agent"
 MITIGATION_ROLE = "mitigation"

@@ -28,7 +28,14 @@ from thpcheck.specs.prediction import disagreement, node_record, predict_view
 from thpcheck.specs.proof import Proof, Run, effective_verdict, recorded_proof, standing_proof
 from thpcheck.specs.runs import Failure, Outcome
 from thpcheck.specs.termination import AgentResult, error_result
-from thpcheck.specs.views import OOM_KILLED, AgentPodView, CheckRun, NodeView, ResultView
+from thpcheck.specs.views import (
+    OOM_KILLED,
+    AgentPodView,
+    CheckRun,
+    NodeView,
+    ResultView,
+    filesystems_of,
+)
 
 MESSAGE_LIMIT = 1024
 _VERDICTS = {v.value: v for v in Verdict}
@@ -44,6 +51,7 @@ class NodeState:
     stale: bool = False
     latest: Verdict | None = None  # the latest run's verdict, when the proof overrides it
     proof: Proof | None = None  # the standing proof (specs.proof)
+    filesystems: tuple[str, ...] = ()  # of the latest result (views.filesystems_of)
 
 
 @dataclass(frozen=True)
@@ -266,10 +274,11 @@ def record_proof(content: dict[str, Any], proof: Proof | None) -> None:
 
 
 def node_state(node: str, latest: Verdict, proof: Proof | None, *, mitigated: bool,
-               stale: bool) -> NodeState:
+               stale: bool, filesystems: tuple[str, ...] = ()) -> NodeState:
     verdict = effective_verdict(latest, proof)
     return NodeState(node, verdict, mitigated, stale,
-                     latest=latest if latest is not verdict else None, proof=proof)
+                     latest=latest if latest is not verdict else None, proof=proof,
+                     filesystems=filesystems)
 
 
 def latest_run(pods: Iterable[AgentPodView]) -> AgentPodView | None:
@@ -351,7 +360,8 @@ def plan_results(check: CheckRef, selected: Sequence[NodeView],
         body = result_body(check, node, content, mitigated=mitigated, stale=stale)
         digest = body["metadata"]["annotations"][names.CONTENT_HASH_ANNOTATION]
         plan.states[node.name] = node_state(node.name, result.verdict, proof,
-                                            mitigated=mitigated, stale=stale)
+                                            mitigated=mitigated, stale=stale,
+                                            filesystems=filesystems_of(content.get("paths")))
         if why:
             plan.disagreements[node.name] = why
         if existing is None or existing.content_hash != digest:
@@ -384,7 +394,8 @@ def _keep(plan: ResultPlan, node: NodeView, existing: ResultView,
     stale = is_stale(existing.kernel_release, existing.boot_id, node)
     verdict = _VERDICTS.get(existing.verdict or "", Verdict.ERROR)
     plan.states[node.name] = node_state(node.name, verdict, stored_proof(existing),
-                                        mitigated=mitigated, stale=stale or existing.predicted)
+                                        mitigated=mitigated, stale=stale or existing.predicted,
+                                        filesystems=existing.filesystems)
     if existing.disagreement:
         plan.disagreements[node.name] = existing.disagreement
     _refresh_flags(plan, existing, mitigated, stale)

@@ -28,6 +28,22 @@ class Taint:
     key: str
     value: str
     effect: str
+    time_added: str = ""  # kept as read (NoExecute taints carry it)
+
+    def to_spec(self) -> dict[str, str]:
+        spec = {"key": self.key, "value": self.value, "effect": self.effect,
+                "timeAdded": self.time_added}
+        return {k: v for k, v in spec.items() if v}
+
+
+@dataclass(frozen=True)
+class NodeCondition:
+    """The node's names.NODE_CONDITION condition, as the planners compare it."""
+
+    status: str
+    reason: str = ""
+    message: str = ""
+    last_transition: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,7 @@ class NodeView:
     os_image: str = ""
     architecture: str = ""
     ready: bool = True  # condition Ready is True (or not reported yet)
+    condition: NodeCondition | None = None  # the names.NODE_CONDITION condition, if any
 
     @property
     def excluded(self) -> bool:
@@ -123,6 +140,7 @@ class ResultView:
     owner_uid: str = ""  # uid of its controller ownerReference to the ThpCheck status.check
     mismatch: str = ""  # its name, labels or annotations are not what the operator writes
     proof: Proof | None = None  # status.proof: affected proven on a kernel (specs.proof)
+    filesystems: tuple[str, ...] = ()  # filesystems_of(status.paths)
 
 
 @dataclass(frozen=True)
@@ -161,14 +179,32 @@ def node_view(body: Mapping[str, Any]) -> NodeView:
         labels=dict(meta.get("labels") or {}),
         annotations=annotations,
         unschedulable=bool(spec.get("unschedulable", False)),
-        taints=tuple(Taint(t.get("key", ""), t.get("value", "") or "", t.get("effect", ""))
+        taints=tuple(Taint(t.get("key", ""), t.get("value", "") or "", t.get("effect", ""),
+                           t.get("timeAdded", "") or "")
                      for t in spec.get("taints") or []),
         kernel_version=info.get("kernelVersion", "") or "",
         boot_id=info.get("bootID", "") or "",
         os_image=info.get("osImage", "") or "",
         architecture=info.get("architecture", "") or "",
         ready=ready,
+        condition=_node_condition(status),
     )
+
+
+def _node_condition(status: Mapping[str, Any]) -> NodeCondition | None:
+    found = _condition(status, names.NODE_CONDITION)
+    if not found:
+        return None
+    return NodeCondition(str(found.get("status") or ""), str(found.get("reason") or ""),
+                         str(found.get("message") or ""),
+                         str(found.get("lastTransitionTime") or ""))
+
+
+def filesystems_of(paths: Any) -> tuple[str, ...]:
+    """The filesystem types of a result's ``status.paths``: those found affected, else all."""
+    entries = [p for p in paths if isinstance(p, Mapping)] if isinstance(paths, list) else []
+    affected = [p for p in entries if p.get("verdict") == "affected"]
+    return tuple(sorted({str(p["fstype"]) for p in affected or entries if p.get("fstype")}))
 
 
 def _check_status(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -371,6 +407,7 @@ def result_view(body: Mapping[str, Any]) -> ResultView:
         owner_uid=_controller_uid(meta, str(status.get("check") or "")),
         mismatch=_result_mismatch(meta, status),
         proof=parse_proof(status.get("proof")),
+        filesystems=filesystems_of(status.get("paths")),
     )
 
 
