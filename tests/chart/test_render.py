@@ -255,6 +255,28 @@ def test_operator_rbac_is_exactly_the_verbs_it_uses(helm: Helm) -> None:
                 if g[2] == "nodes" and g[3] in NODE_WRITES]
 
 
+def test_nodes_status_only_with_remediation_condition(helm: Helm) -> None:
+    """The node condition needs patch on nodes/status; without remediation.condition (the
+    default) the operator has no nodes/status permission at all."""
+    sa = "thp-checker-operator"
+    for docs in (render(helm), render(helm, "report-only")):
+        assert not [g for g in _rules(docs, sa) if g[2].startswith("nodes/status")]
+    granted = _rules(render(helm, "defaults", "--set", "remediation.condition=true"), sa)
+    assert sorted(set(granted) - set(_rules(render(helm), sa))) == [
+        ("*", "", "nodes/status", "patch")]
+    with_check = render(helm, "defaults", "--set", "remediation.condition=true",
+                        "--set", "defaultCheck.remediation.condition=true",
+                        "--set", "defaultCheck.remediation.taint=PreferNoSchedule")
+    remedy = find(with_check, names.CHECK_KIND)["spec"]["remediation"]
+    assert (remedy["condition"], remedy["taint"]) == (True, "PreferNoSchedule")
+    for extra, needed in ((("--set", "defaultCheck.remediation.condition=true"),
+                           "needs remediation.enabled=true and remediation.condition=true"),
+                          (("--set", "remediation.enabled=false", "--set",
+                            "remediation.condition=true"), "needs remediation.enabled=true")):
+        refused = helm.run("template", "r", str(CHART), *extra, check=False)
+        assert refused.returncode != 0 and needed in refused.stderr, refused.stderr
+
+
 def test_replicas_and_leader_election(helm: Helm) -> None:
     two = find(render(helm, "defaults", "--set", "operator.replicas=2"), "Deployment")
     env = container_env(two)
@@ -333,7 +355,8 @@ def test_default_check_is_every_node_labels_only(helm: Helm) -> None:
     spec = check["spec"]
     assert spec["nodeSelector"] == {} and spec["tolerations"] == [{"operator": "Exists"}]
     assert spec["remediation"] == {"label": True, "cordon": False, "mitigate": False,
-                                   "dryRun": False, "maxCordoned": 1}
+                                   "dryRun": False, "maxCordoned": 1, "taint": "",
+                                   "condition": False}
     assert spec["reproducer"]["baseSizeBytes"] == 67108864  # an integer, not 6.7e+07
     assert "schedule" not in spec
 

@@ -140,7 +140,9 @@ Remediation guards, checked on every render.
 2. Turning remediation off while nodes still carry the operator's marks would strand them: the
    operator could no longer remove its labels, annotations and cordons. On install and upgrade
    (not `helm template`, where lookup sees no cluster) the chart refuses while any node carries
-   a thpcheck.io/labelled-by, cordoned-by or mitigate-by annotation.
+   a thpcheck.io/labelled-by, cordoned-by, mitigate-by or tainted-by annotation; and, likewise,
+   turning remediation.condition off while any node carries thpcheck.io/condition-by (the
+   operator could no longer remove its ThpDataLoss condition).
 3. The mitigation's state directory is its own: never one of the default ThpCheck's paths
    (the agent writes its scratch files there; the mitigation refuses such a directory).
 */}}
@@ -154,14 +156,31 @@ Remediation guards, checked on every render.
 {{- fail (printf "agent.mitigationStateDir %s overlaps defaultCheck.paths entry %s: the mitigation's state directory must be its own (the agent writes scratch files in its paths)" $state .) }}
 {{- end }}
 {{- end }}
+{{- if and .Values.defaultCheck.enabled .Values.defaultCheck.remediation.condition (not (and .Values.remediation.enabled .Values.remediation.condition)) }}
+{{- fail "defaultCheck.remediation.condition needs remediation.enabled=true and remediation.condition=true (the nodes/status permission)" }}
+{{- end }}
+{{- if and .Values.remediation.condition (not .Values.remediation.enabled) }}
+{{- fail "remediation.condition needs remediation.enabled=true (the condition's owner annotation is a Node patch)" }}
+{{- end }}
+{{- if not (and .Values.remediation.enabled .Values.remediation.condition) }}
+{{- $conditioned := list }}
+{{- range (lookup "v1" "Node" "" "").items | default list }}
+{{- if hasKey (.metadata.annotations | default dict) "thpcheck.io/condition-by" }}
+{{- $conditioned = append $conditioned .metadata.name }}
+{{- end }}
+{{- end }}
+{{- if $conditioned }}
+{{- fail (printf "without remediation.condition the operator could not remove its ThpDataLoss condition from %d node(s) (%s). First set condition to false in every ThpCheck, wait until no node has a thpcheck.io/condition-by annotation, then drop remediation.condition (docs/remediation.md)" (len $conditioned) (join ", " (slice $conditioned 0 (min 5 (len $conditioned))))) }}
+{{- end }}
+{{- end }}
 {{- if not .Values.remediation.enabled }}
-{{- if and .Values.defaultCheck.enabled (or .Values.defaultCheck.remediation.cordon .Values.defaultCheck.remediation.mitigate) }}
-{{- fail "defaultCheck.remediation.cordon/mitigate need remediation.enabled=true (the operator may not write nodes otherwise)" }}
+{{- if and .Values.defaultCheck.enabled (or .Values.defaultCheck.remediation.cordon .Values.defaultCheck.remediation.mitigate .Values.defaultCheck.remediation.taint) }}
+{{- fail "defaultCheck.remediation.cordon/mitigate/taint need remediation.enabled=true (the operator may not write nodes otherwise)" }}
 {{- end }}
 {{- $marked := list }}
 {{- range (lookup "v1" "Node" "" "").items | default list }}
 {{- $annotations := .metadata.annotations | default dict }}
-{{- if or (hasKey $annotations "thpcheck.io/labelled-by") (hasKey $annotations "thpcheck.io/cordoned-by") (hasKey $annotations "thpcheck.io/mitigate-by") }}
+{{- if or (hasKey $annotations "thpcheck.io/labelled-by") (hasKey $annotations "thpcheck.io/cordoned-by") (hasKey $annotations "thpcheck.io/mitigate-by") (hasKey $annotations "thpcheck.io/tainted-by") }}
 {{- $marked = append $marked .metadata.name }}
 {{- end }}
 {{- end }}
