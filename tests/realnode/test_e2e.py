@@ -13,6 +13,10 @@ an admin would to mitigate by hand; the mitigation DaemonSet exists because the 
 ``remediation.mitigate: true``. Removing the label must restore the knob exactly, and the
 ThpCheck's deletion must remove the DaemonSet, results and labels.
 
+The ThpCheck also sets the node condition (the chart grants nodes/status with
+``remediation.condition``): ThpDataLoss False on this not-affected node, kept by the kubelet's
+next status sync (not rewritten by the operator), gone with the ThpCheck.
+
 The khugepaged knob is restored in ``finally`` whatever happens.
 """
 
@@ -108,6 +112,12 @@ def result(cluster: Cluster, node: str) -> dict[str, Any] | None:
     return body
 
 
+def condition(body: dict[str, Any], kind: str = names.NODE_CONDITION) -> dict[str, Any] | None:
+    """The node's condition of that type (ours by default)."""
+    return next((c for c in body.get("status", {}).get("conditions") or []
+                 if c["type"] == kind), None)
+
+
 def daemonsets(cluster: Cluster) -> list[str]:
     return sorted(d["metadata"]["name"] for d in cluster.api(
         "GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets")["items"])
@@ -172,6 +182,7 @@ def run_end_to_end(rc: RealCluster, scratch: Path, state_dir: Path, tmp_path: Pa
         "operator": {"extraEnv": api},
         "cleanup": {"extraEnv": api},
         "agent": {"mitigationStateDir": str(state_dir)},
+        "remediation": {"condition": True},  # nodes/status patch, for the node condition
     }))
     cluster.helm("install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace",
                  "-f", str(VALUES), "-f", str(generated), "--wait", "--timeout", "5m",
@@ -187,7 +198,7 @@ def run_end_to_end(rc: RealCluster, scratch: Path, state_dir: Path, tmp_path: Pa
         "apiVersion": f"{names.GROUP}/{names.VERSION}", "kind": names.CHECK_KIND,
         "metadata": {"name": CHECK},
         "spec": {"paths": [str(scratch)], "maxConcurrent": 1,
-                 "remediation": {"label": True, "mitigate": False}},
+                 "remediation": {"label": True, "mitigate": False, "condition": True}},
     })
     found = eventually(lambda: (r := result(cluster, node.name)) and r.get("status", {}).get(
         "verdict") and r, 300, "the ThpNodeResult", diagnose)
@@ -216,6 +227,20 @@ def run_end_to_end(rc: RealCluster, scratch: Path, state_dir: Path, tmp_path: Pa
     assert remote_path["repro"] == local_path["repro"]["outcome"] == "collapse_unsupported"
     eventually(lambda: node.node()["metadata"]["labels"].get(names.VERDICT_LABEL)
                == "not-affected", 60, "the verdict label on the node", diagnose)
+    # The node condition: set on the real kubelet's node, and still there, not rewritten by
+    # the operator (same lastHeartbeatTime), after the kubelet's next status sync.
+    ours = eventually(lambda: condition(node.node()), 60, "the ThpDataLoss condition",
+                      diagnose)
+    assert (ours["status"], ours["reason"]) == ("False", "NotAffected"), ours
+    assert status["kernelRelease"] in ours["message"] and FSTYPE in ours["message"]
+    def heartbeat() -> str:
+        return str((condition(node.node(), "Ready") or {}).get("lastHeartbeatTime"))
+
+    synced = heartbeat()
+    eventually(lambda: heartbeat() != synced, 90,
+               "the kubelet's next node status sync", diagnose)
+    assert condition(node.node()) == ours
+    lap("condition_kept_s")
     check_status = eventually(lambda: (c := cluster.api("GET", f"{CHECKS}/{CHECK}")).get(
         "status", {}).get("phase") == "Completed" and c["status"], 60, "phase Completed",
         diagnose)
@@ -269,6 +294,9 @@ def run_end_to_end(rc: RealCluster, scratch: Path, state_dir: Path, tmp_path: Pa
     assert not cluster.api("GET", RESULTS)["items"]
     labels = node.node()["metadata"]["labels"]
     assert not [k for k in labels if k.startswith(names.GROUP + "/")], labels
+    assert condition(node.node()) is None
+    assert names.CONDITION_BY_ANNOTATION not in (node.node()["metadata"].get("annotations")
+                                                 or {})
     eventually(lambda: not pods(cluster, names.AGENT_ROLE), 120, "agent pods gone", diagnose)
     lap("check_deleted_s")
 
