@@ -16,12 +16,15 @@ from tests.cluster.harness import Cluster
 from tests.operator.cluster_kit import (
     Kubelet,
     OperatorProcess,
+    check_events,
+    checks_cleaned_up,
     eventually,
     get_check,
     new_check,
     node,
     with_verdict,
 )
+from tests.operator.test_cluster_rbac import service_account_kubeconfig
 from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster
@@ -144,3 +147,37 @@ def test_the_taint_holds_within_the_budget_and_goes_with_the_check(
         assert spec.get("taints") == [admin], name
         assert names.TAINTED_BY_ANNOTATION not in (
             node(crds, name)["metadata"].get("annotations") or {})
+
+
+def test_without_nodes_status_a_warning_names_the_fix_and_deletion_is_not_blocked(
+        crds: Cluster, namespace: str, kubelet: Kubelet, make_nodes: Callable[..., list[str]],
+        test_id: str, tmp_path: Path) -> None:
+    """The operator as the chart runs it without remediation.condition (no nodes/status): a
+    ThpCheck asking for the condition gets one Warning naming the chart value, and its
+    deletion is not blocked by the permission it never had."""
+    kubeconfig = service_account_kubeconfig(crds, namespace, tmp_path / "sa.kubeconfig")
+    operator = OperatorProcess(crds, namespace, tmp_path / "logs",
+                               args=("--kubeconfig", str(kubeconfig))).start()
+    created: list[str] = []
+    try:
+        with checks_cleaned_up(crds, operator, created):
+            [hit] = make_nodes(1)
+            check = f"noperm-{test_id}"
+            new_check(crds, created, check, {"thpcheck-test": test_id}, tmp_path / "scratch",
+                      {"condition": True})
+            pods = kubelet.wait_check_pods(check, [hit])
+            _, document = kubelet.run_agent(pods[hit])
+            kubelet.terminate(pods[hit], with_verdict(document, "affected"))
+            warning = eventually(lambda: next((e for e in check_events(crds, check)
+                                               if e["reason"] == "NodeConditionForbidden"),
+                                              None), timeout=60, what="the Warning Event")
+            assert "remediation.condition=true" in warning["message"]
+            assert ours(crds, hit) is None
+            crds.kubectl("delete", "thpcheck", check, "--wait=true", "--timeout=60s")
+            assert names.CONDITION_BY_ANNOTATION not in (
+                node(crds, hit)["metadata"].get("annotations") or {})
+    finally:
+        operator.stop()
+        for rbac in ("clusterroles", "clusterrolebindings"):
+            crds.kubectl("delete", rbac, f"thpcheck-operator-{namespace}", "--ignore-not-found",
+                         check=False)

@@ -221,3 +221,13 @@ def test_a_taint_of_another_check_is_not_ours_and_counts_in_the_cluster_budget()
     assert all(c.taints is None and c.unschedulable is None for c in plan.changes)
     assert plan.cordoned_after == [] and plan.blocked_cordons == 1
     assert plan_cleanup(CHECK, [other]) == []
+
+
+def test_an_annotation_without_its_condition_goes_without_a_status_patch() -> None:
+    """nodes/status refused (no chart value) leaves condition-by alone on the node: undoing
+    it must not need nodes/status, or a missing permission would block the clean-up."""
+    marked = node("n0", annotations={names.CONDITION_BY_ANNOTATION: CHECK})
+    for changes in (plan_cleanup(CHECK, [marked]), plan_orphans([marked], checks=[])):
+        [change] = changes
+        assert change.annotations == {names.CONDITION_BY_ANNOTATION: None}
+        assert not change.remove_condition and change.status_patch() is None

@@ -70,6 +70,8 @@ class OperatorContext:
     # (monotonic time of the last Event read, missing paths).
     mount_failures: dict[str, dict[str, tuple[float, list[str]]]] = field(
         default_factory=dict)
+    # Checks whose node condition nodes/status refused (a Warning Event said so already).
+    reported_forbidden: set[str] = field(default_factory=set)
 
     def lock(self, check: str) -> asyncio.Lock:
         """Serialises a check's reconciles and its deletion clean-up."""
@@ -83,6 +85,7 @@ class OperatorContext:
         self.rejected_daemonsets.pop(check, None)
         self.reported_untrusted.pop(check, None)
         self.mount_failures.pop(check, None)
+        self.reported_forbidden.discard(check)
         self.cordon_claims.pop(check, None)
         self.triggers.forget(check)
         self.metrics.forget_check(check)

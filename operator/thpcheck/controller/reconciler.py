@@ -370,6 +370,8 @@ class CheckReconciler:
                 return
             except ApiError as exc:
                 self.log.warning("node not changed", node=item.node, error=str(exc))
+                if exc.status == 403 and item.status_patch() is not None:
+                    self._report_forbidden_condition(exc)
                 return
             self.ctx.recent.wrote_node(node_view(written), nodes[item.node].resource_version)
             self.notes.actions[item.node] = item.actions
@@ -380,6 +382,16 @@ class CheckReconciler:
             await bounded(self.ctx.settings.api_workers,
                           [change(item) for item in plan.changes])
         return plan.cordoned_after
+
+    def _report_forbidden_condition(self, exc: ApiError) -> None:
+        """One Warning Event per operator process: the condition needs nodes/status."""
+        if self.name in self.ctx.reported_forbidden:
+            return
+        self.ctx.reported_forbidden.add(self.name)
+        events.on_check(self.body, reason="NodeConditionForbidden", warning=True, message=(
+            f"spec.remediation.condition needs patch on nodes/status, which the operator "
+            f"lacks ({exc.message}): set the chart value remediation.condition=true, or "
+            "turn condition off"))
 
     # -- events ------------------------------------------------------------------------
 

@@ -264,7 +264,9 @@ def _plan_condition(change: dict[str, NodeChange], node: NodeView, check: str,
     elif not wanted and ours:
         entry = _change(change, node)
         entry.annotations[names.CONDITION_BY_ANNOTATION] = None
-        entry.remove_condition = True
+        # No condition there (never set: nodes/status refused, or a writer dropped it): only
+        # the annotation goes, so a missing permission cannot block the clean-up.
+        entry.remove_condition = node.condition is not None
         entry.actions.append(PlannedAction(node.name, Action.REMOVE_CONDITION, undo_reason))
 
 
