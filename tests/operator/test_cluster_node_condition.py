@@ -122,7 +122,13 @@ def test_the_taint_holds_within_the_budget_and_goes_with_the_check(
         return sorted(n for n in nodes if any(
             t["key"] == names.TAINT_KEY for t in node(crds, n)["spec"].get("taints") or []))
 
-    eventually(lambda: len(ours_tainted()) == 1, timeout=60, what="one node tainted")
+    def diagnose() -> str:
+        return (f"status: {(get_check(crds, check) or {}).get('status')}\n"
+                f"taints: { {n: node(crds, n)['spec'].get('taints') for n in nodes} }\n"
+                + operator.tail())
+
+    eventually(lambda: len(ours_tainted()) == 1, timeout=60, what="one node tainted",
+               diagnose=diagnose)
     for _ in range(8):  # the budget holds over several reconciles
         assert len(ours_tainted()) == 1
         time.sleep(0.5)

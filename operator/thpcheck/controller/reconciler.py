@@ -148,15 +148,16 @@ class CheckReconciler:
                 timedelta(seconds=self.ctx.settings.empty_result_grace), self.runs.failures)
         self._report_untrusted(results.untrusted)
         await self._write_results(results, by_name)
-        # New cordons are decided and made one check at a time (the cluster-wide budget);
-        # a plan without one (labels, uncordons) is applied outside the lock.
+        # New cordons and taints are decided and made one check at a time (the cluster-wide
+        # budget); a plan without one (labels, uncordons) is applied outside the lock.
         async with self.ctx.cordon_lock:
             remedy = plan_remediation(
                 self.name, remediation, paused=self.spec.paused, selected=selected,
                 all_nodes=nodes, states=results.states,
                 cordoned=list(self.previous.get("cordonedNodes") or []),
                 limits=self.ctx.settings.limits(self._claimed_by_others()), now=self.now)
-            cordons = any(c.unschedulable for c in remedy.changes)
+            cordons = any(c.unschedulable or (c.taints is not None and any(
+                t.key == names.TAINT_KEY for t in c.taints)) for c in remedy.changes)
             if cordons:
                 cordoned = await self._remediate(remedy, by_name)
         if not cordons:
