@@ -155,7 +155,7 @@ def test_a_good_sparse_spec_gets_every_default(crds: Cluster) -> None:
                        "appendSizeBytes": 16384},
         "schedule": {"interval": "24h"}, "maxConcurrent": "10%",
         "remediation": {"label": True, "cordon": False, "mitigate": False, "dryRun": False,
-                        "maxCordoned": 1},
+                        "maxCordoned": 1, "taint": "", "condition": False},
         "paused": False}
 
 
