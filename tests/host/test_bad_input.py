@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,8 +70,15 @@ def test_bad_input(tmp_path: Path, special_mounts: dict[str, Path], command: str
 
 
 def test_size_arguments_are_checked(tmp_path: Path) -> None:
-    result = thpcheck("repro", str(tmp_path), "--base-size", "1MiB")
-    assert result.returncode == 2 and "pass at least 2MiB" in result.stderr
+    pmd = int(Path("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size").read_text())
+    small, need = f"{pmd // 2 >> 10}KiB", f"pass --base-size >= {pmd >> 20}MiB"
+    result = thpcheck("repro", str(tmp_path), "--base-size", small)
+    assert result.returncode == 2 and need in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    # check: a base below one PMD skips that path's reproducer, saying why; nothing is written
+    result = thpcheck("check", "--json", str(tmp_path), "--base-size", small)
+    repro = json.loads(result.stdout)["paths"][0]["repro"]
+    assert repro["outcome"] == "skipped" and need in repro["message"], repro
     result = thpcheck("check", str(tmp_path), "--append-size", "lots")
     assert result.returncode == 2 and "is not a size" in result.stderr
     assert os.listdir(tmp_path) == []

@@ -19,6 +19,7 @@ class HostTree:
     config_location: str = "proc"  # proc | boot | modules
     enabled: str = "always [madvise] never"
     scan_sleep: int = 10000
+    pmd_size: int | None = 2 << 20  # hpage_pmd_size; None: the file is missing
     mounts: list[tuple[str, str, str]] = field(
         default_factory=lambda: [("/", "ext4", "rw,errors=remount-ro")])
     os_release: str | None = 'ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian GNU/Linux 12"\n'
@@ -49,6 +50,8 @@ class HostTree:
         put(f"{thp}/defrag", "always defer defer+madvise [madvise] never\n")
         put(f"{thp}/khugepaged/scan_sleep_millisecs", f"{self.scan_sleep}\n")
         put(f"{thp}/khugepaged/pages_to_scan", "4096\n")
+        if self.pmd_size is not None:
+            put(f"{thp}/hpage_pmd_size", f"{self.pmd_size}\n")
         lines = [
             MOUNT_LINE.format(id=20 + i, dev=f"8:{i}", point=point, fstype=fstype,
                               source=f"/dev/fix{i}", opts=opts)

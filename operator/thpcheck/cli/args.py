@@ -37,7 +37,9 @@ def add_repro_options(parser: argparse.ArgumentParser) -> None:
     from thpcheck.host.repro import DEFAULT_APPEND_SIZE, DEFAULT_BASE_SIZE, DEFAULT_ITERATIONS
 
     parser.add_argument("--base-size", type=size, default=DEFAULT_BASE_SIZE,
-                        help="size of the clean base file (default 64MiB; at least 2MiB)")
+                        help="size of the clean base file (default 64MiB); at least one PMD "
+                        "(file THP) of the kernel: 2MiB with 4K pages, 32MiB with 16K, "
+                        "512MiB with 64K")
     parser.add_argument("--append-size", type=size, default=DEFAULT_APPEND_SIZE,
                         help="bytes appended per iteration (default 16KiB)")
     parser.add_argument("--iterations", type=positive_int, default=DEFAULT_ITERATIONS,

@@ -12,7 +12,6 @@ from thpcheck.cli.args import (
     add_repro_options,
     headroom_of,
 )
-from thpcheck.host import mm
 from thpcheck.host.check import CheckOptions, check
 from thpcheck.host.repro import ReproConfig
 from thpcheck.host.scratch import BadInput
@@ -50,10 +49,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.base_size < mm.PMD_SIZE:
-        print(f"thpcheck check: --base-size {args.base_size} is smaller than the 2 MiB collapse "
-              "range; pass at least 2MiB", file=sys.stderr)
-        return CheckExit.BAD_INPUT
     if args.paths or args.discover:
         paths = list(args.paths)
     else:

@@ -12,11 +12,10 @@ from thpcheck.cli.args import (
     add_repro_options,
     headroom_of,
 )
-from thpcheck.host import mm
 from thpcheck.host.check import CheckOptions, prepare_paths
-from thpcheck.host.facts import read_mounts
+from thpcheck.host.facts import read_hugepages, read_mounts
 from thpcheck.host.hostroot import HostRoot
-from thpcheck.host.repro import ReproConfig, run
+from thpcheck.host.repro import ReproConfig, pmd_or_skip, run
 from thpcheck.host.scratch import BadInput, Scratch
 from thpcheck.model.repro import Loss, ReproExit, ReproOutcome, ReproResult
 
@@ -73,22 +72,23 @@ def _print_outcome(result: ReproResult, config: ReproConfig) -> None:
 def main(args: argparse.Namespace) -> int:
     config = ReproConfig(base_size=args.base_size, append_size=args.append_size,
                          iterations=args.iterations, keep_going=args.keep_going)
-    if config.base_size < mm.PMD_SIZE:
-        print(f"thpcheck repro: --base-size {config.base_size} is smaller than the 2 MiB "
-              "collapse range; pass at least 2MiB", file=sys.stderr)
+    root = HostRoot(args.host_root)
+    pmd = pmd_or_skip(config, read_hugepages(root))
+    if isinstance(pmd, ReproResult):  # the base cannot hold one PMD on this kernel
+        print(f"thpcheck repro: {pmd.message}", file=sys.stderr)
         return ReproExit.BAD_INPUT
     with ExitStack() as stack:  # the path's disk reservation is held until the run ends
         try:
-            visible = _prepare(args, config, stack)
+            visible = _prepare(args, root, config, stack)
         except BadInput as exc:
             print(f"thpcheck repro: {exc}", file=sys.stderr)
             return ReproExit.BAD_INPUT
-        return _run(args.path, visible, config)
+        return _run(args.path, visible, config, pmd)
 
 
-def _prepare(args: argparse.Namespace, config: ReproConfig, stack: ExitStack) -> str:
+def _prepare(args: argparse.Namespace, root: HostRoot, config: ReproConfig,
+             stack: ExitStack) -> str:
     """The checks ``check`` makes before writing (raises BadInput); the visible path."""
-    root = HostRoot(args.host_root)
     mounts, _, _ = read_mounts(root)
     options = CheckOptions(paths=[args.path], host_root=args.host_root, repro=config,
                            headroom=headroom_of(args))
@@ -102,7 +102,7 @@ def _prepare(args: argparse.Namespace, config: ReproConfig, stack: ExitStack) ->
     return prepared.visible
 
 
-def _run(path: str, visible: str, config: ReproConfig) -> int:
+def _run(path: str, visible: str, config: ReproConfig, pmd: int) -> int:
     print(f"path={path} base_size={config.base_size} append_size={config.append_size} "
           f"iters={config.iterations}", flush=True)
     seen: list[Loss] = []
@@ -115,6 +115,6 @@ def _run(path: str, visible: str, config: ReproConfig) -> int:
         if scratch.reaped:
             print(f"note: removed scratch dirs left by killed runs: {' '.join(scratch.reaped)}",
                   file=sys.stderr)
-        result = run(scratch, config, on_loss)
+        result = run(scratch, config, pmd, on_loss)
     _print_outcome(result, config)
     return result.exit_code

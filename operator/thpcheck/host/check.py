@@ -27,6 +27,7 @@ from thpcheck.logs import get_logger
 from thpcheck.model.distro import lookup
 from thpcheck.model.facts import NodeFacts
 from thpcheck.model.headroom import Headroom, fs_role
+from thpcheck.model.hugepage import HugePages
 from thpcheck.model.mounts import Mount, Skipped, discover, memory_backed, resolve
 from thpcheck.model.paths import IMAGE_DIRS, KUBELET_DIRS
 from thpcheck.model.predict import (
@@ -135,11 +136,15 @@ def prepare_paths(root: HostRoot, options: CheckOptions, mounts: list[Mount],
     return results
 
 
-def _run_repro(visible: str, config: reproducer.ReproConfig) -> ReproResult:
+def _run_repro(visible: str, config: reproducer.ReproConfig,
+               hugepages: HugePages) -> ReproResult:
+    pmd = reproducer.pmd_or_skip(config, hugepages)
+    if isinstance(pmd, ReproResult):
+        return pmd
     with Scratch(visible) as scratch:
         if scratch.reaped:
             log.warning("reaped_stale_scratch", dirs=scratch.reaped, path=visible)
-        return reproducer.run(scratch, config)
+        return reproducer.run(scratch, config, pmd)
 
 
 def check(options: CheckOptions) -> CheckReport:
@@ -184,7 +189,8 @@ def _run_paths(root: HostRoot, options: CheckOptions, facts: NodeFacts,
     report = CheckReport(
         facts=facts,
         config=knowledge,
-        node_prediction=predict(kernel, knowledge, thp=facts.thp, node_only=True),
+        node_prediction=predict(kernel, knowledge, thp=facts.thp, node_only=True,
+                                hugepages=facts.kernel.hugepages),
         checked_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),  # no datetime import
         skipped=list(skipped),
     )
@@ -200,10 +206,11 @@ def _run_paths(root: HostRoot, options: CheckOptions, facts: NodeFacts,
                                            PathVerdict(Verdict.ERROR, path_facts.error, None)))
             continue
         backing = path_facts.resolved.backing if path_facts.resolved else None
-        prediction = predict(kernel, knowledge, path_facts.fstype, backing, facts.thp)
+        prediction = predict(kernel, knowledge, path_facts.fstype, backing, facts.thp,
+                             hugepages=facts.kernel.hugepages)
         repro: ReproResult | None = None
         if ready.writes:
-            repro = _run_repro(ready.visible, options.repro)
+            repro = _run_repro(ready.visible, options.repro, facts.kernel.hugepages)
         elif options.run_repro and memory_backed(ready.fstype):
             repro = _memory_backed_skip(ready.fstype)
         if repro is not None and repro.madv_collapse_known is not None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import zlib
 
+from thpcheck.host import mm
 from thpcheck.host.hostroot import HostRoot
 from thpcheck.host.statfs import PROC_NAME, fs_name, same_filesystem
 from thpcheck.model.facts import KernelFacts, NodeFacts, OsRelease, PathFacts, ThpKnobs
+from thpcheck.model.hugepage import HugePages, kernel_hugepages
 from thpcheck.model.kconfig import KernelConfig, parse_config
 from thpcheck.model.kernel import parse_release
 from thpcheck.model.mounts import Mount, MountinfoError, parse_mountinfo, resolve
@@ -63,7 +65,21 @@ def read_config(root: HostRoot, release: str | None) -> tuple[KernelConfig | Non
     return None, "; ".join(problems)
 
 
-def read_kernel(root: HostRoot) -> KernelFacts:
+def read_hugepages(root: HostRoot, config: KernelConfig | None = None,
+                   machine: str | None = None, snapshot: bool = False) -> HugePages:
+    """The kernel's PMD size: its ``hpage_pmd_size``, else from arch and page size.
+
+    The agent runs on the kernel it checks (a pod shares the node's kernel), so the machine and
+    the page size are this process's; a snapshot has only its saved files (its machine, and the
+    page size its config gives)."""
+    if not snapshot:
+        machine = machine or os.uname().machine
+    return kernel_hugepages(root.read_line(f"{THP_DIR}/hpage_pmd_size"), machine,
+                            None if snapshot else mm.PAGE_SIZE, config)
+
+
+def read_kernel(root: HostRoot, machine: str | None = None, snapshot: bool = False
+                ) -> KernelFacts:
     release = root.read_line("/proc/sys/kernel/osrelease")
     proc_version = root.read_line("/proc/version")
     config, config_error = read_config(root, release)
@@ -75,6 +91,7 @@ def read_kernel(root: HostRoot) -> KernelFacts:
         config_error=config_error,
         boot_id=root.read_line("/proc/sys/kernel/random/boot_id"),
         cmdline=root.read_line("/proc/cmdline"),
+        hugepages=read_hugepages(root, config, machine, snapshot),
     )
 
 
@@ -191,7 +208,7 @@ def collect(root: HostRoot, snapshot: bool = False) -> NodeFacts:
     mounts, mount_source, mount_error = read_mounts(root)
     machine = root.read_line("/proc/sys/kernel/arch") if snapshot else os.uname().machine
     return NodeFacts(
-        kernel=read_kernel(root),
+        kernel=read_kernel(root, machine, snapshot),
         thp=read_thp(root),
         os_release=read_os_release(root),
         writeback=read_writeback(root),

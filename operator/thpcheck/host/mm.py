@@ -1,9 +1,10 @@
-"""Memory-management syscalls through ctypes: mmap at 2 MiB alignment, madvise, prctl.
+"""Memory-management syscalls through ctypes: mmap at PMD alignment, madvise, prctl.
 
 Python's ``mmap`` module cannot place a mapping at a chosen address, and the collapse needs
 the virtual address and the file offset congruent modulo the PMD size. So the agent reserves
-an anonymous region, then maps the file over an aligned part of it with ``MAP_FIXED``.
-Nothing here is compiled at run time.
+an anonymous region, then maps the file over an aligned part of it with ``MAP_FIXED``. The PMD
+size is the kernel's (``model.hugepage``: 2 MiB with 4K pages, 512 MiB with arm64's 64K pages);
+the arithmetic is there too. Nothing here is compiled at run time.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 from dataclasses import dataclass
 
 from thpcheck.host.libc import LIBC
+from thpcheck.model.hugepage import align_up, reservation, trims
 
 PROT_NONE, PROT_READ, PROT_WRITE, PROT_EXEC = 0x0, 0x1, 0x2, 0x4
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_NORESERVE = 0x1, 0x2, 0x10, 0x20, 0x4000
@@ -22,7 +24,6 @@ MADV_COLLAPSE = 25
 PR_SET_THP_DISABLE, PR_GET_THP_DISABLE = 41, 42
 MAP_FAILED = ctypes.c_void_p(-1).value
 
-PMD_SIZE = 2 * 1024 * 1024
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 _libc = LIBC
@@ -71,9 +72,9 @@ class Mapping:
     addr: int
     length: int
 
-    def fill(self, value: int) -> None:
-        """Write every byte (anonymous probe memory only)."""
-        ctypes.memset(self.addr, value, self.length)
+    def fill(self, value: int, length: int | None = None) -> None:
+        """Write the first ``length`` bytes, every byte by default (anonymous memory only)."""
+        ctypes.memset(self.addr, value, self.length if length is None else length)
 
     def unmap(self) -> None:
         if self.length:
@@ -81,46 +82,47 @@ class Mapping:
             self.length = 0
 
 
-def _reserve(length: int) -> tuple[int, int, int]:
+def _reserve(length: int, pmd: int) -> tuple[int, int, int]:
     """(base, span, aligned): ``length + PMD`` bytes reserved, PROT_NONE, no memory."""
-    span = length + PMD_SIZE
+    span = reservation(length, pmd)
     base = _mmap(None, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-    return base, span, (base + PMD_SIZE - 1) & ~(PMD_SIZE - 1)
+    return base, span, align_up(base, pmd)
 
 
-def map_anonymous(length: int) -> Mapping:
+def map_anonymous(length: int, pmd: int) -> Mapping:
     """A PMD-aligned private anonymous read-write mapping."""
-    base, span, aligned = _reserve(length)
+    base, span, aligned = _reserve(length, pmd)
     try:
         _mmap(aligned, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
               -1, 0)
     except OSError:
         munmap(base, span)
         raise
-    munmap(base, aligned - base)
-    munmap(aligned + length, base + span - (aligned + length))
+    for start, size in trims(base, span, aligned, length):
+        munmap(start, size)
     return Mapping(aligned, length)
 
 
 class Window:
-    """A PMD-aligned range reserved for a whole run, where a file range is mapped for each
-    collapse and unmapped again by putting the reservation back over it (``MAP_FIXED``).
+    """A PMD-aligned range of one PMD, reserved for a whole run, where a file range is mapped
+    for each collapse and unmapped again by putting the reservation back over it
+    (``MAP_FIXED``).
 
     Two mmap calls per collapse instead of five (reserve, map, trim both ends, unmap), and the
     range stays ours in between, so nothing else is ever mapped where a ``MAP_FIXED`` lands.
     """
 
-    def __init__(self, length: int = PMD_SIZE) -> None:
-        self._base, self._span, self.addr = _reserve(length)
-        self.length = length
-        self._bytes = (ctypes.c_char * length).from_address(self.addr)
+    def __init__(self, pmd: int) -> None:
+        self._base, self._span, self.addr = _reserve(pmd, pmd)
+        self.length = pmd
+        self._bytes = (ctypes.c_char * pmd).from_address(self.addr)
 
     def map_file(self, fd: int, offset: int, prot: int) -> None:
         """Map ``length`` bytes of ``fd`` at ``offset`` (PMD aligned), shared, at ``addr``.
 
         On failure the window is closed (a failed ``MAP_FIXED`` may have unmapped the range);
         make a new one to go on."""
-        if offset % PMD_SIZE:
+        if offset % self.length:
             raise ValueError("file offset must be PMD aligned")
         try:
             _mmap(self.addr, self.length, prot, MAP_SHARED | MAP_FIXED, fd, offset)
@@ -130,7 +132,7 @@ class Window:
 
     def touch(self) -> None:
         """Read one byte of every page, so every page is in the page cache and mapped (needed
-        on 6.1), as repro7 does. Copying the whole range instead (2 MiB per collapse, two
+        on 6.1), as repro7 does. Copying the whole range instead (a PMD per collapse, two
         collapses per iteration) was most of an iteration's time in an emulated guest."""
         self._bytes[::PAGE_SIZE]  # one read per page, into a small bytes object
 

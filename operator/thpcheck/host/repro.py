@@ -1,11 +1,11 @@
 """The reproducer: the report's seven steps, run for real against a scratch directory.
 
 1. create a regular file with non-zero data (base size) and make it clean (fsync);
-2. map a PMD-aligned 2 MiB range read-only (fd ``O_RDONLY``, no writer open), touch it,
+2. map a PMD-aligned range of one PMD read-only (fd ``O_RDONLY``, no writer open), touch it,
    ``madvise(MADV_COLLAPSE)``;
 3. open for write and append non-zero data at the end (``write(2)``, no fsync): dirty pages;
 4. close the write fd;
-5. re-collapse a read-only 2 MiB range away from the dirty tail;
+5. re-collapse a read-only PMD range away from the dirty tail;
 6. open for write again: on an affected kernel this runs the purge and cancels the dirty tail;
 7. read the appended bytes back with ``read(2)`` on a fresh fd and compare.
 
@@ -14,6 +14,10 @@ Steps 2-7 repeat per iteration with a new append; the run stops at the first los
 means the kernel does not know the advice (< 6.1), which is not the same as refusing file
 collapse. Kernels 5.14-6.7 collapse only executable file mappings, so a ``PROT_READ`` mapping
 that gets EINVAL is retried as ``PROT_READ|PROT_EXEC`` before concluding anything.
+
+The PMD is the kernel's (``model.hugepage``): 2 MiB with 4K pages, 32 MiB with 16K pages,
+512 MiB with arm64's 64K pages. A base smaller than one PMD cannot hold a file THP; the callers
+skip the run then (``base_too_small``) instead of reporting a refused collapse.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from thpcheck.host import mm
 from thpcheck.host.scratch import Scratch
 from thpcheck.logs import get_logger
+from thpcheck.model.hugepage import HugePages, base_too_small, head_size
 from thpcheck.model.repro import Loss, ReproOutcome, ReproResult
 
 log = get_logger("thpcheck.repro")
@@ -117,11 +122,14 @@ def _read_exact(fd: int, size: int, offset: int) -> bytes:
     return b"".join(chunks)
 
 
-def probe_anonymous_collapse() -> int:
-    """errno of MADV_COLLAPSE on touched anonymous memory (0: the kernel knows the advice)."""
-    mapping = mm.map_anonymous(mm.PMD_SIZE)
+def probe_anonymous_collapse(pmd: int) -> int:
+    """errno of MADV_COLLAPSE on touched anonymous memory (0: the kernel knows the advice).
+
+    One page is touched: MADV_COLLAPSE ignores khugepaged's max_ptes_none, and filling a whole
+    512 MiB PMD (64K pages) would cost that much memory before the collapse doubles it."""
+    mapping = mm.map_anonymous(pmd, pmd)
     try:
-        mapping.fill(0x5A)
+        mapping.fill(0x5A, mm.PAGE_SIZE)
         return mm.madvise(mapping.addr, mapping.length, mm.MADV_COLLAPSE)
     finally:
         mapping.unmap()
@@ -130,16 +138,17 @@ def probe_anonymous_collapse() -> int:
 class Collapser:
     """Collapses the head of the data file, remembering which mapping the kernel accepts."""
 
-    def __init__(self, scratch: Scratch, config: ReproConfig) -> None:
+    def __init__(self, scratch: Scratch, config: ReproConfig, pmd: int) -> None:
         self.scratch = scratch
         self.config = config
+        self.pmd = pmd
         self.mapping_kind: str | None = None  # "read" or "read-exec" once one worked
         self.noexec = False
         self._window: mm.Window | None = None
 
     def _attempt(self, prot: int, name: str) -> int:
         if self._window is None or self._window.closed:
-            self._window = mm.Window(mm.PMD_SIZE)
+            self._window = mm.Window(self.pmd)
         window = self._window
         fd = self.scratch.open(name, os.O_RDONLY)
         try:
@@ -213,16 +222,16 @@ def _create_base(scratch: Scratch, collapser: Collapser, config: ReproConfig,
                  result: ReproResult) -> None:
     """Step 1, with step 2's first collapse tried on the file's head before the rest exists.
 
-    The first 2 MiB are written and fsynced, and collapsed: the kernel's eligibility checks
+    The first PMD is written and fsynced, and collapsed: the kernel's eligibility checks
     see what step 2 will see (a clean, PMD-aligned range of a regular file nobody has open
-    for write), so a kernel that refuses file collapse answers after 2 MiB instead of the whole
-    base. Then the rest is appended and the file fsynced again, so every collapse target is
+    for write), so a kernel that refuses file collapse answers after one PMD instead of the
+    whole base. Then the rest is appended and the file fsynced again, so every collapse target is
     clean. (Opening the file for write again drops the head's huge page on a RO_THP kernel:
     harmless, nothing in it is dirty.) The file's content is the same as writing it in one go.
     """
     unit = pattern(config.seed, PATTERN_UNIT)
     block = (unit * (PATTERN_BLOCK // PATTERN_UNIT))[: min(PATTERN_BLOCK, config.base_size)]
-    head = min(mm.PMD_SIZE, config.base_size)
+    head = head_size(config.base_size, collapser.pmd)
     fd = scratch.create(DATA_FILE)
     try:
         result.bytes_written += _write_pattern(fd, block, head)
@@ -235,7 +244,7 @@ def _create_base(scratch: Scratch, collapser: Collapser, config: ReproConfig,
     if config.base_size > head:
         fd = scratch.open(DATA_FILE, os.O_WRONLY | os.O_APPEND)
         try:
-            # The head is a whole number of blocks (2 MiB, 1 MiB blocks), so the pattern
+            # The head is a whole number of blocks (a PMD, 1 MiB blocks), so the pattern
             # continues exactly where it stopped.
             result.bytes_written += _write_pattern(fd, block, config.base_size - head)
             os.fsync(fd)
@@ -276,17 +285,27 @@ def _iteration(scratch: Scratch, collapser: Collapser, config: ReproConfig, iter
     return loss, True
 
 
-def run(scratch: Scratch, config: ReproConfig,
+def pmd_or_skip(config: ReproConfig, hugepages: HugePages) -> int | ReproResult:
+    """The PMD size to run with, or the SKIPPED result that says why the run cannot prove
+    anything here (a base smaller than one PMD, an unknown PMD); decided before any write."""
+    reason = base_too_small(config.base_size, hugepages)
+    if reason is None and hugepages.pmd_size is not None:
+        return hugepages.pmd_size
+    return ReproResult(outcome=ReproOutcome.SKIPPED, message=reason)
+
+
+def run(scratch: Scratch, config: ReproConfig, pmd: int,
         on_loss: Callable[[Loss], None] | None = None) -> ReproResult:
-    """Run the reproducer in ``scratch``; never raises for kernel behaviour, only for bugs."""
+    """Run the reproducer in ``scratch`` with the kernel's PMD size (a base of at least one PMD:
+    see ``base_too_small``); never raises for kernel behaviour, only for bugs."""
     started = time.monotonic()
     result = ReproResult(outcome=ReproOutcome.NOT_REPRODUCED)
     if mm.thp_disabled_for_process() and not mm.enable_thp_for_process():
         result.outcome, result.message = ReproOutcome.ERROR, "THP is disabled for this process"
         return result
-    collapser = Collapser(scratch, config)
+    collapser = Collapser(scratch, config, pmd)
     try:
-        code = probe_anonymous_collapse()
+        code = probe_anonymous_collapse(pmd)
         result.madv_collapse_known = code != errno.EINVAL
         if code == errno.EINVAL:
             result.outcome, result.errno, result.step = (

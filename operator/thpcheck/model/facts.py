@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from thpcheck.model.hugepage import UNKNOWN, HugePages
 from thpcheck.model.kconfig import KernelConfig
 from thpcheck.model.kernel import KernelVersion
 from thpcheck.model.mounts import Mount, ResolvedMount
@@ -24,6 +25,7 @@ class KernelFacts:
     config_error: str | None = None
     boot_id: str | None = None
     cmdline: str | None = None
+    hugepages: HugePages = UNKNOWN  # page and PMD (file THP) size
 
 
 @dataclass(frozen=True)

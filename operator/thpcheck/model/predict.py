@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from thpcheck.model import kconfig
 from thpcheck.model.distro import DistroMatch
 from thpcheck.model.facts import ThpKnobs
+from thpcheck.model.hugepage import HugePages, susceptible_sizes
 from thpcheck.model.kernel import KernelVersion
 from thpcheck.model.mounts import Mount
 from thpcheck.model.rules import (
@@ -137,6 +138,13 @@ def grade(kernel: KernelVersion | None, thp: ThpKnobs | None) -> str:
     return "low" if enabled == "always" else "very low"
 
 
+def _sized(reason: str, hugepages: HugePages | None) -> str:
+    """An at-risk reason, naming the page size when the PMD is not 2 MiB (only files of one
+    PMD and more can get a file THP there)."""
+    sizes = susceptible_sizes(hugepages)
+    return f"{reason} ({sizes})" if sizes else reason
+
+
 def predict(
     kernel: KernelVersion | None,
     config: ConfigKnowledge,
@@ -144,6 +152,7 @@ def predict(
     mount: Mount | None = None,
     thp: ThpKnobs | None = None,
     node_only: bool = False,
+    hugepages: HugePages | None = None,
 ) -> Prediction:
     """Evaluate the gate table top-down for one path (or kernel-level rules only)."""
     for rule in RULES:
@@ -158,14 +167,14 @@ def predict(
                     Evidence.INFERRED,
                     rule.sources,
                 )
-            return Prediction(rule.outcome, rule.id, rule.reason, rule.evidence, rule.sources,
-                              grade(kernel, thp))
+            return Prediction(rule.outcome, rule.id, _sized(rule.reason, hugepages),
+                              rule.evidence, rule.sources, grade(kernel, thp))
         return Prediction(rule.outcome, rule.id, rule.reason, rule.evidence, rule.sources)
     if node_only:
         if config.read_only_thp is None:
             return Prediction(Outcome.UNKNOWN, "G18", "CONFIG_READ_ONLY_THP_FOR_FS could not be "
                               "determined", Evidence.INFERRED, ())
-        return Prediction(Outcome.AT_RISK, "K", "unfixed kernel with CONFIG_READ_ONLY_THP_FOR_FS"
-                          "=y: at risk on filesystems without large folios", Evidence.VERIFIED,
-                          ("S1", "S11"), grade(kernel, thp))
+        return Prediction(Outcome.AT_RISK, "K", _sized(
+            "unfixed kernel with CONFIG_READ_ONLY_THP_FOR_FS=y: at risk on filesystems without "
+            "large folios", hugepages), Evidence.VERIFIED, ("S1", "S11"), grade(kernel, thp))
     return Prediction(Outcome.UNKNOWN, "G17", "no rule matched", Evidence.INFERRED, ())

@@ -115,6 +115,10 @@ def to_document(report: CheckReport) -> dict[str, Any]:
             "config_error": kernel.config_error,
             "boot_id": kernel.boot_id,
             "madv_collapse": report.madv_collapse,
+            "machine": facts.machine,
+            "page_size": kernel.hugepages.page_size,
+            "pmd_size": kernel.hugepages.pmd_size,
+            "pmd_size_source": kernel.hugepages.source,
         },
         "node_prediction": _prediction_dict(report.node_prediction),
         "thp": {
@@ -206,7 +210,8 @@ def render_table(report: CheckReport) -> str:
     lines = [
         f"kernel {kernel.release or '?'}  CONFIG_READ_ONLY_THP_FOR_FS="
         f"{ {True: 'y', False: 'n', None: '?'}[report.config.read_only_thp] }"
-        f" ({report.config.source or 'no config'}, {report.config.confidence})",
+        f" ({report.config.source or 'no config'}, {report.config.confidence})  "
+        f"{report.facts.machine or '?'}: {kernel.hugepages.describe()}",
         f"THP enabled={report.facts.thp.enabled or '?'}  khugepaged scan_sleep_millisecs="
         f"{report.facts.thp.scan_sleep_millisecs}  mitigated={'yes' if report.mitigated else 'no'}",
         *([SNAPSHOT_LINE] if report.facts.snapshot else []),

@@ -103,8 +103,11 @@ def combine(prediction: Prediction | None, repro: ReproResult | None) -> PathVer
                                f"{reason}; the reproducer failed: {repro.message}", rule)
         return PathVerdict(Verdict.ERROR, f"reproducer failed: {repro.message}", rule)
 
-    # not reproduced, or skipped (--no-repro)
-    seen = _not_reproduced_text(repro) if repro and repro.iterations_run else "reproducer not run"
+    # not reproduced, or skipped (--no-repro; a base smaller than one PMD says so)
+    if repro and repro.iterations_run:
+        seen = _not_reproduced_text(repro)
+    else:
+        seen = repro.message if repro and repro.message else "reproducer not run"
     if at_risk:
         return PathVerdict(Verdict.SUSCEPTIBLE, f"{reason}; {seen}", rule)
     if ruled_out:
