@@ -2,12 +2,13 @@
 //
 // Step 1 once, then steps 2-7 per iteration with a new append (as the agent):
 //  1. create a regular file of non-zero data (base size), fsync it (clean);
-//  2. map the file's first 2 MiB read-only at a 2 MiB aligned address (fd
+//  2. map the file's first PMD (2 MiB with 4K pages, 512 MiB with arm64's 64K
+//     pages: hpage_pmd_size) read-only at a PMD-aligned address (fd
 //     O_RDONLY, no writer), touch it,
 //     MADV_COLLAPSE; EINVAL with PROT_READ -> retry PROT_READ|PROT_EXEC; munmap;
 //  3. open O_WRONLY|O_APPEND, append non-zero data (write(2), no fsync);
 //  4. close the write fd;
-//  5. re-collapse a read-only 2 MiB range away from the dirty tail (offset 0),
+//  5. re-collapse a read-only PMD range away from the dirty tail (offset 0),
 //     retrying transient EINVAL/EAGAIN; munmap;
 //  6. open for write again (runs the kernel's purge), close;
 //  7. read the appended bytes back with read(2) on a fresh fd and compare.
@@ -29,7 +30,9 @@
 #define MADV_COLLAPSE 25
 #endif
 
-#define HPAGE (2UL << 20)
+// The kernel's PMD size, read once from sysfs (2 MiB when the file is missing).
+static size_t HPAGE = 2UL << 20;
+#define PMD_SIZE_FILE "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size"
 #define STEP5_TRIES 5
 
 enum { EXIT_NOT_REPRO = 0, EXIT_REPRO = 1, EXIT_BADINPUT = 2, EXIT_UNSUPPORTED = 3,
@@ -68,7 +71,7 @@ static void write_all(int fd, const unsigned char *p, size_t n, const char *what
     }
 }
 
-// Map 2 MiB of `path` at file offset `off` (2 MiB aligned) at a 2 MiB aligned
+// Map one PMD of `path` at file offset `off` (PMD aligned) at a PMD aligned
 // address, read every page, MADV_COLLAPSE, munmap. Returns 0 or the errno.
 static int collapse_at(const char *path, off_t off, int prot) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -113,6 +116,15 @@ static void usage(void) {
     exit(EXIT_BADINPUT);
 }
 
+static void read_pmd_size(void) {
+    FILE *f = fopen(PMD_SIZE_FILE, "r");
+    unsigned long long v = 0;
+    if (f && fscanf(f, "%llu", &v) == 1 && v)
+        HPAGE = (size_t)v;
+    if (f)
+        fclose(f);
+}
+
 int main(int argc, char **argv) {
     const char *dir = NULL;
     unsigned long long base = 64ULL << 20, app = 16ULL << 10, iters = 200;
@@ -132,19 +144,22 @@ int main(int argc, char **argv) {
         fprintf(stderr, "repro7: %s: not an existing directory\n", dir ? dir : "(none)");
         return EXIT_BADINPUT;
     }
+    read_pmd_size();
     if (base < HPAGE || app == 0 || app > (64ULL << 20) || iters == 0) {
-        fprintf(stderr, "repro7: base-size must be >= 2 MiB, append-size 1..64 MiB, "
-                        "iterations >= 1\n");
+        fprintf(stderr, "repro7: base-size must be >= the PMD size (%zu MiB here), "
+                        "append-size 1..64 MiB, iterations >= 1\n", HPAGE >> 20);
         return EXIT_BADINPUT;
     }
 
     // Probe: EINVAL on touched, aligned anonymous memory means the kernel does
     // not know MADV_COLLAPSE (< 6.1), which is not the same as refusing files.
+    // One page is touched (MADV_COLLAPSE ignores max_ptes_none): a whole 512 MiB
+    // PMD would cost that much memory before the collapse doubles it.
     unsigned char *anon = mmap(NULL, 2 * HPAGE, PROT_READ | PROT_WRITE,
-                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (anon == MAP_FAILED) die("mmap anon");
     unsigned char *a2 = (unsigned char *)(((uintptr_t)anon + HPAGE - 1) & ~(HPAGE - 1));
-    memset(a2, 1, HPAGE);
+    memset(a2, 1, (size_t)sysconf(_SC_PAGESIZE));
     if (madvise(a2, HPAGE, MADV_COLLAPSE) && errno == EINVAL) {
         printf("COLLAPSE_UNSUPPORTED errno=EINVAL step=0\n");
         return EXIT_UNSUPPORTED;
