@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -74,6 +75,9 @@ BASE_CHANGES = (
     'CMD ["python3"]',
 )
 KEY_LABEL = "io.thpcheck.key"
+# Image architectures (OCI/Debian names) and their kernel machine names (wheel platform tags).
+MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
 
 
 class BuildError(RuntimeError):
@@ -255,9 +259,47 @@ def mirror() -> str:
     return os.environ.get("THPCHECK_DEBIAN_MIRROR", DEFAULT_MIRROR)
 
 
-def base_key() -> str:
+def native_arch() -> str:
+    """This machine's image architecture (amd64, arm64)."""
+    machine = platform.machine()
+    for arch, name in MACHINES.items():
+        if name == machine:
+            return arch
+    raise BuildError(f"no image architecture for this machine ({machine})")
+
+
+def base_image(arch: str) -> str:
+    """The base image's name: the native one keeps its plain tag."""
+    return BASE_IMAGE if arch == native_arch() else f"{BASE_IMAGE}-{arch}"
+
+
+def base_key(arch: str | None = None) -> str:
     return _digest("base", SUITE, "minbase", ",".join(sorted(BASE_PACKAGES)), TRIM_VERSION,
-                   platform.machine())[:16]
+                   MACHINES[arch or native_arch()])[:16]
+
+
+def ensure_binfmt(arch: str) -> None:
+    """Let this machine run ``arch`` binaries (debootstrap's second stage, the Dockerfile's RUN
+    steps, the image tests): binfmt_misc mounted, Debian's qemu-user-static registered with the
+    F flag (the interpreter is opened now, so it works inside containers and chroots too)."""
+    if arch == native_arch():
+        return
+    name = f"qemu-{MACHINES[arch]}"
+    if not (BINFMT / "register").exists():
+        _run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], step="mount binfmt_misc")
+    entry = BINFMT / name
+    if entry.exists():
+        state = entry.read_text()
+        if state.startswith("enabled") and "flags: " in state and \
+                "F" in state.split("flags: ", 1)[1].split("\n", 1)[0]:
+            return
+        raise BuildError(f"{entry} is registered without the F flag or disabled; remove it "
+                         f"(echo -1 > {entry}) and rerun")
+    conf = Path("/usr/lib/binfmt.d") / f"{name}.conf"
+    if not conf.exists():
+        raise BuildError(f"{conf} missing: building {arch} images here needs qemu-user-static "
+                         "(apt-get install qemu-user-static)")
+    (BINFMT / "register").write_text(conf.read_text().strip() + "\n")
 
 
 def _trim(rootfs: Path) -> None:
@@ -277,21 +319,35 @@ def _trim(rootfs: Path) -> None:
             path.unlink()
 
 
-def build_rootfs(timings: dict[str, float]) -> Path:
-    """The cached base rootfs tarball, debootstrapped when missing."""
-    key = base_key()
-    tarball = images_dir() / "rootfs" / f"{SUITE}-minbase-{key}.tar"
+def rootfs_name(arch: str) -> str:
+    """The tarball's name stem (the native one keeps its name)."""
+    return f"{SUITE}-minbase" if arch == native_arch() else f"{SUITE}-{arch}-minbase"
+
+
+def build_rootfs(timings: dict[str, float], arch: str | None = None) -> Path:
+    """The cached base rootfs tarball of ``arch`` (default: this machine's), debootstrapped
+    when missing. Another architecture's is debootstrapped in two stages: ``--foreign``
+    unpacks it here, the second stage runs its own binaries under qemu-user (binfmt_misc)."""
+    arch = arch or native_arch()
+    key = base_key(arch)
+    tarball = images_dir() / "rootfs" / f"{rootfs_name(arch)}-{key}.tar"
     if tarball.exists():
         return tarball
     tarball.parent.mkdir(parents=True, exist_ok=True)
     if shutil.which("debootstrap") is None:
         raise BuildError("debootstrap is not installed (apt-get install debootstrap)")
+    ensure_binfmt(arch)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=tarball.parent, prefix="rootfs.") as tmp:
         rootfs = Path(tmp) / "root"
-        _log(f"debootstrap {SUITE} minbase +{','.join(BASE_PACKAGES)} from {mirror()}")
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-              SUITE, str(rootfs), mirror()], step="debootstrap", timeout=1800)
+        _log(f"debootstrap {SUITE} {arch} minbase +{','.join(BASE_PACKAGES)} from {mirror()}")
+        foreign = [] if arch == native_arch() else [f"--arch={arch}", "--foreign"]
+        _run(["debootstrap", *foreign, "--variant=minbase",
+              f"--include={','.join(BASE_PACKAGES)}", SUITE, str(rootfs), mirror()],
+             step="debootstrap", timeout=1800)
+        if foreign:
+            _run(["chroot", str(rootfs), "/debootstrap/debootstrap", "--second-stage"],
+                 step=f"debootstrap --second-stage ({arch}, emulated)", timeout=3600)
         timings["debootstrap_s"] = round(time.monotonic() - started, 1)
         python = rootfs / "usr/bin" / f"python{TARGET_PYTHON}"
         if not python.exists():
@@ -303,21 +359,23 @@ def build_rootfs(timings: dict[str, float]) -> Path:
               *(f"--exclude={p}" for p in NOT_IN_TARBALL), "-cf", str(partial), "."],
              step="tar rootfs")
         partial.rename(tarball)
-    for old in tarball.parent.glob(f"{SUITE}-minbase-*.tar"):
+    for old in tarball.parent.glob(f"{rootfs_name(arch)}-*.tar"):
         if old != tarball:
             old.unlink()
     timings["rootfs_s"] = round(time.monotonic() - started, 1)
     return tarball
 
 
-def import_base(tarball: Path, timings: dict[str, float]) -> str:
-    """``localhost/thpcheck-base:bookworm`` from the tarball, unless already imported."""
-    key = base_key()
-    if image_label(BASE_IMAGE, KEY_LABEL) == key:
+def import_base(tarball: Path, timings: dict[str, float], arch: str | None = None) -> str:
+    """``localhost/thpcheck-base:bookworm[-<arch>]`` from the tarball, unless already imported."""
+    arch = arch or native_arch()
+    key = base_key(arch)
+    if image_label(base_image(arch), KEY_LABEL) == key:
         return key
     started = time.monotonic()
     changes = [*BASE_CHANGES, f"LABEL {KEY_LABEL}={key}"]
-    podman("import", *(a for c in changes for a in ("--change", c)), str(tarball), BASE_IMAGE)
+    podman("import", "--arch", arch, "--os", "linux",
+           *(a for c in changes for a in ("--change", c)), str(tarball), base_image(arch))
     timings["base_import_s"] = round(time.monotonic() - started, 1)
     return key
 
@@ -343,17 +401,20 @@ def wheel_requirements() -> list[str]:
     return [*build_system["requires"], *project["dependencies"]]
 
 
-def target_platforms() -> list[str]:
-    machine = platform.machine()
+def target_platforms(arch: str | None = None) -> list[str]:
+    machine = MACHINES[arch or native_arch()]
     legacy = [f"manylinux2014_{machine}"] if machine in ("x86_64", "aarch64") else []
     return [*legacy, *(f"manylinux_2_{minor}_{machine}" for minor in range(17, GLIBC_MINOR + 1))]
 
 
-def download_wheels(timings: dict[str, float]) -> Path:
-    """Wheels of every requirement for the image's Python, cached by the requirement list."""
+def download_wheels(timings: dict[str, float], arch: str | None = None) -> Path:
+    """Wheels of every requirement for the image's Python and architecture, cached by the
+    requirement list."""
     requirements = wheel_requirements()
-    key = _digest("wheels", TARGET_PYTHON, *target_platforms(), *requirements)[:16]
-    dest = images_dir() / "wheels" / key
+    arch = arch or native_arch()
+    platforms = target_platforms(arch)
+    key = _digest("wheels", TARGET_PYTHON, *platforms, *requirements)[:16]
+    dest = images_dir() / "wheels" / f"{arch}-{key}"
     if (dest / ".complete").exists():
         return dest
     started = time.monotonic()
@@ -363,12 +424,12 @@ def download_wheels(timings: dict[str, float]) -> Path:
     pip = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
            "--quiet", "--dest", str(dest), "--only-binary=:all:",
            "--python-version", TARGET_PYTHON, "--implementation", "cp", "--abi", abi,
-           *(a for p in target_platforms() for a in ("--platform", p)), *requirements]
-    _log(f"pip download {len(requirements)} requirements for cp{TARGET_PYTHON}")
+           *(a for p in platforms for a in ("--platform", p)), *requirements]
+    _log(f"pip download {len(requirements)} requirements for cp{TARGET_PYTHON} ({arch})")
     _run(pip, step="pip download", timeout=900)
     (dest / ".complete").write_text("\n".join(sorted(p.name for p in dest.glob("*.whl"))))
     for old in dest.parent.iterdir():
-        if old != dest:
+        if old != dest and (old.name.startswith(f"{arch}-") or "-" not in old.name):
             shutil.rmtree(old, ignore_errors=True)
     timings["wheels_download_s"] = round(time.monotonic() - started, 1)
     return dest
@@ -431,49 +492,71 @@ class Built:
     archive_format: str | None = None
     archive_bytes: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    arch: str = "amd64"
 
 
 def _image_size(ref: str) -> int:
     return int(podman("image", "inspect", "--format", "{{.Size}}", ref).stdout.strip())
 
 
-def _drop_old_images(keep: str, deps_key: str) -> None:
-    """Remove earlier content-hash tags of the project image; bound the layer cache.
+def image_tags(version: str, content_hash: str, arch: str) -> tuple[str, str]:
+    """(version tag, content-hash tag): ``<version>`` and ``<version>-<hash>`` for this
+    machine's architecture, ``<version>-<arch>`` and ``<version>-<arch>-<hash>`` for another."""
+    suffix = "" if arch == native_arch() else f"-{arch}"
+    return (f"{IMAGE_REPO}:{version}{suffix}", f"{IMAGE_REPO}:{version}{suffix}-{content_hash}")
+
+
+def _is_hash_tag(ref: str, arch: str) -> bool:
+    """A content-hash tag of ``arch``'s project image (see image_tags)."""
+    suffix = "" if arch == native_arch() else f"-{arch}"
+    return re.fullmatch(rf"[^-]+{suffix}-[0-9a-f]{{12}}", ref.rpartition(":")[2]) is not None
+
+
+def _drop_old_images(keep: str, deps_key: str, arch: str) -> None:
+    """Remove earlier content-hash tags of the project image (of this architecture); bound the
+    layer cache.
 
     The untagged intermediate images are podman's build cache (the dependency layer is most
     of the build time), so they are pruned only when the dependency inputs changed.
     """
     listing = podman("images", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_REPO).stdout
     old = [ref for ref in listing.split()
-           if ref != keep and ref.startswith(f"{IMAGE_REPO}:") and "-" in ref.rpartition(":")[2]]
+           if ref != keep and ref.startswith(f"{IMAGE_REPO}:") and _is_hash_tag(ref, arch)]
     for ref in old:
         podman("rmi", ref, check=False)
-    stamp = images_dir() / "podman" / "deps-key"
+    stamp = images_dir() / "podman" / ("deps-key" if arch == native_arch() else
+                                       f"deps-key-{arch}")
     if stamp.exists() and stamp.read_text().strip() != deps_key:
         podman("image", "prune", "--force", check=False)
     stamp.write_text(deps_key + "\n")
 
 
-def build(*, refresh: bool = False) -> Built:
-    """Build (or reuse) the base and the project image; see the module docstring."""
+def build(*, refresh: bool = False, arch: str | None = None) -> Built:
+    """Build (or reuse) the base and the project image for ``arch`` (default: this machine's;
+    another architecture's RUN steps run under qemu-user); see the module docstring."""
     for tool in ("podman", "debootstrap", "tar"):
         if shutil.which(tool) is None:
             raise BuildError(f"{tool} is not installed (apt-get install podman buildah "
                              "debootstrap skopeo runc)")
+    arch = arch or native_arch()
+    if arch not in MACHINES:
+        raise BuildError(f"unknown architecture {arch!r}; use one of {', '.join(MACHINES)}")
     timings: dict[str, float] = {}
     started = time.monotonic()
+    base = base_image(arch)
     with _locked():
         setup_podman()
-        tarball = build_rootfs(timings)
-        key = import_base(tarball, timings)
-        wheels = download_wheels(timings)
+        ensure_binfmt(arch)
+        tarball = build_rootfs(timings, arch)
+        key = import_base(tarball, timings, arch)
+        wheels = download_wheels(timings, arch)
         context, content = stage_context(wheels)
         version, revision = project_version(), git_revision()
-        base_id = podman("image", "inspect", "--format", "{{.Id}}", BASE_IMAGE).stdout.strip()
+        base_id = podman("image", "inspect", "--format", "{{.Id}}", base).stdout.strip()
         # The recipe (this file: build args, labels) is part of what the image is built from.
         content_hash = _digest(content, base_id, revision, key,
                                Path(__file__).read_bytes())[:12]
-        tag, hash_tag = f"{IMAGE_REPO}:{version}", f"{IMAGE_REPO}:{version}-{content_hash}"
+        tag, hash_tag = image_tags(version, content_hash, arch)
         built = refresh or not image_exists(hash_tag)
         if built:
             build_started = time.monotonic()
@@ -482,30 +565,31 @@ def build(*, refresh: bool = False) -> Built:
             runc_root = images_dir() / "podman" / "runc"
             runc_root.mkdir(exist_ok=True)
             podman("build", "--pull=never", "--network", "host", "--layers",
+                   "--arch", arch, "--os", "linux",
                    "--runtime-flag", f"root={runc_root}",
                    "--file", str(context / "images" / "Dockerfile"),
-                   "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
+                   "--build-arg", f"BASE_IMAGE={base}",
                    "--build-arg", f"VERSION={version}",
                    "--build-arg", f"REVISION={revision}",
                    # buildah 1.28 reuses a cached LABEL step whatever the build-arg values
                    # in it, so the labels that come from build args are also set here.
                    "--label", f"org.opencontainers.image.version={version}",
                    "--label", f"org.opencontainers.image.revision={revision}",
-                   "--label", f"org.opencontainers.image.base.name={BASE_IMAGE}",
-                   "--tag", tag, "--tag", hash_tag, str(context), timeout=1800)
+                   "--label", f"org.opencontainers.image.base.name={base}",
+                   "--tag", tag, "--tag", hash_tag, str(context), timeout=3600)
             timings["image_build_s"] = round(time.monotonic() - build_started, 1)
             _drop_old_images(keep=hash_tag, deps_key=_digest(
-                key, wheels.name, (REPO / "pyproject.toml").read_text())[:16])
+                key, wheels.name, (REPO / "pyproject.toml").read_text())[:16], arch=arch)
         else:
             podman("tag", hash_tag, tag)
         image_id = podman("image", "inspect", "--format", "{{.Id}}", hash_tag).stdout.strip()
         timings["total_s"] = round(time.monotonic() - started, 1)
         _log(f"{hash_tag} ({'built' if built else 'cached'}); timings {timings}")
         return Built(image=tag, tags=[tag, hash_tag], image_id=image_id,
-                     size_bytes=_image_size(hash_tag), base_image=BASE_IMAGE,
-                     base_size_bytes=_image_size(BASE_IMAGE), version=version,
+                     size_bytes=_image_size(hash_tag), base_image=base,
+                     base_size_bytes=_image_size(base), version=version,
                      revision=revision, content_hash=content_hash,
-                     rootfs_tarball=str(tarball), built=built, timings=timings)
+                     rootfs_tarball=str(tarball), built=built, timings=timings, arch=arch)
 
 
 # ---- 5. archives for containerd ------------------------------------------------------------
@@ -514,8 +598,9 @@ ARCHIVE_FORMATS = {"oci-archive": "oci.tar", "docker-archive": "docker.tar"}
 
 
 def default_archive(built: Built, fmt: str = "oci-archive") -> Path:
-    return (images_dir() / "archives" /
-            f"thp-checker-{built.version}-{built.content_hash}.{ARCHIVE_FORMATS[fmt]}")
+    """``thp-checker-<content-hash tag>.<ext>`` under the cache (see image_tags)."""
+    tag = built.tags[1].rpartition(":")[2]
+    return images_dir() / "archives" / f"thp-checker-{tag}.{ARCHIVE_FORMATS[fmt]}"
 
 
 def export_archive(built: Built, path: Path | None = None, fmt: str = "oci-archive") -> Path:
@@ -545,12 +630,67 @@ def export_archive(built: Built, path: Path | None = None, fmt: str = "oci-archi
         built.timings["archive_s"] = round(time.monotonic() - started, 1)
         if path is None:
             stamp.write_text(built.image_id + "\n")
-            for old in target.parent.glob(f"thp-checker-*.{ARCHIVE_FORMATS[fmt]}*"):
-                if old.name not in (target.name, stamp.name):
+            ext = ARCHIVE_FORMATS[fmt]
+            for old in target.parent.glob(f"thp-checker-*.{ext}*"):
+                tag = old.name.removeprefix("thp-checker-").partition(f".{ext}")[0]
+                if old.name not in (target.name, stamp.name) and \
+                        _is_hash_tag(f":{tag}", built.arch):
                     old.unlink()
     built.archive, built.archive_format = str(target), fmt
     built.archive_bytes = target.stat().st_size
     return target
+
+
+MULTIARCH_SUFFIX = "multiarch.oci.tar"
+
+
+def export_multiarch(builds: Sequence[Built], path: Path | None = None) -> Path:
+    """One oci-archive holding an image index over every architecture built, named
+    ``localhost/thp-checker:<version>``: the reference the chart's DaemonSets and Deployment
+    use, so ``ctr images import`` on a node of either architecture (or a registry push) gives
+    each node its own platform's image under one name, with no per-architecture selector.
+
+    Written with ``podman manifest push --all`` from a local manifest list
+    (``localhost/thp-checker:<version>-multiarch``); the default path under the cache is named
+    by the content hashes and reused while it exists.
+    """
+    version = builds[0].version
+    name = f"{IMAGE_REPO}:{version}"
+    hashes = "-".join(f"{b.arch}.{b.content_hash}" for b in builds)
+    default = images_dir() / "archives" / f"thp-checker-{version}-{hashes}.{MULTIARCH_SUFFIX}"
+    target = path or default
+    if path is None and target.exists():
+        return target
+    started = time.monotonic()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    manifest_list = f"{name}-multiarch"
+    with _locked():
+        podman("manifest", "rm", manifest_list, check=False)
+        podman("manifest", "create", manifest_list)
+        for built in builds:
+            podman("manifest", "add", "--arch", built.arch, "--os", "linux", manifest_list,
+                   f"containers-storage:{built.tags[1]}")
+        podman("manifest", "push", "--all", "--format", "oci", manifest_list,
+               f"oci-archive:{partial}:{name}", timeout=1800)
+    partial.rename(target)
+    if path is None:
+        for old in target.parent.glob(f"thp-checker-*.{MULTIARCH_SUFFIX}"):
+            if old != target:
+                old.unlink()
+    for built in builds:
+        built.timings["multiarch_archive_s"] = round(time.monotonic() - started, 1)
+    return target
+
+
+def _arches(text: str) -> list[str]:
+    arches = [a.strip() for a in text.split(",") if a.strip()]
+    unknown = [a for a in arches if a not in MACHINES]
+    if unknown or not arches:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use a comma-separated list of {', '.join(MACHINES)}")
+    return arches
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -561,6 +701,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "under the cache) and print its path on stdout")
     parser.add_argument("--format", choices=sorted(ARCHIVE_FORMATS), default="oci-archive",
                         help="archive format (default oci-archive)")
+    parser.add_argument("--arch", type=_arches, default=None, metavar="ARCH[,ARCH]",
+                        help="image architectures (amd64, arm64; default this machine's). "
+                        "Another architecture builds under qemu-user-static (binfmt_misc); "
+                        "with more than one, --archive saves one multi-arch OCI archive "
+                        "(an image index named localhost/thp-checker:<version>)")
     parser.add_argument("--refresh", action="store_true",
                         help="rebuild the project image even when its content hash exists")
     parser.add_argument("--json", action="store_true", help="print the build record as JSON")
@@ -573,13 +718,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "TMPDIR"):
             print(f"export {name}={shlex.quote(env[name])}")
         return 0
+    arches = args.arch or [native_arch()]
     try:
-        built = build(refresh=args.refresh)
-        if args.archive is not None:
-            export_archive(built, Path(args.archive) if args.archive else None, args.format)
+        builds = [build(refresh=args.refresh, arch=arch) for arch in arches]
+        target = Path(args.archive) if args.archive else None
+        if args.archive is not None and len(builds) > 1:
+            if args.format != "oci-archive":
+                raise BuildError("a multi-arch archive is an oci-archive (an image index)")
+            multi = export_multiarch(builds, target)
+            for built in builds:
+                built.archive, built.archive_format = str(multi), "oci-archive"
+                built.archive_bytes = multi.stat().st_size
+        elif args.archive is not None:
+            export_archive(builds[0], target, args.format)
     except BuildError as exc:
         print(f"images: {exc}", file=sys.stderr)
         return 1
+    if len(builds) > 1:
+        if args.json:
+            print(json.dumps([asdict(b) for b in builds], indent=2))
+        else:
+            print(builds[0].archive or "\n".join(b.tags[0] for b in builds))
+        for built in builds:
+            _log(f"{built.arch}: {built.tags[1]} {built.size_bytes / 1e6:.1f} MB; "
+                 f"{built.timings}")
+        return 0
+    built = builds[0]
     if args.json:
         print(json.dumps(asdict(built), indent=2))
     elif built.archive:

@@ -446,3 +446,10 @@ def test_renders_as_a_dependency_of_another_chart(helm: Helm, tmp_path: Path) ->
     out = helm.run("template", "p", str(parent), "--kube-version", helm.kube_version,
                    "--set", "global.imageRegistry=example.com").stdout
     assert find(documents(out), "Deployment")["metadata"]["name"] == "p-thp-checker-operator"
+
+
+def test_nothing_selects_an_architecture(helm: Helm) -> None:
+    """The chart works unchanged on a mixed amd64/arm64 cluster: one image name (a multi-arch
+    index, images/build.py --arch amd64,arm64 --archive) and no architecture selector."""
+    text = yaml.safe_dump_all(render(helm))
+    assert "kubernetes.io/arch" not in text and "arm64" not in text and "amd64" not in text

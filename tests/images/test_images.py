@@ -319,3 +319,99 @@ def test_pod_mode_result_file_on_read_only_root(image: build.Built, scratch: Pat
     compact = json.loads(log.read_text())
     assert len(log.read_bytes()) <= 4096
     assert compact["verdict"] == json.loads(result.stdout)["verdict"]
+
+
+# ---- arm64: the same Dockerfile under qemu-user, and one multi-arch archive ----------------
+
+QEMU_USER = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")
+
+
+@pytest.fixture(scope="session")
+def arm64_image() -> build.Built:
+    """The arm64 image (``--arch arm64``): its debootstrap base and RUN steps ran under
+    Debian's qemu-user-static through binfmt_misc."""
+    _require_tools()
+    if build.native_arch() != "arm64" and not QEMU_USER.exists():
+        skip_or_fail(TIER, "qemu-user-static is not installed (apt-get install "
+                     "qemu-user-static): arm64 images cannot be built or run here")
+    try:
+        return build.build(arch="arm64")
+    except build.BuildError as exc:
+        pytest.fail(f"arm64 image build failed: {exc}", pytrace=False)
+
+
+def test_arm64_image_is_arm64(arm64_image: build.Built) -> None:
+    platform_ = build.podman("image", "inspect", "--format", "{{.Os}}/{{.Architecture}}",
+                             arm64_image.tags[1]).stdout.strip()
+    assert platform_ == "linux/arm64"
+    result = podman_run(arm64_image, *READ_ONLY, "--entrypoint", "/opt/thpcheck/bin/python",
+                        arm64_image.tags[1], "-c", "import platform; print(platform.machine())")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "aarch64"  # an arm64 interpreter, emulated here
+
+
+def test_arm64_image_runs_version(arm64_image: build.Built) -> None:
+    result = podman_run(arm64_image, "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+                        *READ_ONLY, arm64_image.tags[1], "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"thpcheck {arm64_image.version}"
+
+
+@pytest.mark.parametrize("scratch", ["ext4"], indirect=True)
+def test_arm64_image_checks_without_reproducer(arm64_image: build.Built, scratch: Path) -> None:
+    """``thpcheck check --no-repro --json`` in the arm64 image, with the DaemonSet's mounts:
+    the same facts and prediction as the host's own check of the path (the kernel is the
+    host's; only the machine differs: the agent runs as arm64 code)."""
+    mounts = [f"{scratch}:/host{scratch}:rw"]
+    mounts += [f"{m}:/host{m}:ro" for m in HOST_MOUNTS if os.path.exists(m)]
+    result = podman_run(arm64_image, *LEAST_PRIVILEGE,
+                        *(a for m in mounts for a in ("--volume", m)), arm64_image.tags[1],
+                        "check", "--no-repro", "--json", "--host-root", "/host", str(scratch))
+    assert result.stdout, result.stderr
+    remote = json.loads(result.stdout)
+    code, local = check_json("--no-repro", str(scratch))
+    assert result.returncode == code, result.stderr
+    assert remote["kernel"]["machine"] == "aarch64"
+    assert remote["kernel"]["pmd_size"] == local["kernel"]["pmd_size"]  # the host's sysfs
+    remote["kernel"].pop("machine")
+    local["kernel"].pop("machine")
+    assert remote["verdict"] == local["verdict"] and remote["kernel"] == local["kernel"]
+    assert essential(remote["paths"]) == essential(local["paths"])
+
+
+def test_multiarch_archive_gives_each_node_its_platform(image: build.Built,
+                                                        arm64_image: build.Built,
+                                                        tmp_path: Path) -> None:
+    """One oci-archive, one name (the chart's ``localhost/thp-checker:<version>``), an index
+    over amd64 and arm64: containerd on a node of either architecture imports it and runs its
+    own platform's image under that name, so the chart needs no per-architecture selector."""
+    archive = build.export_multiarch([image, arm64_image])
+    with tarfile.open(archive) as tar:
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+        (entry,) = index["manifests"]
+        assert entry["annotations"]["org.opencontainers.image.ref.name"] == image.image
+        blob = f"blobs/sha256/{entry['digest'].removeprefix('sha256:')}"
+        image_index = json.load(tar.extractfile(blob))  # type: ignore[arg-type]
+    platforms = {(m["platform"]["os"], m["platform"]["architecture"])
+                 for m in image_index["manifests"]}
+    assert platforms == {("linux", "amd64"), ("linux", "arm64")}
+    if shutil.which("containerd") is None or shutil.which("ctr") is None:
+        skip_or_fail(TIER, f"containerd is not installed ({APT})")
+    with private_containerd(tmp_path) as env:
+        imported = subprocess.run(["ctr", "images", "import", "--all-platforms", str(archive)],
+                                  env=env, text=True, capture_output=True, check=False,
+                                  timeout=600)
+        assert imported.returncode == 0, imported.stderr
+        machines = {}
+        for platform_ in ("linux/amd64", "linux/arm64"):
+            ran = subprocess.run(
+                ["ctr", "run", "--rm", "--read-only", "--platform", platform_,
+                 "--fifo-dir", str(tmp_path / "fifo"), "--runc-root", str(tmp_path / "runc"),
+                 image.image, f"thpcheck-test-{uuid.uuid4().hex[:12]}",
+                 "/opt/thpcheck/bin/python", "-c",
+                 "import platform, thpcheck; print(platform.machine(), thpcheck.__version__)"],
+                env=env, text=True, capture_output=True, check=False, timeout=180)
+            assert ran.returncode == 0, ran.stderr
+            machines[platform_] = ran.stdout.strip()
+    assert machines == {"linux/amd64": f"x86_64 {image.version}",
+                        "linux/arm64": f"aarch64 {image.version}"}

@@ -231,3 +231,12 @@ def test_when_every_node_may_run_at_once_there_is_no_standby_step() -> None:
     few = plan_rollout(parse_spec({"maxConcurrent": 5}), CHECK_REF, CONFIG, None, NOW, 5)
     assert few.starts_run
     assert not plan_rollout(parse_spec({}), CHECK_REF, CONFIG, None, NOW, 0).starts_run
+
+
+def test_no_daemonset_selects_an_architecture() -> None:
+    """Mixed amd64/arm64 clusters: the image is one multi-arch name (images/build.py --arch
+    amd64,arm64 --archive), so neither DaemonSet pins nodes to an architecture."""
+    for ds in (build(), build(template=STANDBY), mitigation_daemonset(CONFIG)):
+        text = repr(ds)
+        assert "kubernetes.io/arch" not in text and "arm64" not in text and "amd64" not in text
+        assert {c["image"] for c in pod_spec(ds)["containers"]} == {CONFIG.image}
