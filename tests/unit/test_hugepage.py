@@ -104,12 +104,15 @@ def test_skip_message_names_both_sizes_and_the_fix() -> None:
 AT_RISK_CONFIG = ConfigKnowledge(True, False, "proc/config.gz", Evidence.VERIFIED)
 
 
-@pytest.mark.parametrize(("page", "pmd", "named"), [
-    (4 * KiB, 2 * MiB, None), (16 * KiB, 32 * MiB, "16K pages"), (64 * KiB, 512 * MiB, "64K pages"),
+@pytest.mark.parametrize(("page", "pmd", "named", "release"), [
+    (4 * KiB, 2 * MiB, None, "6.12.95"), (16 * KiB, 32 * MiB, "16K pages", "6.12.95"),
+    (64 * KiB, 512 * MiB, "64K pages", "6.6.50"),
 ], ids=IDS)
-def test_at_risk_reason_names_the_page_size(page: int, pmd: int, named: str | None) -> None:
-    """A 64K-page kernel is still at risk, for files of one PMD (512 MiB) and more."""
-    kernel = parse_release("6.12.95")
+def test_at_risk_reason_names_the_page_size(page: int, pmd: int, named: str | None,
+                                            release: str) -> None:
+    """16K pages: at risk for files of 32 MiB and more. 64K pages before 6.11: at risk for
+    files of 512 MiB and more, unless a stable backport refuses PMD-sized page cache."""
+    kernel = parse_release(release)
     hugepages = HugePages(page, pmd, "sysfs")
     for prediction in (predict(kernel, AT_RISK_CONFIG, "ext4", hugepages=hugepages),
                        predict(kernel, AT_RISK_CONFIG, node_only=True, hugepages=hugepages)):
@@ -123,8 +126,27 @@ def test_at_risk_reason_names_the_page_size(page: int, pmd: int, named: str | No
     assert ruled_out.outcome is Outcome.NOT_AFFECTED and "pages" not in ruled_out.reason
 
 
+@pytest.mark.parametrize(("page", "pmd", "release", "rule"), [
+    (64 * KiB, 512 * MiB, "6.12.95", "G19"), (64 * KiB, 512 * MiB, "7.1.1", "G19"),
+    (64 * KiB, 512 * MiB, "6.10.14", "G10"), (16 * KiB, 32 * MiB, "6.12.95", "G10"),
+    (4 * KiB, 2 * MiB, "6.12.95", "G10"),
+])
+def test_a_pmd_above_the_page_cache_limit_rules_file_thps_out(page: int, pmd: int,
+                                                              release: str, rule: str) -> None:
+    """64K pages since 6.11: PMD order 13 > MAX_PAGECACHE_ORDER 11, collapse refuses file
+    ranges (seen in the 64K arm64 guest): not affected, whatever the filesystem."""
+    hugepages = HugePages(page, pmd, "sysfs")
+    prediction = predict(parse_release(release), AT_RISK_CONFIG, "ext4", hugepages=hugepages)
+    assert prediction.rule == rule, prediction.reason
+    assert hugepages.above_pagecache is (page == 64 * KiB)
+    if rule == "G19":
+        assert prediction.outcome is Outcome.NOT_AFFECTED and "64K pages" in prediction.reason
+        assert predict(parse_release(release), AT_RISK_CONFIG, node_only=True,
+                       hugepages=hugepages).rule == "G19"
+
+
 def test_skipped_reproducer_keeps_the_prediction_and_says_why() -> None:
-    kernel = parse_release("6.12.95")
+    kernel = parse_release("6.6.50")
     hugepages = HugePages(64 * KiB, 512 * MiB, "sysfs")
     skipped = pmd_or_skip(ReproConfig(), hugepages)
     assert isinstance(skipped, ReproResult)
@@ -133,7 +155,7 @@ def test_skipped_reproducer_keeps_the_prediction_and_says_why() -> None:
     assert "64K pages" in verdict.reason and "pass --base-size >= 512MiB" in verdict.reason
 
 
-ARM64_64K = {"release": "6.12.95", "pmd_size": 512 * MiB,
+ARM64_64K = {"release": "6.6.50", "pmd_size": 512 * MiB,
              "config": "CONFIG_READ_ONLY_THP_FOR_FS=y\nCONFIG_ARM64_64K_PAGES=y\n"}
 
 

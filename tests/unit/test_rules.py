@@ -52,6 +52,9 @@ CASES = [
          {"release": "4.19.0", "config": None, "os_release": UNKNOWN_OS}),
     Case("7.2 removed the purge", "G3", NA, {"release": "7.2.1", "config": RO_THP_Y}),
     Case("6.12.96 fixed stable", "G4", NA, {"release": "6.12.96", "config": RO_THP_Y}),
+    Case("64K pages, 6.12: PMD above the page-cache limit", "G19", NA,
+         {"release": "6.12.95", "pmd_size": 512 << 20,
+          "config": RO_THP_Y + "CONFIG_ARM64_64K_PAGES=y\n"}),
     Case("6.18.39 fixed stable (inferred)", "G4", NA, {"release": "6.18.39", "config": RO_THP_Y}),
     Case("7.1.4 fixed stable (inferred)", "G4", NA, {"release": "7.1.4-arch1-1",
                                                      "config": RO_THP_Y}),
@@ -110,7 +113,7 @@ def _predict(tmp_path: Path, case: Case) -> Prediction:
     resolved = resolve(case.path, list(facts.mounts))
     assert resolved is not None
     return predict(facts.kernel.version, config_knowledge(facts), resolved.backing.fstype,
-                   resolved.backing, facts.thp)
+                   resolved.backing, facts.thp, hugepages=facts.kernel.hugepages)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -17,7 +17,11 @@ from dataclasses import dataclass
 from thpcheck.model.kconfig import KernelConfig
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-BASE_PAGE = 4 * KiB  # the page size this model treats as ordinary (PMD 2 MiB)
+# The largest page-cache folio: MAX_PAGECACHE_ORDER = min(MAX_XAS_ORDER, PMD order), where
+# MAX_XAS_ORDER = 2 * XA_CHUNK_SHIFT - 1 = 11 (64-slot xarray nodes; 7 only with
+# CONFIG_BASE_SMALL, which no distribution sets). Since "mm/huge_memory: avoid PMD-size page
+# cache if needed" (6.11) collapse refuses file ranges above it: 64K pages (PMD order 13).
+MAX_PAGECACHE_ORDER = 11
 
 # Architectures whose PMD is one page of 8-byte entries over base pages (4K: 2 MiB, 16K:
 # 32 MiB, 64K: 512 MiB). ppc64's hash MMU and s390 differ: no fallback there.
@@ -48,6 +52,19 @@ class HugePages:
     def large(self) -> bool:
         """The PMD is larger than 2 MiB: a 16K or 64K page kernel."""
         return self.pmd_size is not None and self.pmd_size > 2 * MiB
+
+    @property
+    def pmd_order(self) -> int | None:
+        """log2(PMD / page): 9 with 4K pages, 11 with 16K, 13 with 64K."""
+        if not self.pmd_size or not self.page_size or self.pmd_size % self.page_size:
+            return None
+        return (self.pmd_size // self.page_size).bit_length() - 1
+
+    @property
+    def above_pagecache(self) -> bool:
+        """A PMD-sized folio is larger than the page cache can hold (64K pages)."""
+        order = self.pmd_order
+        return order is not None and order > MAX_PAGECACHE_ORDER
 
     def describe(self) -> str:
         """``64K pages, PMD 512 MiB``, for reports and reasons."""
@@ -146,5 +163,9 @@ def susceptible_sizes(hugepages: HugePages | None) -> str | None:
         return None
     pages = f"{page_label(hugepages.page_size)} pages" if hugepages.page_size else "large pages"
     pmd = size_text(hugepages.pmd_size)
-    return (f"{pages}: a file THP is {pmd} here, so only files of {pmd} and more can get one "
+    text = (f"{pages}: a file THP is {pmd} here, so only files of {pmd} and more can get one "
             "and lose data")
+    if hugepages.above_pagecache:
+        text += ("; a 5.17+ stable kernel with 'mm/huge_memory: avoid PMD-size page cache if "
+                 "needed' refuses them (the reproducer's EINVAL tells)")
+    return text

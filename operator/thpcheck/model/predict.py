@@ -83,6 +83,7 @@ def _condition_holds(
     kernel: KernelVersion | None,
     config: ConfigKnowledge,
     mount: Mount | None,
+    hugepages: HugePages | None,
 ) -> bool:
     match condition:
         case Condition.NONE:
@@ -101,6 +102,8 @@ def _condition_holds(
             return mount is not None and mount.super_option("data") == "journal"
         case Condition.BTRFS_EXPERIMENTAL:
             return config.btrfs_experimental is True
+        case Condition.PMD_ABOVE_PAGECACHE:
+            return hugepages is not None and hugepages.above_pagecache
 
 
 def _rule_matches(
@@ -110,6 +113,7 @@ def _rule_matches(
     fstype: str | None,
     mount: Mount | None,
     node_only: bool,
+    hugepages: HugePages | None,
 ) -> bool:
     if node_only and not rule.node_level:
         return False
@@ -119,7 +123,7 @@ def _rule_matches(
         return False
     if rule.kernel_below is not None and (kernel is None or kernel.branch >= rule.kernel_below):
         return False
-    return _condition_holds(rule.condition, kernel, config, mount)
+    return _condition_holds(rule.condition, kernel, config, mount, hugepages)
 
 
 def grade(kernel: KernelVersion | None, thp: ThpKnobs | None) -> str:
@@ -156,7 +160,7 @@ def predict(
 ) -> Prediction:
     """Evaluate the gate table top-down for one path (or kernel-level rules only)."""
     for rule in RULES:
-        if not _rule_matches(rule, kernel, config, fstype, mount, node_only):
+        if not _rule_matches(rule, kernel, config, fstype, mount, node_only, hugepages):
             continue
         if rule.outcome is Outcome.AT_RISK:
             if config.read_only_thp is None:

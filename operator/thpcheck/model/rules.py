@@ -55,6 +55,11 @@ SOURCES: dict[str, str] = {
     "S15": "cc38d178ff33 'btrfs: enable large data folio support under "
     "CONFIG_BTRFS_EXPERIMENTAL' (6.17); default-on in 7.2",
     "S16": "bcachefs/erofs/nfs/smb/afs mapping_set_large_folios() callers; f2fs immutable only",
+    "S17": "'mm/huge_memory: avoid PMD-size page cache if needed' (Gavin Shan, CVE-2024-42317, "
+    "6.11; Cc stable 5.17+): collapse refuses file ranges above MAX_PAGECACHE_ORDER (11), so "
+    "arm64 kernels with 64K pages (PMD order 13) make no file THP; read in 6.12.95 "
+    "mm/huge_memory.c __thp_vma_allowable_orders() and include/linux/pagemap.h, and refused "
+    "(EINVAL) in thp-checker's 64K arm64 guest",
     "RT": "thp-checker runtime evidence: MADV_COLLAPSE refused on a touched PROT_EXEC file "
     "mapping while anonymous collapse works",
 }
@@ -63,6 +68,7 @@ SOURCES: dict[str, str] = {
 PURGE_INTRODUCED = (5, 4)
 PURGE_REMOVED = (7, 2)
 MADV_COLLAPSE_SINCE = (6, 1)
+PAGECACHE_ORDER_LIMIT_SINCE = (6, 11)  # S17 in mainline (stable backports are not assumed)
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,7 @@ class Condition(StrEnum):
     READ_ONLY_MOUNT = "read-only-mount"
     EXT4_JOURNALLED = "ext4-data-journal"
     BTRFS_EXPERIMENTAL = "btrfs-experimental"
+    PMD_ABOVE_PAGECACHE = "pmd-above-pagecache"
 
 
 @dataclass(frozen=True)
@@ -201,6 +208,10 @@ RULES: tuple[Rule, ...] = (
     Rule("G4", NA, "fixed stable release: collapse writes back all dirty folios first "
          "(mm/khugepaged: write all dirty file folios when collapsing)", V, ("S12",),
          condition=Condition.FIXED_STABLE, node_level=True),
+    Rule("G19", NA, "the PMD is larger than the largest page-cache folio (64K pages: PMD order "
+         "13 > MAX_PAGECACHE_ORDER 11): since 6.11 collapse refuses file ranges, so no read-only "
+         "file THP can arm the purge", V, ("S17",), kernel_min=PAGECACHE_ORDER_LIMIT_SINCE,
+         condition=Condition.PMD_ABOVE_PAGECACHE, node_level=True),
     Rule("G5", NA, "tmpfs/shmem, ramfs, erofs, hugetlbfs and read-only filesystems never get a "
          "purge-armed file THP", V, ("S5",), families=_fam("shmem", "never")),
     Rule("G5", NA, "read-only mount: the file cannot be opened for write", INF, ("S5",),
