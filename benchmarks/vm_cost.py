@@ -11,6 +11,10 @@ block device wrote, files left behind. The reproducer parameters are the matrix'
     .venv/bin/python -m benchmarks.vm_cost [--kernels unfixed-6.12,fixed-6.12] [--repeat 5]
         [--fs ext4,btrfs,xfs] [--profile] [--before-src DIR] [--json]
 
+The arm64 kernels (``--kernels arm64-unfixed-6.12,arm64-fixed-6.12``, built by
+``tests/vm/build.sh --arch arm64``) boot in qemu-system-aarch64 with the arm64 guest base: the
+agent on Debian's arm64 python3.11 next to a cross-compiled repro7.
+
 ``--before-src DIR`` (a directory holding another version's ``thpcheck`` package, e.g.
 ``git archive <commit> operator | tar -x -C /tmp/before`` then ``/tmp/before/operator``) adds
 that agent to the guest as well and runs it too (``check@before``, ``repro@before``),
@@ -37,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.vm.guest import FILESYSTEMS, BootResult, Kernel, Mount, Run, Step, boot
-from tests.vm.matrix import FACTS, Plan, load_artifacts, parse_repro
+from tests.vm.kernels import TIERS
+from tests.vm.matrix import FACTS, Artifacts, Plan, load_artifacts, parse_repro
 from tests.vm.rootfs import HOST_PYTHON, build_app, compile_tree, write_cpio
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,7 +193,8 @@ def write_profile(result: BootResult) -> Path | None:
 
 
 def print_table(doc: dict[str, Any], plan: Plan) -> None:
-    print(f"\n{doc['kernel']} ({doc['release']}), boot {doc['boot_wall_s']} s, "
+    print(f"\n{doc['kernel']} ({doc['release']}, {doc.get('arch', 'x86_64')}), "
+          f"boot {doc['boot_wall_s']} s, "
           f"plan {' '.join(plan.args())}, load {os.getloadavg()[0]:.2f}")
     if doc["errors"]:
         print(f"  ERRORS: {doc['errors']}")
@@ -221,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # SIGTERM (a background job ignores SIGINT) unwinds like an exception, so boot() kills qemu.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    artifacts = load_artifacts()
+    tier_of = {spec.name: tier for tier, specs in TIERS.items() for spec in specs}
+    tiers: dict[str, Artifacts] = {}
     plan = Plan()
     filesystems = args.fs.split(",")
     commands = args.commands.split(",")
@@ -232,12 +239,17 @@ def main(argv: list[str] | None = None) -> int:
         if not build_app(app):
             print("vm_cost: operator/thpcheck not found", file=sys.stderr)
             return 2
-        initrd = [artifacts.base_cpio, app]
+        extra = []
         if args.before_src:
             build_before(args.before_src, Path(tmp) / "before.cpio")
-            initrd.append(Path(tmp) / "before.cpio")
+            extra.append(Path(tmp) / "before.cpio")
             commands += [f"{c}@before" for c in commands if c in ("check", "repro")]
         for index, name in enumerate(args.kernels.split(",")):
+            tier = tier_of.get(name, "x86_64")
+            if tier not in tiers:
+                tiers[tier] = load_artifacts(tier=tier)
+            artifacts = tiers[tier]
+            initrd = [artifacts.base_cpio, app, *extra]
             kernel: Kernel = artifacts.kernels[name]
             steps = cost_steps(plan, filesystems, commands, args.repeat,
                                args.profile and index == 0)
@@ -246,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                           disks={fs: artifacts.disks[fs] for fs in FILESYSTEMS},
                           timeout_s=7200)
             doc = collect(result, filesystems, commands, args.repeat)
+            doc["arch"] = kernel.arch
             doc["plan"] = plan.args()
             doc["load_before"] = [round(x, 2) for x in load_before]
             doc["load_after"] = [round(x, 2) for x in os.getloadavg()]

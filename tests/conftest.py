@@ -13,7 +13,7 @@ import pytest
 
 pytest_plugins = ["tests.cluster.fixtures"]
 
-TIERS = ("host", "vm", "cluster", "images", "realnode")
+TIERS = ("host", "vm", "vm_arm64", "cluster", "images", "realnode")
 _tier_of: dict[str, set[str]] = {}
 _passed: set[str] = set()
 

@@ -5,6 +5,10 @@ background while the first kernel builds), builds the kernels, unpacks the
 no-RO_THP Debian kernel, builds the guest base archive and disk images, and
 writes `<cache>/matrix.json`, which the tests read. Rerunning reuses
 everything already in the cache.
+
+`--arch arm64` builds the arm64 tier instead: the same Debian sources cross-compiled (4K pages
+unfixed and fixed, 64K pages unfixed), an arm64 guest base from Debian's arm64 packages, and
+`<cache>/matrix-arm64.json`.
 """
 
 from __future__ import annotations
@@ -20,9 +24,8 @@ from typing import Any
 
 from tests.vm import kernels, rootfs
 from tests.vm.guest import cache_dir
+from tests.vm.matrix import MATRIX_FILES
 from tests.vm.sources import PrivateApt, SourceError, system_mirrors
-
-MATRIX_FILE = "matrix.json"
 
 
 def resolve(apt: PrivateApt, spec: kernels.KernelSpec) -> tuple[str, str]:
@@ -45,13 +48,18 @@ def resolve(apt: PrivateApt, spec: kernels.KernelSpec) -> tuple[str, str]:
     return spec.package, version
 
 
-def build(cache: Path, only: set[str] | None, jobs: int, keep_tree: bool) -> dict[str, Any]:
-    """Fetch, build and record the matrix; returns the matrix.json document."""
+def build(cache: Path, only: set[str] | None, jobs: int, keep_tree: bool,
+          tier: str = "x86_64") -> dict[str, Any]:
+    """Fetch, build and record one tier's matrix; returns its matrix.json document."""
     t0 = time.monotonic()
     apt = PrivateApt(cache / "apt", system_mirrors())
     apt.update()
-    specs = [s for s in kernels.MATRIX if only is None or s.name in only]
+    specs = [s for s in kernels.TIERS[tier] if only is None or s.name in only]
     resolved = {s.name: resolve(apt, s) for s in specs}
+    # One download and one extracted tree per source package version, whatever the arch.
+    groups: dict[tuple[str, str], list[kernels.KernelSpec]] = {}
+    for spec in specs:
+        groups.setdefault(resolved[spec.name], []).append(spec)
     downloads = cache / "downloads"
     timings: dict[str, float] = {}
 
@@ -63,30 +71,58 @@ def build(cache: Path, only: set[str] | None, jobs: int, keep_tree: bool) -> dic
 
     metas: dict[str, dict[str, Any]] = {}
     with ThreadPoolExecutor(max_workers=1) as pool:
-        futures: dict[str, Future[Path]] = {
-            s.name: pool.submit(fetch, *resolved[s.name]) for s in specs}
-        for spec in specs:
-            package, version = resolved[spec.name]
-            deb = futures[spec.name].result()
-            print(f"[build] {spec.name}: {package} {version} ({spec.suite})", flush=True)
-            if spec.kind == "source":
-                meta = kernels.build_source_kernel(spec, deb, version, cache, jobs, keep_tree)
+        futures: dict[tuple[str, str], Future[Path]] = {
+            key: pool.submit(fetch, *key) for key in groups}
+        for (package, version), group in groups.items():
+            deb = futures[(package, version)].result()
+            for spec in group:
+                print(f"[build] {spec.name}: {package} {version} ({spec.suite}, {spec.arch}, "
+                      f"{spec.page_size} pages)", flush=True)
+            if group[0].kind == "source":
+                metas.update(kernels.build_source_kernels(group, deb, version, cache, jobs,
+                                                          keep_tree))
             else:
-                meta = kernels.unpack_debian_image(spec, deb, version, package, cache)
-            _check_expectation(spec, meta)
-            metas[spec.name] = meta
+                for spec in group:
+                    metas[spec.name] = kernels.unpack_debian_image(spec, deb, version, package,
+                                                                   cache)
+            for spec in group:
+                _check_expectation(spec, metas[spec.name])
     kernels.wait_cleanups()
     t = time.monotonic()
-    base = rootfs.build_base(cache)
+    extra: dict[str, Any] = {}
+    if tier == "arm64":
+        base = rootfs.build_base_arm64(cache, _arm64_debs(cache, timings))
+        large = rootfs.build_disks(cache, rootfs.LARGE_DISK_SIZE, rootfs.LARGE_DISK_FILESYSTEMS)
+        extra["large_disks"] = {k: str(v) for k, v in large.items()}
+    else:
+        base = rootfs.build_base(cache)
     disks = rootfs.build_disks(cache)
     timings["guest base + disks"] = round(time.monotonic() - t, 1)
-    doc = _matrix_doc(cache, metas, base, disks, timings, time.monotonic() - t0)
-    path = cache / MATRIX_FILE
+    doc = {**_matrix_doc(cache, metas, base, disks, timings, time.monotonic() - t0),
+           **extra, "arch": tier}
+    path = cache / MATRIX_FILES[tier]
     old = json.loads(path.read_text()) if path.exists() else {}
     if only is not None:  # partial build: keep the other kernels already recorded
         doc["kernels"] = {**old.get("kernels", {}), **doc["kernels"]}
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return doc
+
+
+def _arm64_debs(cache: Path, timings: dict[str, float]) -> list[Path]:
+    """Debian's arm64 packages of the arm64 guest (rootfs.ARM64_PACKAGES), downloaded."""
+    t = time.monotonic()
+    suite = rootfs.ARM64_SUITE
+    apt = PrivateApt(cache / "apt-arm64", system_mirrors(), arch="arm64", suites=(suite,),
+                     security_suites=(f"{suite}-security",))
+    apt.update()
+    debs = []
+    for package in rootfs.ARM64_PACKAGES:
+        version = apt.candidate(package, suite)
+        if version is None:
+            raise SourceError(f"{package} (arm64) not found in {suite}")
+        debs.append(apt.download(package, version, cache / "downloads-arm64"))
+    timings["arm64 guest packages"] = round(time.monotonic() - t, 1)
+    return debs
 
 
 def _check_expectation(spec: kernels.KernelSpec, meta: dict[str, Any]) -> None:
@@ -116,11 +152,11 @@ def _matrix_doc(cache: Path, metas: dict[str, dict[str, Any]], base: Path,
 
 def summary(doc: dict[str, Any]) -> str:
     """A human table of what the matrix will boot."""
-    rows = [f"{'kernel':14} {'package':36} {'version':20} {'release':24} RO_THP fix   "
+    rows = [f"{'kernel':22} {'package':36} {'version':20} {'release':24} RO_THP fix   "
             "chlog build_s  cpu_s"]
     for name, kdir in sorted(doc["kernels"].items()):
         m = json.loads((Path(kdir) / "meta.json").read_text())
-        rows.append(f"{name:14} {m['package']:36} {m['version']:20} {m['kernel_release']:24} "
+        rows.append(f"{name:22} {m['package']:36} {m['version']:20} {m['kernel_release']:24} "
                     f"{m['read_only_thp_for_fs']!s:6} {m['fix']['present']!s:5} "
                     f"{m['fix'].get('changelog', {}).get('mentions_fix')!s:5} "
                     f"{m['build_seconds']:7} {m.get('build_cpu_seconds', '-'):>6}")
@@ -135,15 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--cache", type=Path, default=cache_dir())
-    ap.add_argument("--only", action="append", choices=[s.name for s in kernels.MATRIX],
-                    help="build only these kernels (repeatable)")
+    ap.add_argument("--arch", choices=sorted(kernels.TIERS), default="x86_64",
+                    help="which tier to build: the x86-64 matrix (default) or the arm64 "
+                    "kernels (cross-compiled, booted with qemu-system-aarch64)")
+    ap.add_argument("--only", action="append",
+                    choices=[s.name for specs in kernels.TIERS.values() for s in specs],
+                    help="build only these kernels of the tier (repeatable)")
     ap.add_argument("-j", "--jobs", type=int, default=2)
     ap.add_argument("--keep-tree", action="store_true", help="keep source/build trees")
     args = ap.parse_args(argv)
     try:
         doc = build(args.cache, set(args.only) if args.only else None, args.jobs,
-                    args.keep_tree)
-    except (SourceError, kernels.KernelBuildError) as exc:
+                    args.keep_tree, args.arch)
+    except (SourceError, kernels.KernelBuildError, FileNotFoundError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
     print(summary(doc))

@@ -25,8 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-QEMU = "qemu-system-x86_64"
+from thpcheck.model.hugepage import pmd_for_page_size
+
+QEMU = {"x86_64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
 FILESYSTEMS = ("ext4", "btrfs", "xfs")
+# arm64 under TCG: neoverse-n1 (ARMv8.2: 4K, 16K and 64K granules, no pointer authentication,
+# whose emulation makes `-cpu max` several times slower); THPCHECK_VM_ARM64_CPU overrides.
+ARM64_CPU = os.environ.get("THPCHECK_VM_ARM64_CPU", "neoverse-n1")
+PAGE_BYTES = {"4K": 4 << 10, "16K": 16 << 10, "64K": 64 << 10}
 BOOT_MARGIN_S = 120.0
 # A boot normally takes 10-60 s; a hung kernel must not hold CI for the sum of
 # every step's timeout.
@@ -49,7 +55,23 @@ class Kernel:
 
     @property
     def bzimage(self) -> Path:
+        """The kernel image qemu boots (`bzImage`, or arm64's `Image`)."""
         return self.dir / str(self.meta["bzimage"])
+
+    @property
+    def arch(self) -> str:
+        return str(self.meta.get("arch", "x86_64"))
+
+    @property
+    def page_size(self) -> str:
+        return str(self.meta.get("page_size", "4K"))
+
+    @property
+    def pmd_size(self) -> int:
+        """The PMD (file THP) size the kernel's page size gives (2 MiB with 4K pages)."""
+        pmd = pmd_for_page_size(self.arch, PAGE_BYTES[self.page_size])
+        assert pmd is not None, self.arch
+        return pmd
 
     @property
     def overlay(self) -> Path | None:
@@ -199,15 +221,22 @@ def _record(cur: dict[str, Any], md5: str) -> Record:
 def qemu_argv(kernel: Kernel, initrd: Path, job_disk: Path, disks: Mapping[str, Path],
               console: Path, *, smp: int, mem_mb: int, accel: str) -> list[str]:
     """The qemu command line: no display, serial to a file, disks copy-on-write."""
-    cpu = "host" if accel == "kvm" else "max"
-    # One socket per vCPU: SeaBIOS's MP table lists one CPU per package, and our
-    # tinyconfig kernels (no ACPI) would otherwise bring up a single CPU.
-    topology = f"{smp},sockets={smp},cores=1,threads=1"
-    argv = [QEMU, "-accel", accel, "-machine", "pc", "-cpu", cpu, "-smp", topology,
+    if kernel.arch == "arm64":
+        # The virt board: PL011 console, virtio-pci disks behind its generic PCI host.
+        machine = ["-machine", "virt", "-cpu", "host" if accel == "kvm" else ARM64_CPU,
+                   "-smp", str(smp)]
+        tty = "ttyAMA0"
+    else:
+        # One socket per vCPU: SeaBIOS's MP table lists one CPU per package, and our
+        # tinyconfig kernels (no ACPI) would otherwise bring up a single CPU.
+        machine = ["-machine", "pc", "-cpu", "host" if accel == "kvm" else "max",
+                   "-smp", f"{smp},sockets={smp},cores=1,threads=1"]
+        tty = "ttyS0"
+    argv = [QEMU[kernel.arch], "-accel", accel, *machine,
             "-m", str(mem_mb), "-nodefaults", "-display", "none", "-monitor", "none",
             "-serial", f"file:{console}", "-no-reboot",
             "-kernel", str(kernel.bzimage), "-initrd", str(initrd),
-            "-append", "console=ttyS0 panic=-1 quiet rdinit=/init",
+            "-append", f"console={tty} panic=-1 quiet rdinit=/init",
             "-drive", f"file={job_disk},if=virtio,format=raw,readonly=on"]
     for fs in sorted(disks):
         argv += ["-drive",

@@ -15,7 +15,9 @@
 export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin
 export HOME=/root PYTHONPATH=/opt/thpcheck PYTHONDONTWRITEBYTECODE=1 LANG=C.UTF-8
 
-mount -t proc proc /proc
+/bin/busybox mount -t proc proc /proc
+# The arm64 base ships busybox alone (its applet list cannot be asked on the build host).
+[ -e /bin/mount ] || /bin/busybox --install -s
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mkdir -p /tmp /run /mnt

@@ -1,9 +1,13 @@
 """Build the matrix kernels from Debian sources, or unpack a Debian binary kernel.
 
-Each kernel lands in `<cache>/kernels/<key>/` with `bzImage` and `meta.json`;
-`meta.json` is written last, so its presence means the kernel is complete.
+Each kernel lands in `<cache>/kernels/<key>/` with its image (`bzImage`, or arm64's `Image`)
+and `meta.json`; `meta.json` is written last, so its presence means the kernel is complete.
 Whether a source carries the 6.12.96 fix is decided by reading
 `mm/khugepaged.c` itself (the archive moves; version strings alone can lie).
+
+x86-64 kernels are built natively; arm64 ones are cross-compiled (`gcc-aarch64-linux-gnu`) from
+the same Debian `linux-source` packages, with 4K or 64K pages. Every kernel of one source
+package is built from one extracted tree (one `O=` directory per kernel).
 """
 
 from __future__ import annotations
@@ -18,18 +22,44 @@ import resource
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 VM_DIR = Path(__file__).resolve().parent
 FRAGMENT = VM_DIR / "kernel.fragment"
+ARM64_FRAGMENT = VM_DIR / "kernel-arm64.fragment"
 # Modules the no-RO_THP Debian kernel needs for the disks it is given.
 DEBIAN_MODULES = ("virtio_pci", "virtio_blk", "ext4", "btrfs", "xfs")
 
 
 class KernelBuildError(RuntimeError):
     """A kernel could not be built as the matrix needs it."""
+
+
+@dataclass(frozen=True)
+class Arch:
+    """How a kernel of one architecture is configured, built and found afterwards."""
+
+    name: str  # "x86_64", "arm64": also the matrix's tier name
+    make_arch: str | None  # ARCH=, None for a native build
+    cross_compile: str | None  # CROSS_COMPILE=, None for a native build
+    boot_dir: str  # the image is arch/<boot_dir>/boot/<target>
+    target: str  # the make target and the image's file name
+    fragments: tuple[Path, ...]  # merged over tinyconfig, in order
+    page_sizes: dict[str, str]  # page size -> its config line (empty: the arch default only)
+
+
+ARCHES: dict[str, Arch] = {
+    "x86_64": Arch("x86_64", None, None, "x86", "bzImage", (FRAGMENT,), {}),
+    # The x86 fragment's filesystems, THP and virtio-pci options are shared; the arm64 one adds
+    # the virt board's UART and PCI host and fixes the page table geometry.
+    "arm64": Arch("arm64", "arm64", "aarch64-linux-gnu-", "arm64", "Image",
+                  (FRAGMENT, ARM64_FRAGMENT),
+                  {"4K": "CONFIG_ARM64_4K_PAGES=y", "16K": "CONFIG_ARM64_16K_PAGES=y",
+                   "64K": "CONFIG_ARM64_64K_PAGES=y"}),
+}
 
 
 @dataclass(frozen=True)
@@ -43,6 +73,8 @@ class KernelSpec:
     # "unfixed" kernels must not carry the fix (fail loudly otherwise);
     # "fixed" ones should; None: no requirement (no-RO_THP kernel).
     require_fix: bool | None
+    arch: str = "x86_64"
+    page_size: str = "4K"
 
 
 MATRIX: tuple[KernelSpec, ...] = (
@@ -58,9 +90,23 @@ MATRIX: tuple[KernelSpec, ...] = (
                "debian-image", None),
 )
 
+# The arm64 tier: the same Debian sources, cross-compiled, booted with qemu-system-aarch64.
+ARM64_MATRIX: tuple[KernelSpec, ...] = (
+    KernelSpec("arm64-unfixed-6.12", "linux-source-6.12", "bookworm-backports", "source", False,
+               arch="arm64"),
+    KernelSpec("arm64-fixed-6.12", "linux-source-6.12", "trixie", "source", True, arch="arm64"),
+    # 16K pages: a 32 MiB PMD, the loss with the agent's default 64 MiB base.
+    KernelSpec("arm64-16k-unfixed-6.12", "linux-source-6.12", "bookworm-backports", "source",
+               False, arch="arm64", page_size="16K"),
+    # 64K pages: a 512 MiB PMD, as RHEL's kernel-64k, Ubuntu's -64k and Oracle UEK8 aarch64.
+    KernelSpec("arm64-64k-unfixed-6.12", "linux-source-6.12", "bookworm-backports", "source",
+               False, arch="arm64", page_size="64K"),
+)
+TIERS: dict[str, tuple[KernelSpec, ...]] = {"x86_64": MATRIX, "arm64": ARM64_MATRIX}
+
 
 def fragment_lines(path: Path = FRAGMENT) -> list[str]:
-    """Config lines of the fragment (comments other than `is not set` dropped)."""
+    """Config lines of a fragment (comments other than `is not set` dropped)."""
     out = []
     for raw in path.read_text().splitlines():
         line = raw.strip()
@@ -72,6 +118,33 @@ def fragment_lines(path: Path = FRAGMENT) -> list[str]:
 def fragment_hash(path: Path = FRAGMENT) -> str:
     """Short hash of the fragment, part of every source kernel's cache key."""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def config_lines(spec: KernelSpec) -> list[str]:
+    """What goes over tinyconfig for this kernel: its arch's fragments, then its page size."""
+    arch = ARCHES[spec.arch]
+    lines = [line for path in arch.fragments for line in fragment_lines(path)]
+    if arch.page_sizes:
+        lines.append(arch.page_sizes[spec.page_size])
+    elif spec.page_size != "4K":
+        raise KernelBuildError(f"{spec.name}: {spec.arch} kernels have 4K pages here")
+    return lines
+
+
+def config_hash(spec: KernelSpec) -> str:
+    """The configuration part of a source kernel's cache key.
+
+    x86-64 keeps the plain hash of kernel.fragment (the keys of kernels already built stay
+    valid); other arches hash every line they merge, page size included."""
+    if spec.arch == "x86_64":
+        return fragment_hash()
+    text = "\n".join([spec.arch, *config_lines(spec)])
+    return f"{spec.arch}-{spec.page_size}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def kernel_key(spec: KernelSpec, version: str) -> str:
+    """The kernel's directory name under <cache>/kernels."""
+    return f"{spec.package}_{version}-{config_hash(spec)}"
 
 
 def missing_fragment_lines(config_text: str, lines: list[str]) -> list[str]:
@@ -163,31 +236,49 @@ def extract_source(deb: Path, work: Path, log: Path) -> Path:
     return trees[0]
 
 
-def configure(tree: Path, out: Path, log: Path) -> str:
-    """tinyconfig + the fragment; fail loudly if any fragment line did not land."""
-    make = ["make", "-C", str(tree), f"O={out}", "-s"]
+def make_command(spec: KernelSpec, tree: Path, out: Path) -> list[str]:
+    """`make` for this kernel's architecture (cross-compiling when it is not the host's)."""
+    arch = ARCHES[spec.arch]
+    cmd = ["make", "-C", str(tree), f"O={out}"]
+    if arch.make_arch:
+        cmd.append(f"ARCH={arch.make_arch}")
+    if arch.cross_compile:
+        cmd.append(f"CROSS_COMPILE={arch.cross_compile}")
+    return cmd
+
+
+def configure(spec: KernelSpec, tree: Path, out: Path, log: Path) -> str:
+    """tinyconfig + the fragments; fail loudly if any fragment line did not land."""
+    make = [*make_command(spec, tree, out), "-s"]
+    lines = config_lines(spec)
     _run([*make, "tinyconfig"], log)
     config = out / ".config"
     with config.open("a") as fh:
-        fh.write("\n" + "\n".join(fragment_lines()) + "\n")
+        fh.write("\n" + "\n".join(lines) + "\n")
     _run([*make, "olddefconfig"], log)
     text = config.read_text()
-    missing = missing_fragment_lines(text, fragment_lines())
+    missing = missing_fragment_lines(text, lines)
     if missing:
         raise KernelBuildError(f"fragment lines missing from {config}:\n  " +
                                "\n  ".join(missing))
     return text
 
 
-def build_source_kernel(spec: KernelSpec, deb: Path, version: str, cache: Path,
-                        jobs: int = 2, keep_tree: bool = False) -> dict[str, Any]:
-    """Extract, check the fix, configure, build; returns the metadata written."""
-    frag_hash = fragment_hash()
-    key = f"{spec.package}_{version}-{frag_hash}"
-    dest = cache / "kernels" / key
-    if (dest / "meta.json").exists():
-        return dict(json.loads((dest / "meta.json").read_text()))
-    work = cache / "build" / key
+def build_source_kernels(specs: list[KernelSpec], deb: Path, version: str, cache: Path,
+                         jobs: int = 2, keep_tree: bool = False) -> dict[str, dict[str, Any]]:
+    """Every kernel of one source package: extract once, check the fix, then configure and
+    build each (its own `O=` directory); returns their metadata, by name."""
+    metas: dict[str, dict[str, Any]] = {}
+    todo = []
+    for spec in specs:
+        meta_path = cache / "kernels" / kernel_key(spec, version) / "meta.json"
+        if meta_path.exists():
+            metas[spec.name] = dict(json.loads(meta_path.read_text()))
+        else:
+            todo.append(spec)
+    if not todo:
+        return metas
+    work = cache / "build" / f"{todo[0].package}_{version}"
     for stale in (work, work.with_name(work.name + ".deleting")):
         shutil.rmtree(stale, ignore_errors=True)
     work.mkdir(parents=True)
@@ -197,35 +288,49 @@ def build_source_kernel(spec: KernelSpec, deb: Path, version: str, cache: Path,
     t_extract = time.monotonic() - t0
     fix = fix_evidence((tree / "mm" / "khugepaged.c").read_text())
     fix["changelog"] = changelog_evidence(deb)
-    if spec.require_fix is False and fix["present"]:
-        raise KernelBuildError(
-            f"{spec.name}: {spec.package} {version} ({spec.suite}) already carries the fix; "
-            "no unfixed source can be had from this suite: the positive case cannot be "
-            f"proven. Evidence: {fix['evidence']}")
     if not fix["function_found"]:
-        raise KernelBuildError(f"{spec.name}: collapse_file() not found in {tree}")
-    out = work / "out"
+        raise KernelBuildError(f"collapse_file() not found in {tree}")
+    for spec in todo:
+        if spec.require_fix is False and fix["present"]:
+            raise KernelBuildError(
+                f"{spec.name}: {spec.package} {version} ({spec.suite}) already carries the fix; "
+                "no unfixed source can be had from this suite: the positive case cannot be "
+                f"proven. Evidence: {fix['evidence']}")
+    for spec in todo:
+        metas[spec.name] = _build_one(spec, tree, work, version, fix, t_extract, jobs, log, cache)
+        t_extract = 0.0  # the tree is shared: only the first kernel paid for it
+    if not keep_tree:
+        remove_in_background(work)
+    return metas
+
+
+def _build_one(spec: KernelSpec, tree: Path, work: Path, version: str, fix: dict[str, Any],
+               t_extract: float, jobs: int, log: Path, cache: Path) -> dict[str, Any]:
+    """Configure and build one kernel from an extracted tree; write its directory."""
+    arch = ARCHES[spec.arch]
+    out = work / f"out-{spec.arch}-{spec.page_size}"
     t1, cpu1 = time.monotonic(), _children_cpu()
-    config = configure(tree, out, log)
-    _run(["make", "-C", str(tree), f"O={out}", f"-j{jobs}", "bzImage"], log)
+    config = configure(spec, tree, out, log)
+    make = make_command(spec, tree, out)
+    _run([*make, f"-j{jobs}", arch.target], log)
     t_build, cpu_build = time.monotonic() - t1, _children_cpu() - cpu1
-    release = subprocess.run(["make", "-s", "-C", str(tree), f"O={out}", "kernelrelease"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    release = subprocess.run([*make, "-s", "kernelrelease"], check=True, capture_output=True,
+                             text=True).stdout.strip()
+    dest = cache / "kernels" / kernel_key(spec, version)
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(out / "arch" / "x86" / "boot" / "bzImage", dest / "bzImage")
+    shutil.copy2(out / "arch" / arch.boot_dir / "boot" / arch.target, dest / arch.target)
     (dest / "config").write_text(config)
     meta = {
         "name": spec.name, "kind": spec.kind, "package": spec.package, "version": version,
-        "suite": spec.suite, "kernel_release": release, "fragment_sha256": frag_hash,
+        "suite": spec.suite, "kernel_release": release, "fragment_sha256": config_hash(spec),
+        "arch": spec.arch, "page_size": spec.page_size,
         "read_only_thp_for_fs": config_value(config, "READ_ONLY_THP_FOR_FS") == "y",
         "fix": fix, "extract_seconds": round(t_extract, 1), "build_seconds": round(t_build, 1),
         "build_cpu_seconds": round(cpu_build, 1), "load_avg_at_end": os.getloadavg()[0],
-        "jobs": jobs, "bzimage": "bzImage", "initrd_overlay": None,
+        "jobs": jobs, "bzimage": arch.target, "initrd_overlay": None,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     _write_meta(dest, meta)
-    if not keep_tree:
-        remove_in_background(work)
     return meta
 
 
@@ -288,7 +393,8 @@ def copy_module(source: Path, dest: Path) -> Path:
     """Copy one module for the guest, decompressed (Debian's 6.12+ modules are ``.ko.xz``,
     which busybox insmod cannot load); returns where it landed."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    openers = {".xz": lzma.open, ".gz": gzip.open}
+    openers: dict[str, Callable[[Path, str], IO[bytes]]] = {
+        ".xz": lzma.open, ".gz": gzip.open}  # type: ignore[dict-item]
     opener = openers.get(source.suffix)
     if source.suffix == ".zst":
         raise KernelBuildError(f"{source.name}: zstd-compressed module; no decompressor here")

@@ -24,23 +24,28 @@ SCAN_SLEEP_OFF = "4294967295"
 SCAN_SLEEP_KNOB = "/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs"
 
 
+# One matrix document per tier: the x86-64 kernels, and the arm64 ones (a tier of its own).
+MATRIX_FILES = {"x86_64": "matrix.json", "arm64": "matrix-arm64.json"}
+
+
 class MatrixMissing(RuntimeError):
     """The kernels or guest artifacts have not been built."""
 
 
 @dataclass(frozen=True)
 class Artifacts:
-    """What `python -m tests.vm.build` recorded in matrix.json."""
+    """What `python -m tests.vm.build [--arch arm64]` recorded in the tier's matrix file."""
 
     kernels: dict[str, Kernel]
     base_cpio: Path
     disks: dict[str, Path]
+    large_disks: dict[str, Path]  # 1 GiB disks for a 64K-page kernel's 512 MiB base
 
 
-def load_artifacts(cache: Path | None = None) -> Artifacts:
-    """Read matrix.json and check every file it names exists."""
+def load_artifacts(cache: Path | None = None, tier: str = "x86_64") -> Artifacts:
+    """Read the tier's matrix file and check every file it names exists."""
     cache = cache or cache_dir()
-    path = cache / "matrix.json"
+    path = cache / MATRIX_FILES[tier]
     if not path.exists():
         raise MatrixMissing(f"{path} does not exist")
     doc = json.loads(path.read_text())
@@ -53,8 +58,10 @@ def load_artifacts(cache: Path | None = None) -> Artifacts:
         if not kernels[name].bzimage.exists():
             raise MatrixMissing(f"kernel {name}: {kernels[name].bzimage} missing")
     art = Artifacts(kernels, Path(doc["base_cpio"]),
-                    {k: Path(v) for k, v in doc["disks"].items()})
-    missing = [p for p in (art.base_cpio, *art.disks.values()) if not p.exists()]
+                    {k: Path(v) for k, v in doc["disks"].items()},
+                    {k: Path(v) for k, v in doc.get("large_disks", {}).items()})
+    missing = [p for p in (art.base_cpio, *art.disks.values(), *art.large_disks.values())
+               if not p.exists()]
     if missing:
         raise MatrixMissing(f"guest artifacts missing: {missing}")
     return art
@@ -144,9 +151,17 @@ class Plan:
         return ("--base-size", self.base_size, "--append-size", self.append_size,
                 "--iterations", str(self.iterations))
 
-    def keep_going_args(self) -> tuple[str, ...]:
-        return ("--base-size", self.keep_going_base, "--append-size", self.append_size,
+    def keep_going_args(self, kernel: Kernel) -> tuple[str, ...]:
+        """The keep-going run: a small base, but at least one PMD of the kernel."""
+        base = max(parse_size(self.keep_going_base), kernel.pmd_size)
+        return ("--base-size", str(base), "--append-size", self.append_size,
                 "--iterations", str(self.keep_going_iterations), "--keep-going")
+
+
+def parse_size(text: str) -> int:
+    """`8M`, `64M`, `16K`, bytes: the sizes the plan and repro7 take."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
 
 
 AGENT = ("python3", "-m", "thpcheck")
@@ -167,10 +182,10 @@ def cell_steps(kernel: Kernel, plan: Plan, with_agent: bool) -> list[Step]:
                       Run(f"repro:{fs}", (*AGENT, "repro", mnt.path, *plan.args()))]
     losing = [fs for fs in FILESYSTEMS if expected_outcome(kernel, fs) == "reproduced"]
     for fs in losing:
-        steps.append(Run(f"keepgoing7:{fs}", ("repro7", f"/mnt/{fs}", *plan.keep_going_args())))
+        keep_going = plan.keep_going_args(kernel)
+        steps.append(Run(f"keepgoing7:{fs}", ("repro7", f"/mnt/{fs}", *keep_going)))
         if with_agent:
-            steps.append(Run(f"keepgoing:{fs}",
-                             (*AGENT, "repro", f"/mnt/{fs}", *plan.keep_going_args())))
+            steps.append(Run(f"keepgoing:{fs}", (*AGENT, "repro", f"/mnt/{fs}", *keep_going)))
     if losing and with_agent:
         # Stopping khugepaged does not stop MADV_COLLAPSE: still affected, but mitigated.
         steps.append(Knob(SCAN_SLEEP_KNOB, SCAN_SLEEP_OFF))

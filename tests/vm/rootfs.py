@@ -1,16 +1,22 @@
 """Guest artifacts: the initramfs pieces and the test disk images.
 
 The initramfs is assembled from concatenated newc archives (Linux unpacks them
-in order): a cached base (busybox, a trimmed copy of the host's Debian python3,
+in order): a cached base (busybox, a trimmed copy of a Debian python3.11,
 repro7, /init), an optional per-kernel overlay (modules for a Debian binary
 kernel), and an app archive built from the working tree for every test session
 (the thpcheck package and structlog), so the agent under test is never stale.
+
+The x86-64 base copies the host's own python3.11 and busybox; the arm64 base takes
+them from Debian's arm64 packages (unpacked, never run here) and a cross-compiled
+repro7. The app archive (bytecode, pure Python) and the disk images serve both.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -23,18 +29,32 @@ REPO = VM_DIR.parent.parent
 INIT = VM_DIR / "init.sh"
 REPRO7_SRC = REPO / "benchmarks" / "repro7" / "repro7.c"
 AGENT_SRC = REPO / "operator" / "thpcheck"
-HOST_PYTHON = Path("/usr/bin/python3.11")
-HOST_STDLIB = Path("/usr/lib/python3.11")
+PYTHON = "usr/bin/python3.11"  # relative to a sysroot: "/" for the host's
+STDLIB = "usr/lib/python3.11"
+HOST_PYTHON = Path("/") / PYTHON
 BUSYBOX = Path("/bin/busybox")
 LDCONFIG = Path("/sbin/ldconfig")
 DISK_SIZE = 512 << 20
+# The 64K-page kernel's base file is one PMD (512 MiB): it needs a larger disk.
+LARGE_DISK_SIZE = 1 << 30
+LARGE_DISK_FILESYSTEMS = ("ext4",)
 FILESYSTEMS = ("ext4", "btrfs", "xfs")
+TRIPLETS = {"x86_64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
+CROSS_CC = {"x86_64": "gcc", "arm64": "aarch64-linux-gnu-gcc"}
+# Debian's arm64 packages the arm64 guest is made of: busybox, python3.11 and the libraries
+# of the interpreter and of the extension modules it keeps (checked: stage_python fails on a
+# library missing from this list).
+ARM64_PACKAGES = ("busybox-static", "python3.11-minimal", "libpython3.11-minimal",
+                  "libpython3.11-stdlib", "libc6", "zlib1g", "libexpat1", "libffi8", "libbz2-1.0",
+                  "liblzma5", "libuuid1")
+ARM64_SUITE = "bookworm"
 # Stdlib parts the agent cannot need; dropping them keeps the initramfs small
 # (TCG copies and unpacks every byte at each boot).
 STDLIB_DROP = {
     "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
-    "distutils", "config-3.11-x86_64-linux-gnu", "site-packages", "dist-packages",
-    "__pycache__", "sqlite3", "curses", "dbm", "venv", "turtle.py", "pydoc.py",
+    "distutils", "config-3.11-x86_64-linux-gnu", "config-3.11-aarch64-linux-gnu",
+    "site-packages", "dist-packages", "__pycache__", "sqlite3", "curses", "dbm", "venv",
+    "turtle.py", "pydoc.py",
 }
 DYNLOAD_DROP = ("_test", "_ctypes_test", "xx", "_curses", "readline", "_dbm", "_sqlite3",
                 "_ssl", "_hashlib", "nis", "audioop", "ossaudiodev", "_tkinter", "_crypt")
@@ -81,41 +101,54 @@ def _cpio_entry(fh: BinaryIO, ino: int, name: str, mode: int, data: bytes, rdev:
     fh.write(b"\0" * (-len(data) % 4))
 
 
-def _ldd(paths: list[Path]) -> set[Path]:
-    """Shared libraries (resolved) that the given ELF files need."""
-    libs: set[Path] = set()
-    for p in paths:
-        out = subprocess.run(["ldd", str(p)], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            parts = line.split()
-            if "=>" in parts and len(parts) > 2 and parts[2].startswith("/"):
-                libs.add(Path(parts[2]))
-            elif parts and parts[0].startswith("/"):
-                libs.add(Path(parts[0]))
-    return libs
+def _elf_dynamic(path: Path) -> tuple[list[str], str | None]:
+    """(NEEDED libraries, program interpreter) of an ELF file of any architecture (readelf)."""
+    out = subprocess.run(["readelf", "--wide", "--dynamic", "--program-headers", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^]]+)\]", out)
+    interp = re.search(r"\[Requesting program interpreter: ([^]]+)\]", out)
+    return needed, interp[1] if interp else None
 
 
-def _copy_lib(lib: Path, root: Path) -> None:
-    """Copy a library at its own path, following symlinks to the real file."""
-    dest = root / str(lib).lstrip("/")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(lib.resolve(), dest)
+def needed_libraries(elfs: list[Path], sysroot: Path, triplet: str) -> set[str]:
+    """Every library (a path inside `sysroot`) the ELF files need, transitively: what `ldd`
+    gives, without running anything (so it works for another architecture's files)."""
+    search = [f"lib/{triplet}", f"usr/lib/{triplet}", "lib", "usr/lib", "lib64"]
+    found: set[str] = set()
+    todo = list(elfs)
+    while todo:
+        needed, interp = _elf_dynamic(todo.pop())
+        wanted = [interp.lstrip("/")] if interp else []
+        for name in needed:
+            hit = next((f"{d}/{name}" for d in search if (sysroot / d / name).exists()), None)
+            if hit is None:
+                raise FileNotFoundError(f"{name} (needed by a guest binary) is not in {sysroot}: "
+                                        "add its package to rootfs.ARM64_PACKAGES")
+            wanted.append(hit)
+        for rel in wanted:
+            if rel not in found:
+                found.add(rel)
+                todo.append(sysroot / rel)
+    return found
 
 
-def stage_python(root: Path) -> None:
-    """Host Debian python3.11 + trimmed stdlib + its libraries, with compiled .pyc."""
+def stage_python(root: Path, sysroot: Path = Path("/"), arch: str = "x86_64") -> None:
+    """A Debian python3.11 from `sysroot` + trimmed stdlib + its libraries, with .pyc compiled
+    here (bytecode is the same on every architecture)."""
     (root / "usr/bin").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(HOST_PYTHON, root / "usr/bin/python3.11")
+    shutil.copy2(sysroot / PYTHON, root / PYTHON)
     os.symlink("python3.11", root / "usr/bin/python3")
-    lib = root / "usr/lib/python3.11"
-    shutil.copytree(HOST_STDLIB, lib, symlinks=False,
+    lib = root / STDLIB
+    shutil.copytree(sysroot / STDLIB, lib, symlinks=False,
                     ignore=lambda d, names: [n for n in names if n in STDLIB_DROP])
     dyn = lib / "lib-dynload"
     for so in list(dyn.iterdir()):
         if so.name.startswith(DYNLOAD_DROP):
             so.unlink()
-    for so in _ldd([HOST_PYTHON, *dyn.iterdir()]):
-        _copy_lib(so, root)
+    for rel in needed_libraries([sysroot / PYTHON, *dyn.iterdir()], sysroot, TRIPLETS[arch]):
+        dest = root / rel  # at its own path, the real file behind any symlink
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2((sysroot / rel).resolve(), dest)
     compile_tree(lib, HOST_PYTHON)
 
 
@@ -142,12 +175,13 @@ def stage_busybox(root: Path) -> None:
             os.symlink("/bin/busybox", link)
 
 
-def build_repro7(out: Path) -> None:
-    """Static repro7 for the guest, via the Makefile next to its source."""
-    subprocess.run(["make", "-s", "-C", str(REPRO7_SRC.parent), f"OUT={out}"], check=True)
+def build_repro7(out: Path, arch: str = "x86_64") -> None:
+    """Static repro7 for the guest (cross-compiled for arm64), via its Makefile."""
+    subprocess.run(["make", "-s", "-B", "-C", str(REPRO7_SRC.parent), f"OUT={out}",
+                    f"CC={CROSS_CC[arch]}"], check=True)
 
 
-def stage_etc(root: Path) -> None:
+def stage_etc(root: Path, arch: str = "x86_64") -> None:
     """Minimal /etc, the mount points and /init."""
     for d in ("etc", "proc", "sys", "dev", "tmp", "run", "mnt", "root", "lib64", "boot",
               "opt/thpcheck"):
@@ -156,7 +190,8 @@ def stage_etc(root: Path) -> None:
     (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (root / "etc/group").write_text("root:x:0:\n")
     (root / "etc/hostname").write_text("thpvm\n")
-    (root / "etc/ld.so.conf").write_text("/lib/x86_64-linux-gnu\n/usr/lib/x86_64-linux-gnu\n")
+    triplet = TRIPLETS[arch]
+    (root / "etc/ld.so.conf").write_text(f"/lib/{triplet}\n/usr/lib/{triplet}\n")
     shutil.copy2(INIT, root / "init")
     (root / "init").chmod(0o755)
 
@@ -193,6 +228,37 @@ def build_base(cache: Path) -> Path:
     return out
 
 
+def build_base_arm64(cache: Path, debs: list[Path]) -> Path:
+    """Build (or reuse) the arm64 base.cpio from Debian's arm64 packages (`debs`, unpacked with
+    dpkg-deb: nothing of them runs here) and a cross-compiled repro7. busybox makes its applet
+    links at boot (init.sh), python3.11 is trimmed as the host's is."""
+    h = hashlib.sha256()
+    for p in (INIT, REPRO7_SRC, REPRO7_SRC.parent / "Makefile", Path(__file__)):
+        h.update(p.read_bytes())
+    h.update(json.dumps(sorted(d.name for d in debs)).encode())
+    dest = cache / "guest" / f"base-arm64-{h.hexdigest()[:12]}"
+    out = dest / "base.cpio"
+    if out.exists():
+        return out
+    sysroot, stage = dest / "sysroot", dest / "stage"
+    for tree in (sysroot, stage):
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.mkdir(parents=True)
+    for deb in debs:
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(sysroot)], check=True)
+    stage_etc(stage, "arm64")
+    for d in ("bin", "sbin", "usr/sbin", "usr/local/bin"):
+        (stage / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(sysroot / "bin/busybox", stage / "bin/busybox")
+    os.symlink("busybox", stage / "bin/sh")
+    stage_python(stage, sysroot, "arm64")
+    build_repro7(stage / "usr/local/bin/repro7", "arm64")
+    write_cpio(stage, out, nodes={"dev/console": (5, 1), "dev/null": (1, 3)})
+    shutil.rmtree(stage)
+    shutil.rmtree(sysroot)
+    return out
+
+
 def build_app(out: Path, agent_src: Path = AGENT_SRC) -> bool:
     """app.cpio: /opt/thpcheck with thpcheck (if it exists yet) and structlog."""
     import structlog  # imported here: only the host side needs it
@@ -213,9 +279,11 @@ def build_app(out: Path, agent_src: Path = AGENT_SRC) -> bool:
     return has_agent
 
 
-def build_disks(cache: Path) -> dict[str, Path]:
-    """512 MiB sparse ext4/btrfs/xfs images labelled thp-<fs>, made on files (no loop)."""
-    dest = cache / "guest" / "disks"
+def build_disks(cache: Path, size: int = DISK_SIZE,
+                filesystems: tuple[str, ...] = FILESYSTEMS) -> dict[str, Path]:
+    """Sparse ext4/btrfs/xfs images (512 MiB by default) labelled thp-<fs>, made on files (no
+    loop); other sizes go to their own directory."""
+    dest = cache / "guest" / ("disks" if size == DISK_SIZE else f"disks-{size >> 20}M")
     dest.mkdir(parents=True, exist_ok=True)
     mkfs = {
         "ext4": ["mkfs.ext4", "-q", "-F", "-L", "thp-ext4"],
@@ -223,13 +291,13 @@ def build_disks(cache: Path) -> dict[str, Path]:
         "xfs": ["mkfs.xfs", "-q", "-f", "-L", "thp-xfs"],
     }
     images = {}
-    for fs in FILESYSTEMS:
+    for fs in filesystems:
         img = dest / f"{fs}.img"
         if not img.exists():
             tmp = dest / f"{fs}.img.tmp"
             tmp.unlink(missing_ok=True)
             with tmp.open("wb") as fh:
-                fh.truncate(DISK_SIZE)
+                fh.truncate(size)
             subprocess.run([*mkfs[fs], str(tmp)], check=True, stdout=subprocess.DEVNULL)
             os.replace(tmp, img)
         images[fs] = img

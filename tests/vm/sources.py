@@ -82,24 +82,35 @@ def _parse_sources(text: str) -> list[tuple[str, list[str]]]:
 
 
 class PrivateApt:
-    """apt-get/apt-cache bound to a private state directory."""
+    """apt-get/apt-cache bound to a private state directory.
 
-    def __init__(self, root: Path, mirrors: Mirrors) -> None:
+    ``arch`` other than the host's (``arm64``) gives lists and downloads of that architecture
+    only, against an empty dpkg status: nothing of it is ever installed here."""
+
+    def __init__(self, root: Path, mirrors: Mirrors, arch: str = "amd64",
+                 suites: tuple[str, ...] = ARCHIVE_SUITES,
+                 security_suites: tuple[str, ...] = SECURITY_SUITES) -> None:
         self.root = root
         self.mirrors = mirrors
+        self.arch = arch
+        self.suites, self.security_suites = suites, security_suites
         for sub in ("lists/partial", "cache/archives/partial", "state", "etc/parts",
                     "etc/prefs"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        self.status = Path("/var/lib/dpkg/status")
+        if arch != "amd64":
+            self.status = root / "state" / "status"
+            self.status.touch()
         self.sources = root / "etc" / "sources.list"
         self.sources.write_text(self._sources_text())
 
     def _sources_text(self) -> str:
         """One-line entries for the suites the matrix needs, signed by Debian's keyring."""
-        lines = [f"deb [signed-by={KEYRING}] {self.mirrors.archive} {s} main"
-                 for s in ARCHIVE_SUITES]
+        opts = f"[signed-by={KEYRING}" + ("" if self.arch == "amd64" else f" arch={self.arch}")
+        lines = [f"deb {opts}] {self.mirrors.archive} {s} main" for s in self.suites]
         if self.mirrors.security:
-            lines += [f"deb [signed-by={KEYRING}] {self.mirrors.security} {s} main"
-                      for s in SECURITY_SUITES]
+            lines += [f"deb {opts}] {self.mirrors.security} {s} main"
+                      for s in self.security_suites]
         return "\n".join(lines) + "\n"
 
     def options(self) -> list[str]:
@@ -113,13 +124,15 @@ class PrivateApt:
             "Dir::State": str(r / "state"),
             "Dir::State::Lists": str(r / "lists"),
             "Dir::Cache": str(r / "cache"),
-            "Dir::State::status": "/var/lib/dpkg/status",
+            "Dir::State::status": str(self.status),
             "APT::Get::List-Cleanup": "false",
             "Acquire::Languages": "none",
             "APT::Sandbox::User": "root",
             "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled": "false",
             "Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled": "false",
         }
+        if self.arch != "amd64":
+            opts.update({"APT::Architecture": self.arch, "APT::Architectures": self.arch})
         return [x for k, v in opts.items() for x in ("-o", f"{k}={v}")]
 
     def update(self, max_age_s: float = 6 * 3600) -> bool:
@@ -157,7 +170,7 @@ class PrivateApt:
     def download(self, package: str, version: str, dest: Path) -> Path:
         """Download one exact version into dest (idempotent; reuses a complete file)."""
         dest.mkdir(parents=True, exist_ok=True)
-        arch = "all" if package.startswith("linux-source") else "amd64"
+        arch = "all" if package.startswith("linux-source") else self.arch
         name = f"{package}_{version.replace(':', '%3a')}_{arch}.deb"
         target = dest / name
         if target.exists():

@@ -4,6 +4,13 @@ Each kernel boots once for this module; its boot runs every filesystem's cells
 (repro7, and the agent's `check --json` and `repro` once the agent exists),
 then the keep-going and mitigation extras on kernels that must lose data.
 Expected outcomes derive from the evidence recorded at build time.
+
+The arm64 kernels (cross-compiled from the same sources, booted with
+qemu-system-aarch64) run the same cells: 4K pages unfixed and fixed, and 16K pages
+unfixed (a 32 MiB PMD, so the agent's window, head probe and keep-going base are
+32 MiB there). They are marked `vm_arm64`, the tier THPCHECK_REQUIRE_VM_ARM64
+requires. The 64K-page kernel has its own module (test_arm64_64k.py): its PMD is
+512 MiB, larger than the page cache allows.
 """
 
 from __future__ import annotations
@@ -32,7 +39,12 @@ from tests.vm.matrix import (
 
 pytestmark = pytest.mark.vm
 
-KERNELS = ("unfixed-6.12", "unfixed-6.1", "fixed-6.12", "no-rothp")
+X86_KERNELS = ("unfixed-6.12", "unfixed-6.1", "fixed-6.12", "no-rothp")
+ARM64_KERNELS = ("arm64-unfixed-6.12", "arm64-fixed-6.12", "arm64-16k-unfixed-6.12")
+ARM64_PAGES = {"arm64-unfixed-6.12": "4K", "arm64-fixed-6.12": "4K",
+               "arm64-16k-unfixed-6.12": "16K"}
+KERNELS = (*X86_KERNELS,
+           *(pytest.param(name, marks=pytest.mark.vm_arm64, id=name) for name in ARM64_KERNELS))
 PLAN = Plan()
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "out"
 
@@ -71,12 +83,27 @@ def _need_agent(run_guest: GuestRunner) -> None:
 def test_matrix_covers_both_sides(artifacts: Artifacts) -> None:
     """The matrix proves nothing unless some kernel must lose data and others must not."""
     ks = artifacts.kernels
-    assert set(KERNELS) <= set(ks), f"kernels built: {sorted(ks)}"
+    assert set(X86_KERNELS) <= set(ks), f"kernels built: {sorted(ks)}"
     assert any(expected_outcome(k, "ext4") == "reproduced" for k in ks.values()), \
         "no unfixed RO_THP kernel: the positive case is unproven"
     assert ks["fixed-6.12"].fix_present, ks["fixed-6.12"].meta["fix"]
     assert not ks["unfixed-6.12"].fix_present and not ks["unfixed-6.1"].fix_present
     assert not ks["no-rothp"].read_only_thp
+
+
+@pytest.mark.vm_arm64
+def test_arm64_matrix_covers_both_sides(arm64_artifacts: Artifacts) -> None:
+    """arm64: an unfixed and a fixed kernel of the same sources as x86 (4K pages), and the
+    unfixed one with 16K pages; RO_THP on."""
+    ks = arm64_artifacts.kernels
+    assert set(ARM64_KERNELS) <= set(ks), f"kernels built: {sorted(ks)}"
+    assert ks["arm64-fixed-6.12"].fix_present, ks["arm64-fixed-6.12"].meta["fix"]
+    assert not ks["arm64-unfixed-6.12"].fix_present
+    assert not ks["arm64-16k-unfixed-6.12"].fix_present
+    for name, pages in ARM64_PAGES.items():
+        kernel = ks[name]
+        assert (kernel.arch, kernel.page_size, kernel.read_only_thp) == ("arm64", pages, True)
+        assert f"CONFIG_ARM64_{pages}_PAGES=y" in (kernel.dir / "config").read_text()
 
 
 def test_boot(booted: BootResult) -> None:
