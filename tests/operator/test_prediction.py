@@ -81,7 +81,9 @@ def test_agreement_is_silent() -> None:
     # so (xfs on 6.12) or where nodeInfo cannot see (tmpfs, read-only mounts, bcachefs).
     for paths in ([("ext4", "susceptible", "G10")], [("ext4", "affected", "G10")],
                   [("xfs", "not-affected", "G6")], [("tmpfs", "not-affected", "G5")],
-                  [("bcachefs", "not-affected", "G14")]):
+                  [("bcachefs", "not-affected", "G14")],
+                  # an arm64 node with 64K pages: nodeInfo does not give the page size
+                  [("ext4", "not-affected", "G19")], [("ext4", "not-affected", "RT2")]):
         assert why(UEK8, agent(UEK8[1], *paths)) is None, paths
     # No evidence: unknown or error paths.
     assert why(UBUNTU, agent(UBUNTU[1], ("fuseblk", "unknown", "G17"), config=False)) is None

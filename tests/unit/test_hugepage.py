@@ -200,3 +200,23 @@ def test_check_skips_a_base_below_one_pmd_per_path(tmp_path: Path,
         64 * KiB, 512 * MiB)
     assert document["paths"][0]["repro"]["outcome"] == "skipped"
     assert "64K pages, PMD 512 MiB" in render_table(report)
+
+
+def test_a_refused_collapse_settles_a_64k_kernel_before_6_11() -> None:
+    """5.17-6.10 with 64K pages: at risk unless a stable backport refuses PMD-sized file THPs;
+    the reproducer's EINVAL on the file (anonymous collapse working) is that backport: not
+    affected, no disagreement. A 4K kernel that refuses stays a loud disagreement."""
+    refused = ReproResult(ReproOutcome.COLLAPSE_UNSUPPORTED, madv_collapse_known=True,
+                          errno="EINVAL", step=2)
+    large = HugePages(64 * KiB, 512 * MiB, "sysfs")
+    prediction = predict(parse_release("6.6.50"), AT_RISK_CONFIG, "ext4", hugepages=large)
+    assert prediction.outcome is Outcome.AT_RISK and prediction.backport_may_refuse
+    verdict = combine(prediction, refused)
+    assert (verdict.verdict, verdict.rule, verdict.disagreement) == (
+        Verdict.NOT_AFFECTED, "RT2", None)
+    assert "avoid PMD-size page cache" in verdict.reason
+    old = predict(parse_release("5.15.160"), AT_RISK_CONFIG, "ext4", hugepages=large)
+    assert not old.backport_may_refuse  # no multi-index page cache, nothing to backport
+    small = predict(parse_release("6.6.50"), AT_RISK_CONFIG, "ext4",
+                    hugepages=HugePages(4 * KiB, 2 * MiB, "sysfs"))
+    assert combine(small, refused).disagreement is not None

@@ -13,6 +13,8 @@ from thpcheck.model.mounts import Mount
 from thpcheck.model.rules import (
     G18_REASON,
     MADV_COLLAPSE_SINCE,
+    PAGECACHE_LIMIT_FROM,
+    PAGECACHE_ORDER_LIMIT_SINCE,
     RULES,
     Condition,
     Evidence,
@@ -76,6 +78,9 @@ class Prediction:
     evidence: Evidence
     sources: tuple[str, ...]
     grade: str | None = None
+    # At risk only if this kernel lacks a stable backport that refuses PMD-sized file THPs
+    # (64K pages before 6.11): a refused file collapse then settles it (verdict.combine).
+    backport_may_refuse: bool = False
 
 
 def _condition_holds(
@@ -142,6 +147,12 @@ def grade(kernel: KernelVersion | None, thp: ThpKnobs | None) -> str:
     return "low" if enabled == "always" else "very low"
 
 
+def _backport_may_refuse(kernel: KernelVersion | None, hugepages: HugePages | None) -> bool:
+    """5.17-6.10 with a PMD above the page-cache limit: S17's stable backport may be in."""
+    return (kernel is not None and hugepages is not None and hugepages.above_pagecache
+            and PAGECACHE_LIMIT_FROM <= kernel.branch < PAGECACHE_ORDER_LIMIT_SINCE)
+
+
 def _sized(reason: str, hugepages: HugePages | None) -> str:
     """An at-risk reason, naming the page size when the PMD is not 2 MiB (only files of one
     PMD and more can get a file THP there)."""
@@ -172,7 +183,8 @@ def predict(
                     rule.sources,
                 )
             return Prediction(rule.outcome, rule.id, _sized(rule.reason, hugepages),
-                              rule.evidence, rule.sources, grade(kernel, thp))
+                              rule.evidence, rule.sources, grade(kernel, thp),
+                              _backport_may_refuse(kernel, hugepages))
         return Prediction(rule.outcome, rule.id, rule.reason, rule.evidence, rule.sources)
     if node_only:
         if config.read_only_thp is None:
@@ -180,5 +192,6 @@ def predict(
                               "determined", Evidence.INFERRED, ())
         return Prediction(Outcome.AT_RISK, "K", _sized(
             "unfixed kernel with CONFIG_READ_ONLY_THP_FOR_FS=y: at risk on filesystems without "
-            "large folios", hugepages), Evidence.VERIFIED, ("S1", "S11"), grade(kernel, thp))
+            "large folios", hugepages), Evidence.VERIFIED, ("S1", "S11"), grade(kernel, thp),
+            _backport_may_refuse(kernel, hugepages))
     return Prediction(Outcome.UNKNOWN, "G17", "no rule matched", Evidence.INFERRED, ())

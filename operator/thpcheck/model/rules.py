@@ -69,6 +69,7 @@ PURGE_INTRODUCED = (5, 4)
 PURGE_REMOVED = (7, 2)
 MADV_COLLAPSE_SINCE = (6, 1)
 PAGECACHE_ORDER_LIMIT_SINCE = (6, 11)  # S17 in mainline (stable backports are not assumed)
+PAGECACHE_LIMIT_FROM = (5, 17)  # multi-index page cache: the branches S17 was sent back to
 
 
 @dataclass(frozen=True)

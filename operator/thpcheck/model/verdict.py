@@ -46,6 +46,15 @@ RUNTIME_REASON = (
 )
 
 
+# The runtime rule for a PMD above the page-cache limit whose stable backport the kernel carries.
+PAGECACHE_RUNTIME_RULE = "RT2"
+PAGECACHE_REFUSED_REASON = (
+    "MADV_COLLAPSE refused a touched read-only file mapping of one PMD while anonymous collapse "
+    "works: this kernel carries the stable backport of 'mm/huge_memory: avoid PMD-size page "
+    "cache if needed' (its PMD is above the page-cache limit), so no file THP can arm the purge"
+)
+
+
 @dataclass(frozen=True)
 class PathVerdict:
     """The final answer for one path, with the rule behind it and any disagreement."""
@@ -86,6 +95,9 @@ def combine(prediction: Prediction | None, repro: ReproResult | None) -> PathVer
         if ruled_out:
             return PathVerdict(Verdict.NOT_AFFECTED, reason, rule)
         if at_risk:
+            if file_refused and prediction.backport_may_refuse:
+                return PathVerdict(Verdict.NOT_AFFECTED, PAGECACHE_REFUSED_REASON,
+                                   PAGECACHE_RUNTIME_RULE)
             if file_refused:
                 return PathVerdict(Verdict.SUSCEPTIBLE, reason, rule, disagreement=(
                     f"the model says at risk by {rule} but the kernel refused file collapse: "

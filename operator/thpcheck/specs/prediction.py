@@ -19,7 +19,8 @@ prediction when any of these holds:
 3. **Predicted susceptible** but a path is ``not-affected`` by a rule the prediction did not
    already expect: expected are the rules of the filesystem classes it listed as safe (e.g.
    G6 for xfs on 5.17+) and the rules that rest on what nodeInfo cannot show (G5: tmpfs,
-   erofs, read-only mounts; G14: bcachefs). Anything else (config off G1, a fixed stable
+   erofs, read-only mounts; G14: bcachefs; G19 and RT2: a 64K-page kernel, whose PMD is
+   above the page-cache limit). Anything else (config off G1, a fixed stable
    release G4, btrfs large folios G11, the runtime refusal RT1, ...) means the prediction's
    view of the kernel or its config is wrong.
 4. **Predicted susceptible** but data was lost (``affected``) on a path whose filesystem
@@ -44,8 +45,9 @@ from thpcheck.model.verdict import Verdict
 from thpcheck.specs.termination import AgentResult, PathOutcome
 from thpcheck.specs.views import NodeView
 
-# Not-affected rules decided by a path's filesystem or mount, which nodeInfo does not show.
-FILESYSTEM_FACT_RULES = frozenset({"G5", "G14"})
+# Not-affected rules decided by what nodeInfo does not show: a path's filesystem or mount
+# (G5, G14), the kernel's page size (G19, and RT2: 64K pages, a refused PMD-sized file collapse).
+FILESYSTEM_FACT_RULES = frozenset({"G5", "G14", "G19", "RT2"})
 DISAGREEMENT_LIMIT = 1024
 _AT_RISK = (Verdict.AFFECTED, Verdict.SUSCEPTIBLE)
 _NO_EVIDENCE = (Verdict.UNKNOWN, Verdict.ERROR)
