@@ -163,6 +163,10 @@ def test_agent_check(booted: BootResult, run_guest: GuestRunner, fs: str) -> Non
     assert (path["fstype"], path["verdict"]) == (fs, want), record_summary(rec)
     assert path["repro"]["outcome"] == expected_outcome(booted.kernel, fs), record_summary(rec)
     assert doc["kernel"]["read_only_thp_for_fs"] is booted.kernel.read_only_thp
+    assert doc["kernel"]["pmd_size"] == booted.kernel.pmd_size  # the kernel's hpage_pmd_size
+    if booted.kernel.page_size != "4K" and path["prediction"]["verdict"] == "at-risk":
+        # 16K pages: the reason says only files of one PMD (32 MiB) and more are at risk
+        assert f"{booted.kernel.page_size} pages" in path["prediction"]["reason"], path
     assert doc["mitigated"] is False
     assert rec.rc == (1 if want == "affected" else 0), record_summary(rec)
     assert path["disagreement"] is None, path  # prediction and reproduction agree
