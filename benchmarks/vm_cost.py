@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.vm.guest import FILESYSTEMS, BootResult, Kernel, Mount, Run, Step, boot
-from tests.vm.kernels import TIERS
+from tests.vm.kernels import TIER_OF
 from tests.vm.matrix import FACTS, Artifacts, Plan, load_artifacts, parse_repro
 from tests.vm.rootfs import HOST_PYTHON, build_app, compile_tree, write_cpio
 
@@ -227,7 +227,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # SIGTERM (a background job ignores SIGINT) unwinds like an exception, so boot() kills qemu.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    tier_of = {spec.name: tier for tier, specs in TIERS.items() for spec in specs}
     tiers: dict[str, Artifacts] = {}
     plan = Plan()
     filesystems = args.fs.split(",")
@@ -245,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             extra.append(Path(tmp) / "before.cpio")
             commands += [f"{c}@before" for c in commands if c in ("check", "repro")]
         for index, name in enumerate(args.kernels.split(",")):
-            tier = tier_of.get(name, "x86_64")
+            tier = TIER_OF.get(name, "x86_64")
             if tier not in tiers:
                 tiers[tier] = load_artifacts(tier=tier)
             artifacts = tiers[tier]

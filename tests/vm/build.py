@@ -7,7 +7,7 @@ writes `<cache>/matrix.json`, which the tests read. Rerunning reuses
 everything already in the cache.
 
 `--arch arm64` builds the arm64 tier instead: the same Debian sources cross-compiled (4K pages
-unfixed and fixed, 64K pages unfixed), an arm64 guest base from Debian's arm64 packages, and
+unfixed and fixed, 16K and 64K pages unfixed), an arm64 guest base from Debian's arm64 packages, and
 `<cache>/matrix-arm64.json`.
 """
 

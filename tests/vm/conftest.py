@@ -16,18 +16,17 @@ from pathlib import Path
 import pytest
 
 from tests.vm.guest import FILESYSTEMS, BootResult, Kernel, Step, boot
-from tests.vm.kernels import TIERS
+from tests.vm.kernels import TIER_OF
 from tests.vm.matrix import Artifacts, MatrixMissing, load_artifacts
 from tests.vm.rootfs import build_app
 
 BUILD_HINT = {
     "x86_64": "build them with `tests/vm/build.sh` (= `.venv/bin/python -m tests.vm.build`; "
               "cold: about 28 CPU-minutes, 15 min on an idle 2-core machine)",
-    "arm64": "build them with `tests/vm/build.sh --arch arm64` (three cross-compiled kernels; "
+    "arm64": "build them with `tests/vm/build.sh --arch arm64` (four cross-compiled kernels; "
              "see tests/vm/README.md for the time it takes)",
 }
 REQUIRE = {"x86_64": "THPCHECK_REQUIRE_VM", "arm64": "THPCHECK_REQUIRE_VM_ARM64"}
-TIER_OF = {spec.name: tier for tier, specs in TIERS.items() for spec in specs}
 
 
 def require_vm(tier: str = "x86_64") -> bool:
@@ -58,7 +57,7 @@ def artifacts() -> Artifacts:
 
 @pytest.fixture(scope="session")
 def arm64_artifacts() -> Artifacts:
-    """The arm64 kernels (4K and 64K pages), arm64 base archive and disks from the cache."""
+    """The arm64 kernels (4K, 16K and 64K pages), arm64 base archive and disks from the cache."""
     return tier_artifacts("arm64")
 
 

@@ -103,6 +103,8 @@ ARM64_MATRIX: tuple[KernelSpec, ...] = (
                False, arch="arm64", page_size="64K"),
 )
 TIERS: dict[str, tuple[KernelSpec, ...]] = {"x86_64": MATRIX, "arm64": ARM64_MATRIX}
+# Which tier a kernel slot belongs to (its cache record, its qemu, its guest base).
+TIER_OF: dict[str, str] = {spec.name: tier for tier, specs in TIERS.items() for spec in specs}
 
 
 def fragment_lines(path: Path = FRAGMENT) -> list[str]:
