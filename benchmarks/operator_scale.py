@@ -56,10 +56,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from tests.cluster.harness import KWOK_ANNOTATION, Cluster, node_manifest, node_ready
+from tests.cluster.harness import Cluster
 from tests.operator.cluster_kit import CHECKS_PATH, OperatorProcess, install_crds, this_machine
 from tests.operator.test_cluster_rbac import service_account_kubeconfig
 
+from benchmarks import node_shapes
 from thpcheck.model.report import compact
 from thpcheck.specs import names
 
@@ -71,6 +72,7 @@ CHECK = "scale"
 NODE_LABEL = "thpcheck-bench"
 CLIENT_QPS = ["--kube-api-qps=1000", "--kube-api-burst=2000"]
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 # kwok's workers (4 by default) cannot renew 5,000 node leases every 10 s on this machine, and
 # nodes whose lease expires go NotReady (their pods unavailable: the rollout stops).
 KWOK_CONFIG = """apiVersion: config.kwok.x-k8s.io/v1alpha1
@@ -111,11 +113,11 @@ class Api:
         return conn
 
     def call(self, method: str, path: str, body: Any = None,
-             content_type: str = "application/json") -> Any:
+             content_type: str = "application/json", accept: str = "application/json") -> Any:
         for attempt in range(2):
             conn = self.connection()
             try:
-                headers = {"Accept": "application/json"}
+                headers = {"Accept": accept}
                 payload = None if body is None else json.dumps(body)
                 if payload is not None:
                     headers["Content-Type"] = content_type
@@ -456,27 +458,38 @@ class ProfiledOperator(OperatorProcess):
 # -- one run -------------------------------------------------------------------------------------
 
 
-def create_nodes(api: Api, cluster: Cluster, count: int, workers: int = 8) -> float:
-    """``count`` kwok nodes labelled for the benchmark; returns seconds until all Ready."""
+def create_nodes(api: Api, cluster: Cluster, count: int, shape: str,
+                 workers: int = 8) -> float:
+    """``count`` kwok nodes of ``shape`` labelled for the benchmark; returns seconds until
+    all are Ready."""
     started = time.monotonic()
     node_info = this_machine()
 
     def create(index: int) -> None:
-        api.call("POST", "/api/v1/nodes", node_manifest(
-            f"bench-{index:05d}", kubelet_port=cluster.ports["kwok"],
-            kubelet_version=cluster.k8s_version, labels={NODE_LABEL: "1"},
-            node_info=node_info))
+        name = f"bench-{index:05d}"
+        body = node_shapes.node(shape, name, index, kubelet_port=cluster.ports["kwok"],
+                                kubelet_version=cluster.k8s_version, labels={NODE_LABEL: "1"},
+                                node_info=node_info)
+        managed = body["metadata"].pop("managedFields", None)
+        api.call("POST", "/api/v1/nodes", body)
+        if managed:  # a create owns every field it sets; the managers' own entries come after
+            api.call("PATCH", f"/api/v1/nodes/{name}", {"metadata": {"managedFields": managed}},
+                     content_type="application/merge-patch+json")
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(create, range(count)))
-    while True:
-        nodes = api.call("GET", f"/api/v1/nodes?labelSelector={NODE_LABEL}%3D1"
-                         "&resourceVersion=0")["items"]
-        ready = sum(1 for n in nodes if node_ready(n)
-                    and n["metadata"]["annotations"].get(KWOK_ANNOTATION[0]))
-        if ready == count:
-            return time.monotonic() - started
+    while ready_nodes(api) < count:
         time.sleep(2)
+    return time.monotonic() - started
+
+
+def ready_nodes(api: Api) -> int:
+    """How many benchmark nodes are Ready, from the server's table of them (what
+    ``kubectl get nodes`` reads: a row per node, not 25 KiB per realistic node)."""
+    table = api.call("GET", f"/api/v1/nodes?labelSelector={NODE_LABEL}%3D1&resourceVersion=0",
+                     accept=TABLE)
+    column = next(i for i, c in enumerate(table["columnDefinitions"]) if c["name"] == "Status")
+    return sum(1 for row in table["rows"] if row["cells"][column].split(",")[0] == "Ready")
 
 
 def wait_complete(api: Api, count: int, timeout: float) -> tuple[float | None, dict[str, Any]]:
@@ -549,7 +562,8 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
     }
     faults = choose_faults(nodes, _percent(args.crash_looping), _percent(args.not_ready))
     not_ready = sum(1 for f in faults.values() if f == "notready")
-    doc: dict[str, Any] = {"nodes": nodes, "rate_per_s": args.rate,
+    doc: dict[str, Any] = {"nodes": nodes, "node_shape": args.node_shape,
+                           "rate_per_s": args.rate,
                            "crash_looping": sum(1 for f in faults.values() if f == "crash"),
                            "not_ready": not_ready,
                            "operator_src": str(args.operator_src),
@@ -564,7 +578,9 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
         api.call("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                                  "metadata": {"name": NAMESPACE}})
         kubeconfig = service_account_kubeconfig(cluster, NAMESPACE, workdir / "sa.kubeconfig")
-        doc["nodes_ready_s"] = round(create_nodes(api, cluster, nodes), 1)
+        doc["nodes_ready_s"] = round(create_nodes(api, cluster, nodes, args.node_shape), 1)
+        doc["node_json_bytes"] = len(json.dumps(api.call("GET", "/api/v1/nodes/bench-00000"),
+                                                separators=(",", ":")))
         message = real_result_message(workdir)
         env = {"KUBECONFIG": str(kubeconfig), "THPCHECK_STATUS_INTERVAL": "5",
                "THPCHECK_DEBOUNCE": "1", "THPCHECK_EMPTY_RESULT_GRACE": "3600",
@@ -703,7 +719,8 @@ def _log_warnings(log: Path) -> list[str]:
 
 def print_summary(doc: Mapping[str, Any]) -> None:
     load = doc["load"]
-    print(f"\n{doc['nodes']} nodes, maxConcurrent {doc['max_concurrent']}, "
+    print(f"\n{doc['nodes']} {doc['node_shape']} nodes ({doc['node_json_bytes']} bytes of JSON "
+          f"each), maxConcurrent {doc['max_concurrent']}, "
           f"{doc['rate_per_s']} results/s; load at start {_load(load['start'])}, "
           f"before check {_load(load.get('before_check'))}, end {_load(load.get('end'))}")
     timeline = doc["timeline_s"]
@@ -745,6 +762,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", default="100,1000,5000",
                         help="comma-separated node counts, one fresh cluster each")
+    parser.add_argument("--node-shape", choices=node_shapes.SHAPES, default="thin",
+                        help="kwok's thin nodes, or nodes shaped like a real cloud node "
+                        "(benchmarks/node_shapes.py; default thin)")
     parser.add_argument("--rate", type=float, default=100.0,
                         help="results injected per second (default 100)")
     parser.add_argument("--max-concurrent", default="10%",
@@ -769,9 +789,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups
     try:
         for count in (int(n) for n in args.nodes.split(",")):
-            doc = run_one(count, args, base / f"n{count}")
+            doc = run_one(count, args, base / f"{args.node_shape}-{count}")
             doc["machine"] = {"nproc": os.cpu_count(), "kernel": os.uname().release}
-            (OUT / f"operator-scale-{count}.json").write_text(json.dumps(doc, indent=2) + "\n")
+            out = OUT / f"operator-scale-{args.node_shape}-{count}.json"
+            out.write_text(json.dumps(doc, indent=2) + "\n")
             print_summary(doc)
             sys.stdout.flush()
     finally:
