@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -131,6 +131,34 @@ class Kube:
                     Conflict if response.status == 409 else ApiError)
             raise kind(verb, path, response.status, response.reason or "", detail)
         return json.loads(data) if data else None
+
+    @contextlib.contextmanager
+    def stream_sync(self, path: str, query: Mapping[str, str],
+                    read_timeout: float) -> Iterator[Iterator[bytes]]:
+        """A GET whose body is read line by line as it arrives (a watch); ApiError as for
+        ``request_sync``."""
+        url_path = f"{path}?{urlencode(query)}"
+        method, url, headers, payload, _ = self.client.param_serialize(
+            "GET", url_path, header_params={"Accept": JSON}, auth_settings=["BearerToken"])
+        try:
+            response = self.client.call_api(method, url, headers, payload,
+                                            _request_timeout=(REQUEST_TIMEOUT[0], read_timeout))
+        except (kubernetes.client.ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
+            self.metrics.api_errors.labels(verb="WATCH").inc()
+            raise ApiError("WATCH", path, 0, type(exc).__name__, transport_error(exc)) from exc
+        raw: urllib3.BaseHTTPResponse = response.response
+        try:
+            if response.status >= 400:
+                self.metrics.api_errors.labels(verb="WATCH").inc()
+                detail = raw.read().decode(errors="replace")
+                raise ApiError("WATCH", path, response.status, response.reason or "", detail)
+            try:
+                yield iter(raw)
+            except (OSError, urllib3.exceptions.HTTPError) as exc:
+                raise ApiError("WATCH", path, 0, type(exc).__name__,
+                               transport_error(exc)) from exc
+        finally:
+            raw.close()
 
     async def request(self, verb: str, path: str, body: Any = None,
                       content_type: str = JSON, query: Mapping[str, str] | None = None,

@@ -13,6 +13,7 @@ from typing import Any
 
 from thpcheck.controller.api import Kube
 from thpcheck.controller.metrics import Metrics
+from thpcheck.controller.nodewatch import NodeWatch
 from thpcheck.controller.recent import RecentWrites
 from thpcheck.controller.settings import Settings
 
@@ -72,6 +73,14 @@ class OperatorContext:
         default_factory=dict)
     # Checks whose node condition nodes/status refused (a Warning Event said so already).
     reported_forbidden: set[str] = field(default_factory=set)
+    # The views of all nodes (started by the start-up handler, before kopf watches anything).
+    nodes: NodeWatch = field(init=False)
+    # Tasks started from the node watch's callback (kept so they are not collected early).
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.nodes = NodeWatch(self.kube, server_timeout=self.settings.watch_server_timeout,
+                               client_timeout=self.settings.watch_client_timeout)
 
     def lock(self, check: str) -> asyncio.Lock:
         """Serialises a check's reconciles and its deletion clean-up."""

@@ -18,7 +18,7 @@ import structlog
 from thpcheck.controller import events
 from thpcheck.controller.api import ApiError
 from thpcheck.controller.context import OperatorContext, context_of
-from thpcheck.controller.indexes import Indexes
+from thpcheck.controller.indexes import KOPF_INDEXES, Indexes
 from thpcheck.controller.reconciler import (
     CheckReconciler,
     apply_node_change,
@@ -41,17 +41,21 @@ log = structlog.get_logger("thpcheck.operator")
 # -- wake-ups ------------------------------------------------------------------------------
 
 
-async def poke_for_check(name: str, memo: kopf.Memo, **_: Any) -> None:
+async def poke_for_check(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """A spec change (or any change) of a ThpCheck: re-plan it."""
-    context_of(memo).triggers.poke(name)
+    ctx = context_of(memo)
+    ctx.triggers.poke(name)
+    start_sweeper(ctx, Indexes.of(kwargs, ctx.nodes.views))
 
 
-async def poke_for_agent_pod(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def poke_for_agent_pod(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    ctx = context_of(memo)
+    start_sweeper(ctx, Indexes.of(kwargs, ctx.nodes.views))
     check = annotated_check(body)
     if check:
-        context_of(memo).triggers.poke(check)
+        ctx.triggers.poke(check)
     else:  # a deletion a re-list found (controller/kopf_relist.py) names no check
-        context_of(memo).triggers.poke_all()
+        ctx.triggers.poke_all()
 
 
 async def poke_everyone(memo: kopf.Memo, **kwargs: Any) -> None:
@@ -62,8 +66,11 @@ async def poke_everyone(memo: kopf.Memo, **kwargs: Any) -> None:
     restore everywhere; once neither is needed, they are deleted here.
     """
     ctx = context_of(memo)
+    await _everyone(ctx, Indexes.of(kwargs, ctx.nodes.views))
+
+
+async def _everyone(ctx: OperatorContext, idx: Indexes) -> None:
     ctx.triggers.poke_all()
-    idx = Indexes.of(kwargs)
     start_sweeper(ctx, idx)
     await tend_without_checks(ctx, idx)
 
@@ -76,12 +83,39 @@ async def tend_without_checks(ctx: OperatorContext, idx: Indexes) -> None:
         await manage_mitigation_daemonset(ctx, idx)
 
 
-async def poke_for_result(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+# -- the node watch ------------------------------------------------------------------------
+
+
+async def start_node_watch(memo: kopf.Memo, **kwargs: Any) -> None:
+    """Start-up: list every node, then keep watching them (``controller/nodewatch.py``).
+    kopf starts its watches only after this returns, so every handler sees all nodes."""
+    ctx = context_of(memo)
+    kopf_indexes = {key: kwargs[key] for key in KOPF_INDEXES}  # kopf's, live for the process
+
+    def changed() -> None:  # a node changed as a planner sees it (kopf's poke-node did this)
+        ctx.triggers.poke_all()
+        if ctx.sweeper is None:
+            return  # kopf has not run a handler yet: its indexes may not be filled
+        task = asyncio.create_task(tend_without_checks(ctx, Indexes.of(kopf_indexes,
+                                                                       ctx.nodes.views)))
+        ctx.background.add(task)
+        task.add_done_callback(ctx.background.discard)
+
+    await ctx.nodes.start(on_change=changed)
+
+
+async def stop_node_watch(memo: kopf.Memo, **_: Any) -> None:
+    context_of(memo).nodes.stop()
+
+
+async def poke_for_result(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    ctx = context_of(memo)
+    start_sweeper(ctx, Indexes.of(kwargs, ctx.nodes.views))
     check = (body.get("status") or {}).get("check")
     if check:
-        context_of(memo).triggers.poke(check)
+        ctx.triggers.poke(check)
     else:  # a deletion a re-list found (controller/kopf_relist.py) has no status
-        context_of(memo).triggers.poke_all()
+        ctx.triggers.poke_all()
 
 
 async def poke_for_daemonset(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
@@ -96,8 +130,10 @@ async def poke_for_daemonset(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) ->
 
 
 def start_sweeper(ctx: OperatorContext, idx: Indexes) -> None:
-    """Start the orphan sweep once, from a watch event: kopf runs those only after every
-    index is filled, so a ThpCheck missing from the index is really gone."""
+    """Start the orphan sweep once, from a kopf watch event (ThpChecks, results, our pods and
+    DaemonSets): kopf runs those only after every index is filled, so a ThpCheck missing from
+    the index is really gone. Nodes come from the operator's own watch (no kopf event), so a
+    cluster with none of those objects starts the sweep at the first kopf event."""
     if ctx.sweeper is None:
         ctx.sweeper = asyncio.get_running_loop().create_task(sweep_forever(ctx, idx),
                                                              name="orphan sweep")
@@ -166,7 +202,7 @@ async def run_check(name: str, body: kopf.Body, memo: kopf.Memo,
         try:
             async with ctx.lock(name):
                 if not body.get("metadata", {}).get("deletionTimestamp"):
-                    await CheckReconciler(ctx, body, Indexes.of(kwargs),
+                    await CheckReconciler(ctx, body, Indexes.of(kwargs, ctx.nodes.views),
                                           datetime.now(UTC)).run()
         except asyncio.CancelledError:
             raise
@@ -204,7 +240,7 @@ async def clean_up_check(name: str, body: kopf.Body, memo: kopf.Memo, retry: int
     refuses, a Warning Event and the CleanupBlocked condition name it and the API error, and
     the next attempt follows a backoff (specs.cleanup). There is no last attempt."""
     ctx = context_of(memo)
-    idx = Indexes.of(kwargs)
+    idx = Indexes.of(kwargs, ctx.nodes.views)
     async with ctx.lock(name):
         nodes = {n.name: n for n in ctx.recent.overlay_nodes(idx.all_nodes())}
         changes = plan_cleanup(name, nodes.values())

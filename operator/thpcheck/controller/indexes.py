@@ -1,9 +1,10 @@
-"""In-memory indexes of the objects the operator reads, kept current by kopf's watches.
+"""In-memory indexes of the objects the operator reads, kept current by watches.
 
 ``kopf.index`` handlers store small views (``thpcheck.specs.views``), not bodies, and write
-nothing to the objects (unlike ``kopf.on.create``/``update``, which would annotate every Node
-and Pod). kopf fills every index from the initial listing before any other handler runs, so
-a restarted operator plans from complete state.
+nothing to the objects (unlike ``kopf.on.create``/``update``, which would annotate every Pod).
+kopf fills every index from the initial listing before any other handler runs, so a restarted
+operator plans from complete state. Nodes are not a kopf resource: the operator's own watch
+(``thpcheck.controller.nodewatch``) keeps their views, complete before kopf starts.
 """
 
 from __future__ import annotations
@@ -25,19 +26,18 @@ from thpcheck.specs.views import (
     annotated_check,
     daemonset_view,
     mitigation_pod_view,
-    node_view,
     result_view,
 )
 
 T = TypeVar("T")
 
 # Index ids: kopf passes each index to handlers as a keyword argument of this name.
-NODES = "node_views"
 AGENT_PODS = "agent_pods"
 MITIGATION_PODS = "mitigation_pods"
 RESULTS = "node_results"
 DAEMONSETS = "daemonsets"
 CHECKS = "check_summaries"
+KOPF_INDEXES = (AGENT_PODS, MITIGATION_PODS, RESULTS, DAEMONSETS, CHECKS)
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,6 @@ class CheckSummary:
     mitigate: bool
     deleting: bool
     cordoned: tuple[str, ...] = ()  # status.cordonedNodes (the cluster-wide cordon budget)
-
-
-async def index_node(body: kopf.Body, **_: Any) -> dict[str, NodeView]:
-    view = node_view(body)
-    return {view.name: view}
 
 
 async def index_agent_pod(body: kopf.Body, **_: Any) -> dict[str, AgentPodView]:
@@ -100,9 +95,10 @@ def _one(index: Mapping[str, Iterable[T]], key: str) -> T | None:
 
 @dataclass(frozen=True)
 class Indexes:
-    """Typed access to the kopf indexes a handler received as keyword arguments."""
+    """Typed access to the kopf indexes a handler received as keyword arguments, and to the
+    node views."""
 
-    nodes: Mapping[str, Iterable[NodeView]]
+    nodes: Mapping[str, NodeView]
     agent_pods: Mapping[str, Iterable[AgentPodView]]
     mitigation_pods: Mapping[str, Iterable[MitigationPodView]]
     results: Mapping[str, Iterable[ResultView]]
@@ -110,12 +106,12 @@ class Indexes:
     checks: Mapping[str, Iterable[CheckSummary]]
 
     @classmethod
-    def of(cls, kwargs: Mapping[str, Any]) -> Indexes:
-        return cls(kwargs[NODES], kwargs[AGENT_PODS], kwargs[MITIGATION_PODS], kwargs[RESULTS],
+    def of(cls, kwargs: Mapping[str, Any], nodes: Mapping[str, NodeView]) -> Indexes:
+        return cls(nodes, kwargs[AGENT_PODS], kwargs[MITIGATION_PODS], kwargs[RESULTS],
                    kwargs[DAEMONSETS], kwargs[CHECKS])
 
     def all_nodes(self) -> list[NodeView]:
-        return list(_values(self.nodes))
+        return list(self.nodes.values())
 
     def pods_of(self, check: str) -> list[AgentPodView]:
         return list(self.agent_pods[check]) if check in self.agent_pods else []

@@ -85,8 +85,11 @@ def build_registry(settings: Settings, source: credentials.Source) -> kopf.Opera
     kopf.on.login(id="login", registry=registry)(login_handler(source))
     kopf.on.cleanup(registry=registry)(handlers.stop_sweeper)
 
+    # Nodes: the operator's own lean watch, listed before kopf watches anything else.
+    kopf.on.startup(id="watch-nodes", registry=registry)(handlers.start_node_watch)
+    kopf.on.cleanup(id="stop-node-watch", registry=registry)(handlers.stop_node_watch)
+
     # Indexes: what the planners read (small views, filled before any handler runs).
-    kopf.index("v1", "nodes", id=indexes.NODES, registry=registry)(indexes.index_node)
     kopf.index("v1", "pods", labels=AGENT_PODS, id=indexes.AGENT_PODS,
                registry=registry)(indexes.index_agent_pod)
     kopf.index("v1", "pods", labels=MITIGATION_PODS, id=indexes.MITIGATION_PODS,
@@ -102,7 +105,6 @@ def build_registry(settings: Settings, source: credentials.Source) -> kopf.Opera
                   registry=registry)(handlers.poke_for_agent_pod)
     kopf.on.event("v1", "pods", labels=MITIGATION_PODS, id="poke-mitigation-pod",
                   registry=registry)(handlers.poke_everyone)
-    kopf.on.event("v1", "nodes", id="poke-node", registry=registry)(handlers.poke_everyone)
     kopf.on.event(*RESULTS, id="poke-result", registry=registry)(handlers.poke_for_result)
     kopf.on.event("apps", "v1", "daemonsets", labels=OUR_DAEMONSETS, id="poke-daemonset",
                   registry=registry)(handlers.poke_for_daemonset)

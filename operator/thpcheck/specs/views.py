@@ -7,8 +7,8 @@ the planners are tested on plain dicts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from thpcheck.specs import names
@@ -46,9 +46,10 @@ class NodeCondition:
     last_transition: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeView:
-    """What the planners need of a Node."""
+    """What the planners need of a Node: all the operator keeps of one (the rest of a
+    real node, 20-40 KiB of JSON, is parsed and dropped as it arrives)."""
 
     name: str
     uid: str = ""
@@ -163,12 +164,19 @@ def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
     return body.get("metadata") or {}
 
 
-def node_view(body: Mapping[str, Any]) -> NodeView:
+def _same(text: str) -> str:
+    return text
+
+
+def node_view(body: Mapping[str, Any], share: Callable[[str], str] = _same) -> NodeView:
+    """The view of a Node body. ``share`` may return one shared copy of equal strings (label
+    keys and values, kernel, OS image: the same on most nodes of a fleet), so that thousands
+    of views hold one copy of each instead of one per node."""
     meta = _meta(body)
     spec = body.get("spec") or {}
     status = body.get("status") or {}
     info = status.get("nodeInfo") or {}
-    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+    annotations = {share(k): v for k, v in (meta.get("annotations") or {}).items()
                    if k.startswith(names.GROUP + "/")}
     ready = next((c.get("status") == "True" for c in status.get("conditions") or []
                   if c.get("type") == "Ready"), True)
@@ -176,16 +184,16 @@ def node_view(body: Mapping[str, Any]) -> NodeView:
         name=meta.get("name", ""),
         uid=meta.get("uid", ""),
         resource_version=meta.get("resourceVersion", ""),
-        labels=dict(meta.get("labels") or {}),
+        labels={share(k): share(v) for k, v in (meta.get("labels") or {}).items()},
         annotations=annotations,
         unschedulable=bool(spec.get("unschedulable", False)),
-        taints=tuple(Taint(t.get("key", ""), t.get("value", "") or "", t.get("effect", ""),
-                           t.get("timeAdded", "") or "")
+        taints=tuple(Taint(share(t.get("key", "")), share(t.get("value", "") or ""),
+                           share(t.get("effect", "")), t.get("timeAdded", "") or "")
                      for t in spec.get("taints") or []),
-        kernel_version=info.get("kernelVersion", "") or "",
+        kernel_version=share(info.get("kernelVersion", "") or ""),
         boot_id=info.get("bootID", "") or "",
-        os_image=info.get("osImage", "") or "",
-        architecture=info.get("architecture", "") or "",
+        os_image=share(info.get("osImage", "") or ""),
+        architecture=share(info.get("architecture", "") or ""),
         ready=ready,
         condition=_node_condition(status),
     )
@@ -205,6 +213,12 @@ def filesystems_of(paths: Any) -> tuple[str, ...]:
     entries = [p for p in paths if isinstance(p, Mapping)] if isinstance(paths, list) else []
     affected = [p for p in entries if p.get("verdict") == "affected"]
     return tuple(sorted({str(p["fstype"]) for p in affected or entries if p.get("fstype")}))
+
+
+def same_node(a: NodeView, b: NodeView) -> bool:
+    """True if the planners would see no difference (only the resourceVersion moved: a
+    heartbeat, kubelet status, images)."""
+    return replace(a, resource_version=b.resource_version) == b
 
 
 def _check_status(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
