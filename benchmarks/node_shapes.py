@@ -7,14 +7,14 @@ before kwok and the API server add to it.
 ``realistic``: modelled on a GKE node (node pool of ``n2-standard-8`` machines,
 Container-Optimized OS, containerd, the persistent-disk CSI driver, node-problem-detector),
 as ``kubectl get node -o json`` shows one: the labels GKE and the cloud provider set plus a
-team's own (36 in all), annotations with JSON values (the CSI driver's node id, GKE's
+team's own (35 in all), annotations with JSON values (the CSI driver's node id, GKE's
 last-applied labels, Calico's addresses), 50 images (the kubelet's default
 ``nodeStatusMaxImages``) each named by digest and by tag, 12 conditions (the kubelet's four,
 the route controller's NetworkUnavailable and node-problem-detector's seven), eight attached
-and mounted persistent disks, runtime handlers, and managedFields from the six managers
-that write such a node (kubelet, kube-controller-manager, cloud-controller-manager,
-node-problem-detector, calico-node, kubectl-label). About 22 KiB of JSON as created; kwok's
-status updates and the API server's own fields add about 1.5 KiB more.
+and mounted persistent disks, runtime handlers, and managedFields of the managers that write
+such a node (the kubelet, kube-controller-manager, cloud-controller-manager,
+node-problem-detector; kwok adds its own as it plays the kubelet). About 25 KiB of JSON as
+the API server returns it (thin nodes: 3.7 KiB).
 
 The node's kernel and boot ID are this machine's (``node_info``), its InternalIP loopback and
 its kubelet endpoint kwok's, as for thin nodes: kwok serves them and the real agent's result
@@ -242,30 +242,27 @@ def realistic_node(name: str, index: int, *, kubelet_port: int, kubelet_version:
     kubelet_conditions = [_condition(kind, "False", "", "") for kind in
                           ("MemoryPressure", "DiskPressure", "PIDPressure")]
     kubelet_conditions.append(_condition("Ready", "True", "", ""))
+    # The API server keeps a create's status-subresource entries and makes the creating
+    # manager (the kubelet, see CREATE_QUERY) the owner of everything else it set.
     managed = [
-        _managed("kubelet", {"f:metadata": {"f:annotations": _fields(kubelet_annotations),
-                                            "f:labels": _fields(kubelet_labels)},
-                             "f:spec": {"f:providerID": {}}}),
         _managed("kubelet", {"f:status": _fields(
             {**kubelet_status, "conditions": kubelet_conditions}, keyed)}, "status"),
-        _managed("kube-controller-manager", {
-            "f:metadata": {"f:annotations": {"f:node.alpha.kubernetes.io/ttl": {}}},
-            "f:spec": {"f:podCIDR": {}, "f:podCIDRs": {".": {}, f'v:"{pod_cidr}"': {}}}}),
         _managed("kube-controller-manager", {"f:status": {"f:volumesAttached": {}}}, "status"),
-        _managed("cloud-controller-manager", {
-            "f:metadata": {"f:annotations": _fields(cloud_annotations),
-                           "f:labels": _fields(cloud_labels)}}),
         _managed("cloud-controller-manager", {"f:status": {"f:conditions": _fields(
             route, keyed, "conditions")}}, "status"),
         _managed("node-problem-detector", {"f:status": {"f:conditions": _fields(
             npd, keyed, "conditions")}}, "status"),
-        _managed("calico-node", {"f:metadata": {"f:annotations": _fields(calico_annotations)}}),
-        _managed("kubectl-label", {"f:metadata": {"f:labels": _fields(team_labels)}}),
     ]
     return {"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "labels": all_labels, "annotations": annotations,
                          "managedFields": managed},
             "spec": spec, "status": status}
+
+
+def create_path(shape: str) -> str:
+    """Where a node of ``shape`` is POSTed: realistic nodes as the kubelet registers its node
+    (the owner of its metadata and spec in managedFields)."""
+    return "/api/v1/nodes" + ("?fieldManager=kubelet" if shape == "realistic" else "")
 
 
 def node(shape: str, name: str, index: int, *, kubelet_port: int, kubelet_version: str,

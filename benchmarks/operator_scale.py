@@ -73,8 +73,17 @@ NODE_LABEL = "thpcheck-bench"
 CLIENT_QPS = ["--kube-api-qps=1000", "--kube-api-burst=2000"]
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
-# kwok's workers (4 by default) cannot renew 5,000 node leases every 10 s on this machine, and
-# nodes whose lease expires go NotReady (their pods unavailable: the rollout stops).
+# kwok plays every node's kubelet on the same two cores as the whole control plane. A kubelet
+# renews its node Lease every 10 s (40 s leases); kwok's workers (4 by default) could not do
+# that for 5,000 nodes, and once kwok falls behind (a busy machine, bigger nodes), the node
+# lifecycle controller marks nodes NotReady after 50 s and their pods not Ready, which kwok
+# never turns back (its pod stages only start Pending pods): the DaemonSet rollout, and the
+# run, wait for ever. So kwok gets 32 lease workers and 15 times the kubelet's timing: 600 s
+# leases renewed every 150 s, and kube-controller-manager a grace period in proportion
+# (50 s -> 750 s). The operator never reads Leases; node status (kwok's heartbeat stage) and
+# every other object are unchanged.
+LEASE_SECONDS = 600
+NODE_GRACE = ["--node-monitor-grace-period=750s"]
 KWOK_CONFIG = """apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokConfiguration
 options:
@@ -470,11 +479,7 @@ def create_nodes(api: Api, cluster: Cluster, count: int, shape: str,
         body = node_shapes.node(shape, name, index, kubelet_port=cluster.ports["kwok"],
                                 kubelet_version=cluster.k8s_version, labels={NODE_LABEL: "1"},
                                 node_info=node_info)
-        managed = body["metadata"].pop("managedFields", None)
-        api.call("POST", "/api/v1/nodes", body)
-        if managed:  # a create owns every field it sets; the managers' own entries come after
-            api.call("PATCH", f"/api/v1/nodes/{name}", {"metadata": {"managedFields": managed}},
-                     content_type="application/merge-patch+json")
+        api.call("POST", node_shapes.create_path(shape), body)
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(create, range(count)))
@@ -490,6 +495,13 @@ def ready_nodes(api: Api) -> int:
                      accept=TABLE)
     column = next(i for i, c in enumerate(table["columnDefinitions"]) if c["name"] == "Status")
     return sum(1 for row in table["rows"] if row["cells"][column].split(",")[0] == "Ready")
+
+
+def not_ready_events(api: Api) -> int:
+    """How often the node lifecycle controller marked a node NotReady (0 unless kwok fell
+    behind with its leases)."""
+    return len(api.call("GET", "/api/v1/namespaces/default/events?fieldSelector="
+                        "reason%3DNodeNotReady,involvedObject.kind%3DNode")["items"])
 
 
 def wait_complete(api: Api, count: int, timeout: float) -> tuple[float | None, dict[str, Any]]:
@@ -552,10 +564,14 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
     (workdir / "audit-policy.yaml").write_text(AUDIT_POLICY)
     (workdir / "kwok-config.yaml").write_text(KWOK_CONFIG)
     extra = {
-        "kube-controller-manager": CLIENT_QPS,
+        "kube-controller-manager": CLIENT_QPS + NODE_GRACE,
         "kube-scheduler": CLIENT_QPS,
-        # not a log line per lease renewal (500/s at 5,000 nodes); more workers
-        "kwok": ["--v=WARN", f"--config={workdir / 'kwok-config.yaml'}"],
+        # not a log line per lease renewal; more workers; longer leases (above)
+        "kwok": ["--v=WARN", f"--config={workdir / 'kwok-config.yaml'}",
+                 f"--node-lease-duration-seconds={LEASE_SECONDS}"],
+        # 15,000 realistic nodes are 400 MB, and each write keeps a revision until the API
+        # server compacts them (every 5 minutes): past etcd's default 2 GiB quota
+        "etcd": ["--quota-backend-bytes=8589934592"],
         "kube-apiserver": [f"--audit-policy-file={workdir / 'audit-policy.yaml'}",
                            f"--audit-log-path={audit}", "--audit-log-format=json",
                            "--audit-log-maxbackup=0", "--audit-log-maxsize=0"],
@@ -568,6 +584,7 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
                            "not_ready": not_ready,
                            "operator_src": str(args.operator_src),
                            "max_concurrent": args.max_concurrent, "client_qps": CLIENT_QPS,
+                           "lease_seconds": LEASE_SECONDS,
                            "load": {"start": os.getloadavg()}}
     cluster = Cluster(workdir / "cluster", nodes=0, extra_args=extra, timeout=300)
     operator: OperatorProcess | None = None
@@ -650,6 +667,7 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
                                f"{names.agent_daemonset_name(CHECK)}")["metadata"]
             doc["timeline_s"]["daemonset_created"] = round((datetime.fromisoformat(
                 created["creationTimestamp"].replace("Z", "+00:00")) - since).total_seconds())
+        doc["node_not_ready_events"] = not_ready_events(api)
         doc["injection_errors"] = injector.errors[:20]
         doc["final_status"] = {k: status.get(k) for k in (
             "phase", "nodes", "checked", "affected", "notAffected", "susceptible", "unknown",
@@ -730,7 +748,7 @@ def print_summary(doc: Mapping[str, Any]) -> None:
           f"results {timeline['first_result_injected']}-{timeline['last_result_injected']} s, "
           f"complete {timeline['complete']} s")
     print(f"  settle (last result -> complete status): {doc['settle_s']} s; status "
-          f"{doc['final_status']}")
+          f"{doc['final_status']}; NodeNotReady events {doc['node_not_ready_events']}")
     if doc.get("crash_looping") or doc.get("not_ready"):
         print(f"  faults: {doc['crash_looping']} crash-looping check pods, {doc['not_ready']} "
               f"nodes NotReady mid-run; runs by outcome {doc['runs_by_outcome']}")
