@@ -497,11 +497,13 @@ def ready_nodes(api: Api) -> int:
     return sum(1 for row in table["rows"] if row["cells"][column].split(",")[0] == "Ready")
 
 
-def not_ready_events(api: Api) -> int:
-    """How often the node lifecycle controller marked a node NotReady (0 unless kwok fell
-    behind with its leases)."""
-    return len(api.call("GET", "/api/v1/namespaces/default/events?fieldSelector="
-                        "reason%3DNodeNotReady,involvedObject.kind%3DNode")["items"])
+def not_ready_events(api: Api, since: datetime) -> int:
+    """How often the node lifecycle controller marked a node NotReady since ``since`` (0
+    unless kwok fell behind with its leases during the run)."""
+    events = api.call("GET", "/api/v1/namespaces/default/events?fieldSelector="
+                      "reason%3DNodeNotReady,involvedObject.kind%3DNode")["items"]
+    return sum(1 for e in events if datetime.fromisoformat(
+        (e.get("lastTimestamp") or e.get("eventTime") or "").replace("Z", "+00:00")) >= since)
 
 
 def wait_complete(api: Api, count: int, timeout: float) -> tuple[float | None, dict[str, Any]]:
@@ -667,7 +669,7 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
                                f"{names.agent_daemonset_name(CHECK)}")["metadata"]
             doc["timeline_s"]["daemonset_created"] = round((datetime.fromisoformat(
                 created["creationTimestamp"].replace("Z", "+00:00")) - since).total_seconds())
-        doc["node_not_ready_events"] = not_ready_events(api)
+        doc["node_not_ready_events"] = not_ready_events(api, since.replace(microsecond=0))
         doc["injection_errors"] = injector.errors[:20]
         doc["final_status"] = {k: status.get(k) for k in (
             "phase", "nodes", "checked", "affected", "notAffected", "susceptible", "unknown",
