@@ -502,8 +502,9 @@ def not_ready_events(api: Api, since: datetime) -> int:
     unless kwok fell behind with its leases during the run)."""
     events = api.call("GET", "/api/v1/namespaces/default/events?fieldSelector="
                       "reason%3DNodeNotReady,involvedObject.kind%3DNode")["items"]
-    return sum(1 for e in events if datetime.fromisoformat(
-        (e.get("lastTimestamp") or e.get("eventTime") or "").replace("Z", "+00:00")) >= since)
+    stamps = (e.get("lastTimestamp") or e.get("eventTime") for e in events)
+    return sum(1 for t in stamps if t and datetime.fromisoformat(t.replace("Z", "+00:00"))
+               >= since)
 
 
 def wait_complete(api: Api, count: int, timeout: float) -> tuple[float | None, dict[str, Any]]:
