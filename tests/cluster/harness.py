@@ -250,14 +250,18 @@ class Cluster:
 
     def __init__(self, workdir: Path, *, bin_dir: Path | None = None, nodes: int = 3,
                  detach: bool = False, timeout: float = 180.0,
-                 extra_args: Mapping[str, Sequence[str]] | None = None) -> None:
-        unknown = sorted(set(extra_args or {}) - set(SERVERS))
-        if unknown:
-            raise ClusterError(f"extra_args for unknown servers {unknown}; known: {SERVERS}")
+                 extra_args: Mapping[str, Sequence[str]] | None = None,
+                 extra_env: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        for what, given in (("extra_args", extra_args), ("extra_env", extra_env)):
+            unknown = sorted(set(given or {}) - set(SERVERS))
+            if unknown:
+                raise ClusterError(f"{what} for unknown servers {unknown}; known: {SERVERS}")
         self.workdir = workdir.resolve()
         # Opt-in flags per server (e.g. {"kube-controller-manager": ["--kube-api-qps=500"]}),
         # appended after the harness's own: a repeated flag overrides (the last one wins).
         self.extra_args = {name: list(args) for name, args in (extra_args or {}).items()}
+        # Opt-in environment per server (e.g. {"kwok": {"GOMEMLIMIT": "2GiB"}}).
+        self.extra_env = {name: dict(env) for name, env in (extra_env or {}).items()}
         self.bin_dir = (bin_dir or default_bin_dir()).resolve()
         self.initial_nodes = nodes
         self.detach = detach
@@ -371,7 +375,8 @@ class Cluster:
 
     def _spawn(self, name: str, args: Sequence[str]) -> Server:
         server = spawn(name, [self.bin(name), *args, *self.extra_args.get(name, ())],
-                       self.logs_dir / f"{name}.log", self._server_env(), self.workdir,
+                       self.logs_dir / f"{name}.log",
+                       {**self._server_env(), **self.extra_env.get(name, {})}, self.workdir,
                        detach=self.detach)
         self.servers.append(server)
         return server

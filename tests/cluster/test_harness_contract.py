@@ -91,22 +91,32 @@ def _processes_mentioning(text: str) -> list[str]:
 
 def test_extra_args_are_appended_per_server(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """Opt-in flags go after the harness's own (so they win), only to the named server."""
+    """Opt-in flags go after the harness's own (so they win), only to the named server; opt-in
+    environment variables go to the named server only."""
     import tests.cluster.harness as harness
 
     spawned: dict[str, list[str]] = {}
+    environments: dict[str, dict[str, str]] = {}
 
-    def fake_spawn(name: str, argv: list[str], *_: object, **__: object) -> object:
+    def fake_spawn(name: str, argv: list[str], log: Path, env: dict[str, str], *_: object,
+                   **__: object) -> object:
         spawned[name] = argv
+        environments[name] = env
         return object()
 
     monkeypatch.setattr(harness, "spawn", fake_spawn)
     cluster = Cluster(tmp_path / "c", bin_dir=tmp_path, extra_args={
-        "kube-controller-manager": ["--kube-api-qps=500", "--kube-api-burst=1000"]})
+        "kube-controller-manager": ["--kube-api-qps=500", "--kube-api-burst=1000"]},
+        extra_env={"kube-scheduler": {"GOMEMLIMIT": "1GiB"}})
     cluster._spawn("kube-controller-manager", ["--v=1"])
     cluster._spawn("kube-scheduler", ["--v=1"])
     assert spawned["kube-controller-manager"][1:] == [
         "--v=1", "--kube-api-qps=500", "--kube-api-burst=1000"]
     assert spawned["kube-scheduler"][1:] == ["--v=1"]
-    with pytest.raises(ClusterError, match="unknown servers"):
+    assert environments["kube-scheduler"]["GOMEMLIMIT"] == "1GiB"
+    assert environments["kube-scheduler"]["HOME"] == str(tmp_path.resolve() / "c" / "home")
+    assert "GOMEMLIMIT" not in environments["kube-controller-manager"]
+    with pytest.raises(ClusterError, match="extra_args for unknown servers"):
         Cluster(tmp_path / "d", bin_dir=tmp_path, extra_args={"kubelet": ["--v=2"]})
+    with pytest.raises(ClusterError, match="extra_env for unknown servers"):
+        Cluster(tmp_path / "e", bin_dir=tmp_path, extra_env={"kubelet": {"A": "b"}})
