@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from tests.cluster.harness import Cluster
+from tests.cluster.harness import KWOK_ANNOTATION, Cluster
 from tests.operator.cluster_kit import CHECKS_PATH, OperatorProcess, install_crds, this_machine
 from tests.operator.test_cluster_rbac import service_account_kubeconfig
 

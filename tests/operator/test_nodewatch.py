@@ -28,6 +28,7 @@ from thpcheck.specs.checkspec import Remediation, parse_spec
 from thpcheck.specs.prediction import node_record, predict_view
 from thpcheck.specs.remediation import plan_cleanup, plan_remediation
 from thpcheck.specs.results import NodeState, plan_predicted_results, plan_results
+from thpcheck.specs.runs import plan_runs
 from thpcheck.specs.selection import selected_nodes
 from thpcheck.specs.views import NodeView, node_view
 
@@ -62,6 +63,11 @@ def full_node() -> dict[str, Any]:
                                 names.MITIGATE_BY_ANNOTATION: CHECK})
     node["spec"].update(unschedulable=True, taints=[
         {"key": "dedicated", "value": "batch", "effect": "NoSchedule"}])
+    node["status"]["conditions"].append({  # as the kubelet reports it: NotReady
+        "type": "Ready", "status": "False", "reason": "KubeletNotReady",
+        "message": "container runtime network not ready",
+        "lastHeartbeatTime": "2026-11-28T15:59:50Z",
+        "lastTransitionTime": "2026-11-28T15:40:02Z"})
     return node
 
 
@@ -96,8 +102,8 @@ FIELDS = {f.name for f in dataclasses.fields(NodeView)}
 
 def fields_the_planners_read(view: NodeView) -> set[str]:
     """Run every planner that takes nodes (selection, remediation, clean-up, results in
-    both modes, prediction, Events, the recent-writes overlay) on ``view`` and return the
-    NodeView fields they read."""
+    both modes, runs, prediction, Events, the recent-writes overlay) on ``view`` and return
+    the NodeView fields they read."""
     Recorded.read = set()
     node = Recorded(**{f: getattr(view, f) for f in FIELDS})
     spec = parse_spec({"nodeSelector": {"thpcheck-bench": "1"}, "tolerations": [
@@ -111,6 +117,9 @@ def fields_the_planners_read(view: NodeView) -> set[str]:
     plan_results(ref, selected, pods, [], {}, NOW, timedelta(seconds=30))
     plan_results(ref, selected, pods, [stale], {node.name: True}, NOW, timedelta(seconds=30))
     plan_predicted_results(ref, selected, [stale], {}, NOW)
+    running = dataclasses.replace(pods[0], run=None)
+    for pod in ([], pods, [running]):
+        plan_runs(selected, pod, None, NOW, timedelta(minutes=30))
     predict_view(node)
     node_record(node, "disagrees")
     states = {node.name: NodeState(node.name, Verdict.AFFECTED, False)}
@@ -127,6 +136,12 @@ def fields_the_planners_read(view: NodeView) -> set[str]:
     return set(Recorded.read)
 
 
+def default_of(spec: dataclasses.Field[Any]) -> Any:
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return None if spec.default is dataclasses.MISSING else spec.default
+
+
 def test_the_lean_view_holds_every_field_the_planners_read() -> None:
     """What the watch keeps of a real node equals the view of the whole object in every field
     a planner reads, and the realistic node gives every such field a value: a field a planner
@@ -137,11 +152,12 @@ def test_the_lean_view_holds_every_field_the_planners_read() -> None:
     read = fields_the_planners_read(whole)
     # The planners read the node's identity, labels, marks, cordon, taints and kernel facts.
     assert {"name", "uid", "labels", "annotations", "unschedulable", "taints",
-            "kernel_version", "boot_id", "os_image", "architecture"} <= read, read
-    unset = sorted(f.name for f in dataclasses.fields(NodeView) if getattr(whole, f.name) in (
-        "", False, (), {}))
-    assert not unset, f"the realistic node leaves {unset} unset: give them a value in " \
-        "full_node(), or this test cannot see the watch drop them"
+            "kernel_version", "boot_id", "os_image", "architecture", "ready"} <= read, read
+    unset = sorted(f.name for f in dataclasses.fields(NodeView)
+                   if getattr(whole, f.name) == default_of(f))
+    assert not unset, f"the view of a full node leaves {unset} at the default: node_view() " \
+        "does not fill them, or full_node() gives them no value (then this test cannot see " \
+        "the watch drop them)"
     for name in sorted(read):
         assert getattr(kept, name) == getattr(whole, name), f"the watch drops {name}"
     assert kept == whole
