@@ -60,9 +60,16 @@ def full_node() -> dict[str, Any]:
                            names.MITIGATE_LABEL: "true"})
     meta["annotations"].update({names.CORDONED_BY_ANNOTATION: CHECK,
                                 names.LABELLED_BY_ANNOTATION: CHECK,
-                                names.MITIGATE_BY_ANNOTATION: CHECK})
+                                names.MITIGATE_BY_ANNOTATION: CHECK,
+                                names.CONDITION_BY_ANNOTATION: CHECK,
+                                names.TAINTED_BY_ANNOTATION: CHECK})
     node["spec"].update(unschedulable=True, taints=[
         {"key": "dedicated", "value": "batch", "effect": "NoSchedule"}])
+    node["status"]["conditions"].append({  # the operator's own condition
+        "type": names.NODE_CONDITION, "status": "True", "reason": "DataLoss",
+        "message": "kernel 6.12.90: data loss reproduced",
+        "lastHeartbeatTime": "2026-11-28T15:59:50Z",
+        "lastTransitionTime": "2026-11-28T15:40:02Z"})
     node["status"]["conditions"].append({  # as the kubelet reports it: NotReady
         "type": "Ready", "status": "False", "reason": "KubeletNotReady",
         "message": "container runtime network not ready",
@@ -123,11 +130,12 @@ def fields_the_planners_read(view: NodeView) -> set[str]:
     predict_view(node)
     node_record(node, "disagrees")
     states = {node.name: NodeState(node.name, Verdict.AFFECTED, False)}
-    for remediation in (Remediation(label=True, cordon=True, max_cordoned=5, mitigate=True),
+    for remediation in (Remediation(label=True, cordon=True, max_cordoned=5, mitigate=True,
+                                    taint="NoSchedule", condition=True),
                         Remediation(label=False, cordon=False, mitigate=False)):
         for paused in (False, True):
             plan_remediation(CHECK, remediation, paused=paused, selected=selected,
-                             all_nodes=[node], states=states, cordoned=[node.name])
+                             all_nodes=[node], states=states, cordoned=[node.name], now=NOW)
     plan_cleanup(CHECK, [node])
     events.node_reference(node)
     recent = RecentWrites()
@@ -152,7 +160,8 @@ def test_the_lean_view_holds_every_field_the_planners_read() -> None:
     read = fields_the_planners_read(whole)
     # The planners read the node's identity, labels, marks, cordon, taints and kernel facts.
     assert {"name", "uid", "labels", "annotations", "unschedulable", "taints",
-            "kernel_version", "boot_id", "os_image", "architecture", "ready"} <= read, read
+            "kernel_version", "boot_id", "os_image", "architecture", "ready",
+            "condition"} <= read, read
     unset = sorted(f.name for f in dataclasses.fields(NodeView)
                    if getattr(whole, f.name) == default_of(f))
     assert not unset, f"the view of a full node leaves {unset} at the default: node_view() " \
@@ -168,8 +177,10 @@ def test_the_lean_view_drops_everything_else() -> None:
     node = full_node()
     kept = kept_by_the_watch(node)
     assert len(json.dumps(node)) > 20_000
-    assert set(kept.annotations) == {names.CORDONED_BY_ANNOTATION, names.LABELLED_BY_ANNOTATION,
-                                     names.MITIGATE_BY_ANNOTATION}  # only the operator's
+    assert set(kept.annotations) == {  # only the operator's
+        names.CORDONED_BY_ANNOTATION, names.LABELLED_BY_ANNOTATION,
+        names.MITIGATE_BY_ANNOTATION, names.CONDITION_BY_ANNOTATION,
+        names.TAINTED_BY_ANNOTATION}
     assert not hasattr(kept, "__dict__")  # slots: no per-view dict
 
 
