@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from thpcheck.specs import names
 from thpcheck.specs.agent import CHECK, STANDBY, CheckRef, WorkloadConfig, agent_daemonset
 from thpcheck.specs.checkspec import parse_spec
@@ -205,11 +207,10 @@ def test_rollout_reruns_after_the_interval_and_updates_on_spec_change() -> None:
         Step.NONE)
 
 
-def test_the_mitigation_daemonset_is_privileged_and_selects_labelled_nodes() -> None:
+def test_the_mitigation_daemonset_selects_labelled_nodes() -> None:
     ds = mitigation_daemonset(CONFIG)
     spec = ds["spec"]["template"]["spec"]
     (container,) = spec["containers"]
-    assert container["securityContext"]["privileged"] is True
     assert spec["nodeSelector"] == {names.MITIGATE_LABEL: "true"}
     assert spec["automountServiceAccountToken"] is False
     assert container["readinessProbe"]["exec"]["command"][:3] == ["thpcheck", "mitigate",
@@ -240,3 +241,47 @@ def test_no_daemonset_selects_an_architecture() -> None:
         text = repr(ds)
         assert "kubernetes.io/arch" not in text and "arm64" not in text and "amd64" not in text
         assert {c["image"] for c in pod_spec(ds)["containers"]} == {CONFIG.image}
+
+
+def _privileged_paths(obj: Any, path: str = "") -> list[str]:
+    """Every place in ``obj`` that grants privilege: ``privileged`` or
+    ``allowPrivilegeEscalation`` not false, an added capability, a host namespace."""
+    found: list[str] = []
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            here = f"{path}.{key}"
+            escalates = key in ("privileged", "allowPrivilegeEscalation") and value is not False
+            if escalates or (key in ("hostPID", "hostIPC", "hostNetwork") and value):
+                found.append(f"{here}={value}")
+            elif key == "capabilities" and value.get("add"):
+                found.append(f"{here}.add={value['add']}")
+            found += _privileged_paths(value, here)
+    elif isinstance(obj, list):
+        for index, item in enumerate(obj):
+            found += _privileged_paths(item, f"{path}[{index}]")
+    return found
+
+
+@pytest.mark.parametrize("builder", [mitigation_daemonset, restore_daemonset],
+                         ids=["mitigation", "restore"])
+def test_no_mitigation_daemonset_is_privileged(builder: Any) -> None:
+    """Root with nothing else, whatever the configuration: every capability dropped, no
+    escalation, RuntimeDefault seccomp, a read-only root filesystem, and exactly two
+    read-write host paths (the THP sysfs directory and the state directory)."""
+    for config in (CONFIG, WorkloadConfig(namespace="n", image="i", pull_secrets=("s",),
+                                          mitigation_state_dir="/srv/mitigation")):
+        ds = builder(config)
+        assert not _privileged_paths(ds), _privileged_paths(ds)
+        spec = ds["spec"]["template"]["spec"]
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        (container,) = spec["containers"]
+        assert "initContainers" not in spec
+        assert container["securityContext"] == {
+            "runAsUser": 0, "runAsNonRoot": False, "privileged": False,
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+        host_paths = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+        assert host_paths == {"/sys/kernel/mm/transparent_hugepage",
+                              config.mitigation_state_dir}
+        assert len(spec["volumes"]) == 2
+        assert all(not m.get("readOnly") for m in container["volumeMounts"])

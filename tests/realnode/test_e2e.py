@@ -118,6 +118,56 @@ def condition(body: dict[str, Any], kind: str = names.NODE_CONDITION) -> dict[st
                  if c["type"] == kind), None)
 
 
+def mitigation_processes(state_file: str, *, restore: bool = False) -> list[int]:
+    """Host pids of ``thpcheck mitigate`` holding the mitigation (not probes, not restores),
+    or with ``restore`` the restore pod's shell (its script names the state file)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv]
+        if restore:
+            if words[:2] == ["/bin/sh", "-c"] and len(words) > 2 and (
+                    "--restore --log-format json --log-level info" in words[2]
+                    and state_file in words[2]):
+                found.append(int(entry.name))
+        elif ("mitigate" in words and state_file in words
+                and not {"--verify", "--restore"} & set(words)):
+            found.append(int(entry.name))
+    return found
+
+
+def privileges(pid: int) -> dict[str, str]:
+    """What the kernel says a process may do: its capability sets, no_new_privs, seccomp
+    mode, and whether its root filesystem is mounted read-only."""
+    status = dict(line.split(":\t", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+    found = {key: status[key].strip() for key in
+             ("Uid", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")}
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == "/":
+            found["root"] = fields[5].split(",")[0]  # the last mount on / wins
+    return found
+
+
+UNPRIVILEGED = {"Uid": "0\t0\t0\t0", "CapInh": "0000000000000000", "CapPrm": "0000000000000000",
+                "CapEff": "0000000000000000", "CapBnd": "0000000000000000",
+                "CapAmb": "0000000000000000", "NoNewPrivs": "1", "Seccomp": "2", "root": "ro"}
+
+
+def assert_unprivileged(pids: list[int], what: str) -> None:
+    """Each process runs as root with no capability at all, no_new_privs, a seccomp filter
+    and a read-only root filesystem (as the kernel reports it, not as the spec asks)."""
+    assert pids, f"no {what} process found"
+    for pid in pids:
+        assert privileges(pid) == UNPRIVILEGED, (what, pid, privileges(pid))
+
+
 def daemonsets(cluster: Cluster) -> list[str]:
     return sorted(d["metadata"]["name"] for d in cluster.api(
         "GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets")["items"])
@@ -249,7 +299,7 @@ def run_end_to_end(rc: RealCluster, scratch: Path, state_dir: Path, tmp_path: Pa
           + "$ kubectl get thpnoderesults\n" + kubectl_get(cluster, "thpnoderesults"))
 
     # 3. Mitigation: the ThpCheck asks for it, the node is labelled by hand (see the module
-    # docstring), the privileged mitigation pod stops khugepaged on this machine.
+    # docstring), the unprivileged mitigation pod stops khugepaged on this machine.
     cluster.kubectl("patch", f"thpchecks.{names.GROUP}", CHECK, "--type=merge", "-p",
                     json.dumps({"spec": {"remediation": {"mitigate": True}}}))
     eventually(lambda: names.MITIGATION_DAEMONSET in daemonsets(cluster), 60,
@@ -266,6 +316,12 @@ def run_end_to_end(rc: RealCluster, scratch: Path, state_dir: Path, tmp_path: Pa
     state = json.loads((state_dir / "mitigation.state").read_text())
     assert state["original"] == int(KERNEL_DEFAULT)
     lap("mitigation_applied_s")
+    # ... with no privilege: as the API reads it back, and as the kernel runs it.
+    (container,) = mitigator["spec"]["containers"]
+    assert container["securityContext"]["privileged"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert_unprivileged(mitigation_processes(f"/host{state_dir}/mitigation.state"),
+                        "mitigation")
     eventually(lambda: (result(cluster, node.name) or {}).get("status", {}).get("mitigated")
                is True, 60, "the result's mitigated: true", diagnose)
     eventually(lambda: node.node()["metadata"]["labels"].get(names.MITIGATED_LABEL) == "true",

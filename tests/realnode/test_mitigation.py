@@ -1,5 +1,5 @@
 """The mitigation cannot leak or lapse, on a real node: the chart installed with Helm, the
-operator in a pod, a real kubelet and containerd running the privileged mitigation pods
+operator in a pod, a real kubelet and containerd running the unprivileged mitigation pods
 against this machine's ``khugepaged/scan_sleep_millisecs``.
 
 1. ``helm upgrade`` to a new image: the knob, read every 100 ms throughout, never leaves
@@ -40,9 +40,11 @@ from tests.realnode.test_e2e import (
     RELEASE,
     STOPPED,
     VALUES,
+    assert_unprivileged,
     eventually,
     knob_restored,
     kubectl_get,
+    mitigation_processes,
     pods,
     ready,
 )
@@ -96,23 +98,6 @@ def sampled(interval: float = 0.1) -> Iterator[list[str]]:
     samples: list[str] = []
     with repeating(lambda: samples.append(knob()), interval, "knob sampler"):
         yield samples
-
-
-def mitigation_processes(state_file: str) -> list[int]:
-    """Host pids of ``thpcheck mitigate`` holding the mitigation (not probes, not restores)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        words = [a.decode(errors="replace") for a in argv]
-        if ("mitigate" in words and state_file in words
-                and not {"--verify", "--restore"} & set(words)):
-            found.append(int(entry.name))
-    return found
 
 
 @contextmanager
@@ -194,7 +179,7 @@ def run(rc: RealCluster, tmp_path: Path, state_dir: Path) -> None:
 
     # 2. SIGKILL (every instance, until the pod is gone) and unlabel: the pod cannot restore.
     state_file = f"/host{state_dir}/mitigation.state"
-    assert mitigation_processes(state_file)
+    assert_unprivileged(mitigation_processes(state_file), "mitigation")
     with killing(state_file) as killed:
         eventually(lambda: killed, 30, "the mitigation process killed", diagnose)
         unlabelled = time.monotonic()
@@ -205,6 +190,8 @@ def run(rc: RealCluster, tmp_path: Path, state_dir: Path) -> None:
                           RESTORE_WITHIN, "khugepaged restored by the restore DaemonSet",
                           diagnose)
     figures["killed_pids"] = len(set(killed))
+    # The restore pod that did it has no privilege either.
+    assert_unprivileged(mitigation_processes(state_file, restore=True), "restore")
     figures["restore_after_unlabel_s"] = round(restored - unlabelled, 1)
     assert not (state_dir / "mitigation.state").exists()
 

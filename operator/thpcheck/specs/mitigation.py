@@ -1,7 +1,7 @@
 """The two cluster-wide mitigation DaemonSets, and when each should exist.
 
 ``thpcheck-mitigation`` (nodeSelector ``thpcheck.io/mitigate=true``) stops khugepaged: its
-privileged pod runs ``thpcheck mitigate`` (record the current ``scan_sleep_millisecs`` in a
+unprivileged pod runs ``thpcheck mitigate`` (record the current ``scan_sleep_millisecs`` in a
 state file on the host, once; write 4294967295; hold it), and its readiness probe
 (``thpcheck mitigate --verify``) is Ready only while the value is in effect; that readiness is
 what the operator reports as ``mitigated``. A stopping pod restores the recorded value only
@@ -17,6 +17,13 @@ no API credentials: the label is the desired state and the kubelet delivers it.
 
 It exists while the mitigation DaemonSet does, and afterwards until every one of its pods is
 Ready on every node it should run on: that is the confirmation that no record is left.
+
+Neither pod is privileged (``agent.restricted_security_context``, as the agent): root, every
+capability dropped, no privilege escalation, the runtime's default seccomp profile, a
+read-only root filesystem. Its only host access is two read-write hostPath volumes: the THP
+sysfs directory (the container's own ``/sys`` stays read-only, but a bind mount of the
+directory is writable: sysfs checks the file's mode, 0644 root, not a capability) and the
+state directory (root's: the mitigation's files are its owner's, no capability needed).
 """
 
 from __future__ import annotations
@@ -25,7 +32,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from thpcheck.specs import names
-from thpcheck.specs.agent import HOST_ROOT, WorkloadConfig, hash_of
+from thpcheck.specs.agent import (
+    HOST_ROOT,
+    WorkloadConfig,
+    hash_of,
+    restricted_security_context,
+)
 from thpcheck.specs.views import DaemonSetView, NodeView
 
 THP_SYSFS = "/sys/kernel/mm/transparent_hugepage"
@@ -86,13 +98,14 @@ def _pod_spec(config: WorkloadConfig, container: dict[str, Any], volumes: list[d
         "priorityClassName": config.mitigation_priority_class,
         "tolerations": [{"operator": "Exists"}],
         "terminationGracePeriodSeconds": grace,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": volumes,
     }
 
 
 def mitigation_daemonset(config: WorkloadConfig) -> dict[str, Any]:
-    """The mitigation DaemonSet (privileged: sysfs is read-only in unprivileged pods)."""
+    """The mitigation DaemonSet (unprivileged: see the module)."""
     common = ["--host-root", HOST_ROOT, "--state-file", state_file(config)]
     labels = {names.APP_NAME: names.APP, names.COMPONENT: "mitigator",
               names.POD_ROLE_LABEL: names.MITIGATION_ROLE}
@@ -105,8 +118,7 @@ def mitigation_daemonset(config: WorkloadConfig) -> dict[str, Any]:
         "command": ["thpcheck", "mitigate", "--log-format", "json", "--log-level", "info",
                     *common],
         "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
-        "securityContext": {"privileged": True, "runAsUser": 0,
-                            "readOnlyRootFilesystem": True},
+        "securityContext": restricted_security_context(),
         "readinessProbe": {
             "exec": {"command": ["thpcheck", "mitigate", "--verify", *common]},
             "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 1,
@@ -136,8 +148,7 @@ def restore_daemonset(config: WorkloadConfig) -> dict[str, Any]:
         "command": ["/bin/sh", "-c", RESTORE_SCRIPT.format(root=HOST_ROOT, state=state,
                                                            held=EXIT_HELD)],
         "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
-        "securityContext": {"privileged": True, "runAsUser": 0,
-                            "readOnlyRootFilesystem": True},
+        "securityContext": restricted_security_context(),
         # Ready once no record is left on the node (restored and read back, or none made).
         "readinessProbe": {"exec": {"command": ["test", "!", "-e", state]},
                            "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 1},
