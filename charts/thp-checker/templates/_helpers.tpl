@@ -81,16 +81,36 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* The operator's image: image.repository:image.tag (default: the chart's appVersion). */}}
+{{/*
+The operator's image: image.repository@image.digest when a digest is set, else
+image.repository:image.tag (default: the chart's appVersion).
+*/}}
 {{- define "thp-checker.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+{{- end }}
 
-{{/* The agent and mitigation pods' image; each field falls back to image.*. */}}
+{{/*
+The agent and mitigation pods' image; each field falls back to image.*. A digest wins over a
+tag; image.digest applies only while agent.image sets neither repository nor tag (it pins the
+operator's image, not another one).
+*/}}
 {{- define "thp-checker.agentImage" -}}
-{{- $repository := default .Values.image.repository .Values.agent.image.repository }}
-{{- $tag := default (default .Chart.AppVersion .Values.image.tag) .Values.agent.image.tag }}
+{{- $agent := .Values.agent.image }}
+{{- $repository := default .Values.image.repository $agent.repository }}
+{{- $digest := $agent.digest }}
+{{- if and (not $digest) (not $agent.repository) (not $agent.tag) }}
+{{- $digest = .Values.image.digest }}
+{{- end }}
+{{- if $digest }}
+{{- printf "%s@%s" $repository $digest }}
+{{- else }}
+{{- $tag := default (default .Chart.AppVersion .Values.image.tag) $agent.tag }}
 {{- printf "%s:%s" $repository $tag }}
+{{- end }}
 {{- end }}
 
 {{/* imagePullSecrets' names, comma-separated (THPCHECK_AGENT_PULL_SECRETS). */}}
