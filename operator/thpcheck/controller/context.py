@@ -53,6 +53,11 @@ class OperatorContext:
     cordon_claims: dict[str, frozenset[str]] = field(default_factory=dict)
     # The orphan sweep (controller.handlers.sweep_forever), started by the first watch event.
     sweeper: asyncio.Task[None] | None = None
+    # What the first watch event's handler saw indexed (counts per kind): None until kopf
+    # finished its start-up indexing; /readyz reports it (controller/health.py).
+    indexed: dict[str, int] | None = None
+    # The /healthz and /readyz server (an aiohttp AppRunner), while it runs.
+    health_server: Any = None
     # The status each check's last write produced: the watch may not have delivered it yet,
     # and comparing against it avoids writing the same status twice.
     written_status: dict[str, Mapping[str, Any]] = field(default_factory=dict)

@@ -71,7 +71,7 @@ async def poke_everyone(memo: kopf.Memo, **kwargs: Any) -> None:
 
 async def _everyone(ctx: OperatorContext, idx: Indexes) -> None:
     ctx.triggers.poke_all()
-    start_sweeper(ctx, idx)
+    started(ctx, idx)
     await tend_without_checks(ctx, idx)
 
 
@@ -127,6 +127,15 @@ async def poke_for_daemonset(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) ->
 
 
 # -- the orphan sweep ----------------------------------------------------------------------
+
+
+def started(ctx: OperatorContext, idx: Indexes) -> None:
+    """From a watch event (kopf runs those only after every index is filled): the operator
+    is ready (``/readyz``, with what it indexed), and the orphan sweep starts, once."""
+    if ctx.indexed is None:
+        ctx.indexed = idx.counts()
+        log.info("start-up indexing done: ready", **ctx.indexed)
+    start_sweeper(ctx, idx)
 
 
 def start_sweeper(ctx: OperatorContext, idx: Indexes) -> None:

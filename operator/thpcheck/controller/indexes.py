@@ -110,6 +110,15 @@ class Indexes:
         return cls(nodes, kwargs[AGENT_PODS], kwargs[MITIGATION_PODS], kwargs[RESULTS],
                    kwargs[DAEMONSETS], kwargs[CHECKS])
 
+    def counts(self) -> dict[str, int]:
+        """How many objects of each kind are indexed."""
+        return {"nodes": sum(1 for _ in _values(self.nodes)),
+                "checks": sum(1 for _ in _values(self.checks)),
+                "results": sum(1 for _ in _values(self.results)),
+                "agentPods": sum(1 for _ in _values(self.agent_pods)),
+                "mitigationPods": sum(1 for _ in _values(self.mitigation_pods)),
+                "daemonsets": sum(1 for _ in _values(self.daemonsets))}
+
     def all_nodes(self) -> list[NodeView]:
         return list(self.nodes.values())
 

@@ -164,7 +164,8 @@ class Leadership:
 
 class _Healthy(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        self.send_response(200 if self.path.startswith("/healthz") else 404)
+        # A standby is live and ready: it passed the start-up checks (controller/health.py).
+        self.send_response(200 if self.path.startswith(("/healthz", "/readyz")) else 404)
         self.send_header("Content-Type", "text/plain")
         self.end_headers()
         self.wfile.write(b"standby\n")
@@ -180,8 +181,9 @@ class _ReusableServer(ThreadingHTTPServer):
 
 @contextlib.contextmanager
 def healthy_while_waiting(port: int) -> Iterator[None]:
-    """Answer the liveness probe (``/healthz``) while the replica waits for the Lease; the
-    port is free again for kopf's own endpoint afterwards."""
+    """Answer the liveness and readiness probes (``/healthz``, ``/readyz``) while the replica
+    waits for the Lease; the port is free again for the leader's own (controller/health.py)
+    afterwards."""
     if not port:
         yield
         return

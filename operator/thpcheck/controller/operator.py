@@ -15,7 +15,15 @@ from typing import Any
 import kopf
 import structlog
 
-from thpcheck.controller import crds, credentials, handlers, indexes, kopf_relist, kopf_startup
+from thpcheck.controller import (
+    crds,
+    credentials,
+    handlers,
+    health,
+    indexes,
+    kopf_relist,
+    kopf_startup,
+)
 from thpcheck.controller.api import ApiError, Kube
 from thpcheck.controller.context import MEMO_KEY, OperatorContext
 from thpcheck.controller.leader import Leadership, healthy_while_waiting
@@ -84,6 +92,9 @@ def build_registry(settings: Settings, source: credentials.Source) -> kopf.Opera
     registry = kopf.OperatorRegistry()
     kopf.on.login(id="login", registry=registry)(login_handler(source))
     kopf.on.cleanup(registry=registry)(handlers.stop_sweeper)
+    # /healthz and /readyz (kopf's own liveness endpoint serves one path only).
+    kopf.on.startup(id="health", registry=registry)(health.start)
+    kopf.on.cleanup(id="health", registry=registry)(health.stop)
 
     # Nodes: the operator's own lean watch, listed before kopf watches anything else.
     kopf.on.startup(id="watch-nodes", registry=registry)(handlers.start_node_watch)
@@ -184,8 +195,6 @@ def run(settings: Settings, kubeconfig: str | None = None) -> int:
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
     context = OperatorContext(settings=settings, kube=kube, metrics=metrics)
-    liveness = (f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port
-                else None)
     coalesced = kopf_startup.coalesce_barrier_wakeups()
     relist = kopf_relist.announce_relist_deletions()
     log.info("operator starting", namespace=settings.namespace, image=settings.agent_image,
@@ -203,7 +212,7 @@ def run(settings: Settings, kubeconfig: str | None = None) -> int:
         metrics.leader.set(1)
     try:
         kopf.run(registry=build_registry(settings, source), settings=kopf_settings(settings),
-                 namespaces=[settings.namespace], standalone=True, liveness_endpoint=liveness,
+                 namespaces=[settings.namespace], standalone=True,
                  memo=kopf.Memo({MEMO_KEY: context}))
     finally:
         if leadership is not None:
