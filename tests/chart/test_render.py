@@ -161,7 +161,9 @@ def test_operator_env_is_exactly_what_the_operator_reads(helm: Helm) -> None:
         parsed = settings.from_env(env)
         assert parsed.namespace == "thp-checker"
     env = container_env(find(render(helm, "all-values"), "Deployment"))
-    assert env["THPCHECK_AGENT_IMAGE"] == "registry.example.com/thp-checker-agent:0.1.0-agent"
+    assert env["THPCHECK_AGENT_IMAGE"] == (
+        "registry.example.com/thp-checker-agent@sha256:fedcba9876543210fedcba9876543210"
+        "fedcba9876543210fedcba9876543210")
     assert env["THPCHECK_AGENT_PULL_POLICY"] == "Always"
     assert env["THPCHECK_AGENT_PULL_SECRETS"] == "registry-credentials"
     assert env["TZ"] == "UTC"
