@@ -217,7 +217,11 @@ def test_the_mitigation_daemonset_selects_labelled_nodes() -> None:
                                                                   "--verify"]
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert mounts == {"/host/sys/kernel/mm/transparent_hugepage",
-                      "/host/var/lib/thpcheck-mitigation"}
+                      "/host/var/lib/thpcheck-mitigation", "/run/thpcheck"}
+    # Ready only once this pod's own process holds the node (its readiness file).
+    command, probe = container["command"], container["readinessProbe"]["exec"]["command"]
+    assert command[command.index("--ready-file") + 1] == "/run/thpcheck/holding"
+    assert probe[probe.index("--ready-file") + 1] == "/run/thpcheck/holding"
     # A rolling update starts the new pod before the old one stops (an upgrade never lets
     # khugepaged run).
     assert ds["spec"]["updateStrategy"]["rollingUpdate"] == {"maxSurge": "10%",
@@ -283,5 +287,8 @@ def test_no_mitigation_daemonset_is_privileged(builder: Any) -> None:
         host_paths = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
         assert host_paths == {"/sys/kernel/mm/transparent_hugepage",
                               config.mitigation_state_dir}
-        assert len(spec["volumes"]) == 2
+        # Besides: at most the pod's own readiness file, in memory.
+        others = [v for v in spec["volumes"] if "hostPath" not in v]
+        assert others in ([], [{"name": "run", "emptyDir": {"medium": "Memory",
+                                                            "sizeLimit": "1Mi"}}]), others
         assert all(not m.get("readOnly") for m in container["volumeMounts"])

@@ -105,14 +105,15 @@ def no_survivors() -> Iterator[None]:
     kill_survivors()
 
 
-def start(root: Path, state: Path) -> subprocess.Popen[str]:
+def start(root: Path, state: Path, ready_file: Path | None = None) -> subprocess.Popen[str]:
     """Start ``thpcheck mitigate`` and return once it reports the knob applied (its signal
     handlers are installed by then)."""
     log = state.parent.with_name(f"mitigate-{time.monotonic_ns()}.log")  # not in the state dir
     with log.open("w") as sink:
         process = subprocess.Popen(
             cli("--host-root", str(root), "--state-file", str(state), "--log-format", "json",
-                "--log-level", "info"), env=env(), text=True, stdout=sink, stderr=sink)
+                "--log-level", "info", *_ready(ready_file)), env=env(), text=True,
+            stdout=sink, stderr=sink)
     STARTED.append(process)
     deadline = time.monotonic() + 20
     while "khugepaged stopped" not in log.read_text():
@@ -123,8 +124,13 @@ def start(root: Path, state: Path) -> subprocess.Popen[str]:
     return process
 
 
-def verify(root: Path, state: Path) -> bool:
-    probe = subprocess.run(cli("--verify", "--host-root", str(root), "--state-file", str(state)),
+def _ready(ready_file: Path | None) -> list[str]:
+    return [] if ready_file is None else ["--ready-file", str(ready_file)]
+
+
+def verify(root: Path, state: Path, ready_file: Path | None = None) -> bool:
+    probe = subprocess.run(cli("--verify", "--host-root", str(root), "--state-file", str(state),
+                               *_ready(ready_file)),
                            env=env(), capture_output=True, text=True, check=False)
     return probe.returncode == 0
 
@@ -185,6 +191,27 @@ def test_the_cli_on_a_fake_tree(fake_root: Path, state: Path) -> None:
 
 def test_two_writers_never_lose_the_original(fake_root: Path, state: Path) -> None:
     two_writers(fake_root, state, lambda: knob_of(fake_root))
+
+
+def test_a_new_pod_is_ready_only_once_its_own_process_holds(fake_root: Path, state: Path,
+                                                            tmp_path: Path) -> None:
+    """A rolling update: the old pod keeps khugepaged stopped, so the value alone cannot tell
+    whether the new pod's process holds the node yet. Its probe also needs the pod's own
+    readiness file, written once the process holds and removed when it stops (else the
+    DaemonSet controller may stop the old pod first, and the old pod, the last holder,
+    restores)."""
+    old = start(fake_root, state, tmp_path / "old-ready")
+    new_ready = tmp_path / "new-ready"
+    assert knob_of(fake_root) == STOPPED and verify(fake_root, state)  # the value is in effect
+    assert not verify(fake_root, state, new_ready)  # ... but the new pod's process holds nothing
+    new = start(fake_root, state, new_ready)
+    assert verify(fake_root, state, new_ready)
+    assert new_ready.read_text().strip() == str(new.pid)
+    assert stop(new) == 0
+    assert not new_ready.exists() and not verify(fake_root, state, new_ready)
+    assert knob_of(fake_root) == STOPPED  # the old pod still holds
+    assert stop(old) == 0
+    assert knob_of(fake_root) == 10000 and not (tmp_path / "old-ready").exists()
 
 
 def test_after_a_kill_the_restorer_puts_the_value_back(fake_root: Path, state: Path) -> None:

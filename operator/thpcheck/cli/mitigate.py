@@ -7,6 +7,7 @@ restore DaemonSet's container runs ``--restore`` on nodes where no mitigation is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -50,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       help="exit 0 if khugepaged is stopped, else 1")
     mode.add_argument("--restore", action="store_true",
                       help="restore the recorded value (if any) unless a mitigation runs")
+    parser.add_argument("--ready-file",
+                        help="a file of this pod's own (not the host's): the mitigation writes it "
+                        "once it holds the node and has stopped khugepaged, and removes it when "
+                        "it stops; --verify then also requires it, so a new pod is Ready only "
+                        "once its own process holds the node, not because an old one keeps "
+                        "the value stopped")
     parser.add_argument("--host-root", default="/",
                         help="where the host's / is visible (default /; /host in a pod)")
     parser.add_argument("--state-file",
@@ -107,9 +114,22 @@ def _step_down(mitigator: Mitigator) -> int:
     return 0
 
 
-def _run(mitigator: Mitigator) -> int:
+def _mark_ready(ready_file: str | None, ready: bool) -> None:
+    """Write (with this process's pid) or remove the pod's readiness file."""
+    if ready_file is None:
+        return
+    if ready:
+        with open(ready_file, "w", encoding="ascii") as handle:
+            handle.write(f"{os.getpid()}\n")
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(ready_file)
+
+
+def _run(mitigator: Mitigator, ready_file: str | None) -> int:
     failed = False
     try:
+        _mark_ready(ready_file, False)  # a restarted container's: this process holds nothing
         applied = mitigator.apply()
         if applied.assumed:
             log.warning("khugepaged was already stopped and nothing was recorded (a mitigation "
@@ -118,6 +138,7 @@ def _run(mitigator: Mitigator) -> int:
         log.info("khugepaged stopped", knob=mitigator.knob, value=STOPPED,
                  original=applied.original, recorded_now=applied.recorded_now,
                  state_file=mitigator.state_file, pid=os.getpid())
+        _mark_ready(ready_file, True)
         while True:
             time.sleep(ENFORCE_INTERVAL)
             found = mitigator.enforce()
@@ -129,6 +150,10 @@ def _run(mitigator: Mitigator) -> int:
         failed = True
     except (signals.Terminated, KeyboardInterrupt) as stop:
         log.info("stopping", signal=str(stop) or "SIGINT")
+    try:
+        _mark_ready(ready_file, False)
+    except OSError as exc:
+        log.warning("cannot remove the readiness file", error=str(exc))
     code = _step_down(mitigator)
     return 1 if failed else code
 
@@ -137,7 +162,8 @@ def main(args: argparse.Namespace) -> int:
     mitigator = _mitigator(args)
     if args.verify:
         try:
-            in_effect = mitigator.verify()
+            in_effect = mitigator.verify() and (
+                args.ready_file is None or os.path.exists(args.ready_file))
         except MitigationError as exc:
             print(f"thpcheck mitigate: {exc}", file=sys.stderr)
             return 1
@@ -145,4 +171,4 @@ def main(args: argparse.Namespace) -> int:
         return 0 if in_effect else 1
     if args.restore:
         return _restore(mitigator)
-    return _run(mitigator)
+    return _run(mitigator, args.ready_file)

@@ -3,7 +3,8 @@
 ``thpcheck-mitigation`` (nodeSelector ``thpcheck.io/mitigate=true``) stops khugepaged: its
 unprivileged pod runs ``thpcheck mitigate`` (record the current ``scan_sleep_millisecs`` in a
 state file on the host, once; write 4294967295; hold it), and its readiness probe
-(``thpcheck mitigate --verify``) is Ready only while the value is in effect; that readiness is
+(``thpcheck mitigate --verify``) is Ready only while the value is in effect and the pod's own
+process holds the node (its readiness file); that readiness is
 what the operator reports as ``mitigated``. A stopping pod restores the recorded value only
 if no other mitigation pod holds the node (``host/mitigation.py``), and a rolling update
 starts the new pod before the old one stops (``maxSurge``, ``maxUnavailable: 0``): an upgrade
@@ -42,6 +43,10 @@ from thpcheck.specs.views import DaemonSetView, NodeView
 
 THP_SYSFS = "/sys/kernel/mm/transparent_hugepage"
 STATE_FILE_NAME = "mitigation.state"
+# The mitigation pod's own readiness file (an emptyDir, not the host): written once its process
+# holds the node, so a new pod is not Ready merely because the old one keeps the value stopped.
+READY_DIR = "/run/thpcheck"
+READY_FILE = f"{READY_DIR}/holding"
 OS_LABEL = "kubernetes.io/os"
 EXIT_HELD = 75  # thpcheck mitigate --restore: a mitigation holds the node (cli/mitigate.py)
 # The restore pod: restore (retrying while a stopping mitigation pod still holds the node),
@@ -106,7 +111,8 @@ def _pod_spec(config: WorkloadConfig, container: dict[str, Any], volumes: list[d
 
 def mitigation_daemonset(config: WorkloadConfig) -> dict[str, Any]:
     """The mitigation DaemonSet (unprivileged: see the module)."""
-    common = ["--host-root", HOST_ROOT, "--state-file", state_file(config)]
+    common = ["--host-root", HOST_ROOT, "--state-file", state_file(config),
+              "--ready-file", READY_FILE]
     labels = {names.APP_NAME: names.APP, names.COMPONENT: "mitigator",
               names.POD_ROLE_LABEL: names.MITIGATION_ROLE}
     mounts, volumes = _host_volumes(config)
@@ -125,8 +131,9 @@ def mitigation_daemonset(config: WorkloadConfig) -> dict[str, Any]:
         },
         "resources": {"requests": {"cpu": "1m", "memory": "32Mi"},
                       "limits": {"cpu": "100m", "memory": "64Mi"}},
-        "volumeMounts": mounts,
+        "volumeMounts": [*mounts, {"name": "run", "mountPath": READY_DIR}],
     }
+    volumes.append({"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
     pod_spec = _pod_spec(config, container, volumes, grace=30)
     pod_spec["nodeSelector"] = {names.MITIGATE_LABEL: "true"}
     # The new pod holds the node before the old one stops: an upgrade never lets khugepaged
