@@ -138,6 +138,10 @@ def test_operator_and_hook_run_in_the_image_as_the_chart_runs_them(
         eventually(healthy, 90, what=f"the operator in the image:\n{podman_logs(operator)}")
         eventually(lambda: (get_check(cluster, "default") or {}).get("status", {})
                    .get("nodes") == 1, 60, what="the operator's first reconcile")
+        # Ready (the Deployment's readinessProbe): it has indexed the cluster's node.
+        ready = health.replace("/healthz", container["readinessProbe"]["httpGet"]["path"])
+        with urllib.request.urlopen(ready, timeout=5) as reply:
+            assert json.loads(reply.read())["indexed"]["nodes"] >= 1
         cluster.kubectl("get", "daemonset", "thpcheck-default", "-n", namespace)
 
         # The hook's program with its ServiceAccount and rules (the rendered hook objects
