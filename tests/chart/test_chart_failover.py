@@ -15,6 +15,7 @@ import collections
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,6 +134,12 @@ def test_losing_the_active_operator_loses_nothing(chart_cluster: Cluster, releas
         before = results(cluster, CHECK)
         for op in standbys:
             assert "thpcheck_api_writes_total{" not in op.metrics(), "a standby wrote"
+        # Every replica is ready: the leader has indexed the cluster, a standby waits behind
+        # it (a rolling update of the Deployment needs both).
+        for op in live:
+            url = f"http://127.0.0.1:{op.env['THPCHECK_HEALTH_PORT']}/readyz"
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                assert reply.status == 200
 
         # kill -9 the leader, and let the other two runs finish while nobody leads.
         assert active.process is not None

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
+from tests.cluster.harness import free_ports
+from thpcheck.controller.leader import Leadership, healthy_while_waiting
 from thpcheck.controller.settings import SettingsError, from_env
 from thpcheck.specs.lease import Decision, lease_record, plan_lease, release
 
@@ -81,3 +87,27 @@ def test_leader_election_settings() -> None:
         from_env({"THPCHECK_LEADER_ELECTION": "yes"})
     with pytest.raises(SettingsError, match="THPCHECK_LEASE_DURATION"):
         from_env({"THPCHECK_LEASE_DURATION": "1"})
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_waiting_replica_is_ready_only_as_a_standby_behind_a_leader() -> None:
+    """While it waits for the Lease a replica is live; it is ready only while another one
+    holds the Lease (a rolling update needs that), not while it is about to lead itself:
+    then it is ready once it has indexed the cluster (controller/health.py)."""
+    (port,) = free_ports(1)
+    lease = SimpleNamespace(holder="", me="me")
+    with healthy_while_waiting(port, cast(Leadership, lease)):
+        assert _status(port, "/healthz") == 200
+        assert _status(port, "/readyz") == 503  # nobody holds it: this one takes it next
+        lease.holder = "other"
+        assert _status(port, "/readyz") == 200  # a standby behind a live leader
+        lease.holder = "me"
+        assert _status(port, "/readyz") == 503  # leading: not ready before indexing
+        assert _status(port, "/elsewhere") == 404

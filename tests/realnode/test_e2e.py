@@ -26,16 +26,18 @@ import json
 import os
 import shutil
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.cluster.harness import REPO_ROOT, Cluster, ClusterError
+from tests.cluster.harness import REPO_ROOT, Cluster, ClusterError, free_ports
 from tests.cluster.realnode import THP_KNOB, cri_log_text
 from tests.cluster.realnode import thp_knob as knob
 from tests.host.agent import check_json, listing
@@ -168,6 +170,26 @@ def assert_unprivileged(pids: list[int], what: str) -> None:
         assert privileges(pid) == UNPRIVILEGED, (what, pid, privileges(pid))
 
 
+def assert_ready_only_after_indexing(rc: RealCluster, pod: dict[str, Any], port: int) -> None:
+    """The kubelet probed /readyz: the pod turned Ready no earlier than the second in which
+    the operator logged that kopf's start-up indexing was done."""
+    (container,) = pod["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    name = pod["metadata"]["name"]
+    current = rc.cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}")
+    (condition,) = [c for c in current["status"]["conditions"] if c["type"] == "Ready"]
+    assert condition["status"] == "True", condition
+    became_ready = datetime.fromisoformat(condition["lastTransitionTime"])
+    with rc.node.open_pod_log(NAMESPACE, name, "operator") as log:
+        lines = [line for line in log if "start-up indexing done: ready" in line]
+    assert len(lines) == 1, lines
+    logged = datetime.fromisoformat(lines[0].split(" ", 1)[0]).replace(microsecond=0)
+    assert became_ready >= logged, (condition, lines[0])
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as reply:
+        assert json.loads(reply.read())["indexed"]["nodes"] == 1
+    print(f"\noperator: indexing done (logged) at {logged}, Ready at {became_ready}")
+
+
 def daemonsets(cluster: Cluster) -> list[str]:
     return sorted(d["metadata"]["name"] for d in cluster.api(
         "GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets")["items"])
@@ -227,9 +249,12 @@ def run_end_to_end(rc: RealCluster, scratch: Path, state_dir: Path, tmp_path: Pa
     api = [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
            {"name": "KUBERNETES_SERVICE_PORT", "value": str(cluster.ports["apiserver"])}]
     generated = tmp_path / "values-generated.yaml"
+    # A health port (a free one: the operator shares the host's network here), so the kubelet
+    # probes /readyz and `helm install --wait` waits for it.
+    (health_port,) = free_ports(1)
     generated.write_text(yaml.safe_dump({
         "image": {"tag": image.version},
-        "operator": {"extraEnv": api},
+        "operator": {"extraEnv": api, "healthPort": health_port},
         "cleanup": {"extraEnv": api},
         "agent": {"mitigationStateDir": str(state_dir)},
         "remediation": {"condition": True},  # nodes/status patch, for the node condition
@@ -242,6 +267,7 @@ def run_end_to_end(rc: RealCluster, scratch: Path, state_dir: Path, tmp_path: Pa
     assert operator_pod["spec"]["nodeName"] == node.name
     assert operator_pod["spec"]["containers"][0]["image"] == image.image
     lap("helm_install_s")
+    assert_ready_only_after_indexing(rc, operator_pod, health_port)
 
     # 2. A ThpCheck on the loop-mounted btrfs: the agent's init container runs for real.
     cluster.api("POST", CHECKS, {

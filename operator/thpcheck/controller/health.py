@@ -7,9 +7,10 @@
   it; the counts it reports are those that handler saw. With no node at all no event comes,
   but an operator pod always runs on a node.
 
-A standby replica (leader election) answers both with 200 from ``leader.py`` while it waits
-for the Lease: it passed the start-up checks (credentials, CRDs, RBAC), and a rolling update
-of the Deployment needs the new pod Ready before the old one, the leader, is stopped.
+A replica waiting for the Lease (leader election) answers from ``leader.py``: live, and ready
+only while another replica holds the Lease (a rolling update of the Deployment needs the new
+pod Ready before the old one, the leader, is stopped); about to lead, it is not ready until it
+has indexed the cluster here.
 """
 
 from __future__ import annotations

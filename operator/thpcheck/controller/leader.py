@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -163,31 +163,45 @@ class Leadership:
 
 
 class _Healthy(BaseHTTPRequestHandler):
+    server: _ReusableServer
+
     def do_GET(self) -> None:
-        # A standby is live and ready: it passed the start-up checks (controller/health.py).
-        self.send_response(200 if self.path.startswith(("/healthz", "/readyz")) else 404)
+        # A standby is live; it is ready while a leader holds the Lease (controller/health.py).
+        if self.path.startswith("/healthz"):
+            status, text = 200, "standby\n"
+        elif self.path.startswith("/readyz"):
+            ready = self.server.standby_ready()
+            status = 200 if ready else 503
+            text = "standby behind a leader\n" if ready else "taking the lease\n"
+        else:
+            status, text = 404, "not found\n"
+        self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.end_headers()
-        self.wfile.write(b"standby\n")
+        self.wfile.write(text.encode())
 
     def log_message(self, *_: Any) -> None:
         pass  # one line per probe is noise
 
 
 class _ReusableServer(ThreadingHTTPServer):
-    allow_reuse_address = True  # kopf binds the same port right after
+    allow_reuse_address = True  # the leader's endpoints bind the same port right after
     daemon_threads = True
+    standby_ready: Callable[[], bool] = staticmethod(lambda: False)
 
 
 @contextlib.contextmanager
-def healthy_while_waiting(port: int) -> Iterator[None]:
+def healthy_while_waiting(port: int, leadership: Leadership) -> Iterator[None]:
     """Answer the liveness and readiness probes (``/healthz``, ``/readyz``) while the replica
     waits for the Lease; the port is free again for the leader's own (controller/health.py)
-    afterwards."""
+    afterwards. Ready only while another replica holds the Lease: a standby behind a live
+    leader (a rolling update needs it Ready before it stops the old leader), not a replica
+    about to lead, which is ready once it has indexed the cluster."""
     if not port:
         yield
         return
     server = _ReusableServer(("0.0.0.0", port), _Healthy)
+    server.standby_ready = lambda: leadership.holder not in ("", leadership.me)
     thread = threading.Thread(target=server.serve_forever, name="standby-health", daemon=True)
     thread.start()
     try:

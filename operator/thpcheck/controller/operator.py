@@ -205,7 +205,7 @@ def run(settings: Settings, kubeconfig: str | None = None) -> int:
     if settings.leader_election:
         leadership = Leadership(kube, metrics, namespace=settings.namespace,
                                 name=settings.lease_name, duration=settings.lease_duration)
-        with healthy_while_waiting(settings.health_port):
+        with healthy_while_waiting(settings.health_port, leadership):
             leadership.acquire()
         leadership.keep()
     else:
