@@ -174,7 +174,8 @@ def assert_ready_only_after_indexing(rc: RealCluster, pod: dict[str, Any], port:
     """The kubelet probed /readyz: the pod turned Ready no earlier than the second in which
     the operator logged that kopf's start-up indexing was done."""
     (container,) = pod["spec"]["containers"]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    probe = container["readinessProbe"]["httpGet"]
+    assert (probe["path"], probe["port"]) == ("/readyz", "health"), probe
     name = pod["metadata"]["name"]
     current = rc.cluster.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}")
     (condition,) = [c for c in current["status"]["conditions"] if c["type"] == "Ready"]
