@@ -112,7 +112,7 @@ class Indexes:
 
     def counts(self) -> dict[str, int]:
         """How many objects of each kind are indexed."""
-        return {"nodes": sum(1 for _ in _values(self.nodes)),
+        return {"nodes": len(self.nodes),
                 "checks": sum(1 for _ in _values(self.checks)),
                 "results": sum(1 for _ in _values(self.results)),
                 "agentPods": sum(1 for _ in _values(self.agent_pods)),
