@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.harness import Cluster
-from tests.operator.cluster_kit import OperatorProcess
+from tests.operator.cluster_kit import (
+    OperatorProcess,
+    install_crds,
+    node,
+    node_events,
+)
+from tests.support.wait import eventually
+from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster
 NODES = 40
@@ -74,5 +81,55 @@ def test_ready_only_once_every_index_is_filled(crds: Cluster, namespace: str, tm
         print(f"\nreadiness: first 200 after {first[0]} s, indexed {indexed}; "
               f"{len(not_ready)} samples answered 503 before, "
               f"{len([s for s in samples if s[1] == 0 and s[0] < first[0]])} nothing")
+    finally:
+        operator.stop()
+
+
+def test_a_cluster_holding_only_orphaned_marks_is_swept_and_ready(
+        make_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+    """Nothing kopf handles exists (no ThpCheck, result, pod or DaemonSet of ours: nodes
+    come through the operator's own watch), so kopf never runs a handler. A node still
+    carries a gone check's marks (its finalizer removed by hand while the operator was down,
+    the garbage collector took the rest): the sweep undoes them, and the operator is ready."""
+    cluster = make_cluster(nodes=1)
+    install_crds(cluster)
+    namespace = "thpcheck-quiet"
+    cluster.api("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                "metadata": {"name": namespace}})
+    name = cluster.api("GET", "/api/v1/nodes")["items"][0]["metadata"]["name"]
+    gone = "deleted-while-down"
+    cluster.api("PATCH", f"/api/v1/nodes/{name}", {
+        "metadata": {"labels": {names.VERDICT_LABEL: "affected"},
+                     "annotations": {names.CORDONED_BY_ANNOTATION: gone,
+                                     names.LABELLED_BY_ANNOTATION: gone}},
+        "spec": {"unschedulable": True}}, "application/merge-patch+json")
+
+    operator = OperatorProcess(cluster, namespace, tmp_path / "logs")
+    operator.start()
+    try:
+        def swept() -> bool:
+            body = node(cluster, name)
+            annotations = body["metadata"].get("annotations") or {}
+            return (not body["spec"].get("unschedulable")
+                    and names.VERDICT_LABEL not in body["metadata"].get("labels", {})
+                    and not {names.CORDONED_BY_ANNOTATION,
+                             names.LABELLED_BY_ANNOTATION} & set(annotations))
+
+        eventually(swept, timeout=30, what=f"the marks of {gone} undone on {name}")
+        eventually(lambda: any(e["reason"] == "Uncordoned" and gone in e["message"]
+                               for e in node_events(cluster, name)), timeout=30,
+                   what="an Event on the node saying so (posted outside kopf's handlers)")
+
+        status, body = 0, None
+
+        def ready() -> bool:
+            nonlocal status, body
+            status, body = probe(operator.health_port, "/readyz")
+            return status == 200
+
+        eventually(ready, timeout=30, what="/readyz 200 with nothing for kopf to handle")
+        assert body is not None and body["indexed"] == {
+            "nodes": 1, "checks": 0, "results": 0, "agentPods": 0, "mitigationPods": 0,
+            "daemonsets": 0}, body
     finally:
         operator.stop()

@@ -174,6 +174,12 @@ class Kube:
         return await self.request("PATCH", _check_path(name) + "/status", patch, MERGE_PATCH,
                                   resource="thpchecks/status")
 
+    async def check_names(self) -> set[str]:
+        """The names of every ThpCheck the API holds now (deleting ones too)."""
+        listed = await self.request("GET", _check_path("").rstrip("/"),
+                                    resource="thpchecks")
+        return {item["metadata"]["name"] for item in listed.get("items") or ()}
+
     # -- ThpNodeResult -----------------------------------------------------------------
 
     async def create_result(self, body: Mapping[str, Any]) -> Any:
@@ -218,6 +224,11 @@ class Kube:
                                   patch, STRATEGIC_MERGE_PATCH, resource="nodes/status")
 
     # -- DaemonSets --------------------------------------------------------------------
+
+    async def create_event(self, body: Mapping[str, Any]) -> Any:
+        namespace = quote(body["metadata"]["namespace"], safe="")
+        return await self.request("POST", f"/api/v1/namespaces/{namespace}/events", body,
+                                  resource="events")
 
     async def create_daemonset(self, body: Mapping[str, Any]) -> Any:
         return await self.request("POST", _daemonset_path(body["metadata"]["namespace"]), body,

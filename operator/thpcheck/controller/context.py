@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thpcheck.controller.api import Kube
+from thpcheck.controller.indexes import Indexes
 from thpcheck.controller.metrics import Metrics
 from thpcheck.controller.nodewatch import NodeWatch
 from thpcheck.controller.recent import RecentWrites
@@ -51,10 +52,14 @@ class OperatorContext:
     # cordon lists each check persisted last (the watch may not show them yet).
     cordon_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     cordon_claims: dict[str, frozenset[str]] = field(default_factory=dict)
-    # The orphan sweep (controller.handlers.sweep_forever), started by the first watch event.
+    # The orphan sweep (controller.handlers.sweep_forever), started once nodes are listed.
     sweeper: asyncio.Task[None] | None = None
-    # What the first watch event's handler saw indexed (counts per kind): None until kopf
-    # finished its start-up indexing; /readyz reports it (controller/health.py).
+    # kopf's indexes, handed to the start-up handler: live objects for the whole process,
+    # filled by kopf's initial listings (see ``indexed``).
+    kopf_indexes: Mapping[str, Any] = field(default_factory=dict)
+    # What was indexed when kopf's indexes were known filled (counts per kind): at the first
+    # kopf event, or when the API showed nothing kopf handles (controller.handlers); None
+    # before. /readyz reports it (controller/health.py).
     indexed: dict[str, int] | None = None
     # The /healthz and /readyz server (an aiohttp AppRunner), while it runs.
     health_server: Any = None
@@ -86,6 +91,10 @@ class OperatorContext:
     def __post_init__(self) -> None:
         self.nodes = NodeWatch(self.kube, server_timeout=self.settings.watch_server_timeout,
                                client_timeout=self.settings.watch_client_timeout)
+
+    def indexes(self) -> Indexes:
+        """kopf's indexes and the node views, as the planners read them."""
+        return Indexes.of(self.kopf_indexes, self.nodes.views)
 
     def lock(self, check: str) -> asyncio.Lock:
         """Serialises a check's reconciles and its deletion clean-up."""

@@ -2,15 +2,23 @@
 
 One Event per node per reconcile at most (its most important change names it), so a run
 costs one Event per node, not one per label.
+
+kopf's poster queue exists only inside its handlers' tasks; work the operator starts itself
+(the orphan sweep, started once the nodes are listed) posts through the API instead
+(``post_outside_kopf_with``), with the same fields kopf's poster writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
+import structlog
 
+from thpcheck.specs import names
 from thpcheck.specs.views import NodeView
 
 MESSAGE_LIMIT = 1000
@@ -21,9 +29,63 @@ def node_reference(node: NodeView) -> dict[str, Any]:
             "metadata": {"name": node.name, "uid": node.uid}}
 
 
+log = structlog.get_logger("thpcheck.events")
+# Cluster-scoped objects' Events go to this namespace (as kopf's poster does).
+EVENT_NAMESPACE = "default"
+EVENT_NAME_PREFIX = "thpcheck-"  # kopf's posting.event_name_prefix (controller/operator.py)
+
+Poster = Callable[[dict[str, Any]], Awaitable[Any]]
+_outside_kopf: list[Poster] = []
+_posting: set[asyncio.Task[None]] = set()
+
+
+def post_outside_kopf_with(post: Poster) -> None:
+    """Where no kopf handler runs, post Event bodies with ``post`` (an API call)."""
+    _outside_kopf[:] = [post]
+
+
+def event_body(ref: Mapping[str, Any], *, type_: str, reason: str, message: str,
+               now: datetime) -> dict[str, Any]:
+    """A core/v1 Event as kopf's poster writes it."""
+    meta = ref.get("metadata") or {}
+    stamp = now.isoformat()
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"namespace": meta.get("namespace") or EVENT_NAMESPACE,
+                     "generateName": EVENT_NAME_PREFIX},
+        "type": type_, "reason": reason, "message": message, "action": "Action?",
+        "reportingComponent": names.MANAGER, "reportingInstance": names.MANAGER,
+        "source": {"component": names.MANAGER},
+        "involvedObject": {"apiVersion": ref.get("apiVersion"), "kind": ref.get("kind"),
+                           "name": meta.get("name"), "uid": meta.get("uid"),
+                           "namespace": meta.get("namespace") or EVENT_NAMESPACE},
+        "firstTimestamp": stamp, "lastTimestamp": stamp, "eventTime": stamp,
+    }
+
+
 def _post(body: Mapping[str, Any], *, warning: bool, reason: str, message: str) -> None:
-    kopf.event(cast(kopf.Body, body), type="Warning" if warning else "Normal", reason=reason,
-               message=message[:MESSAGE_LIMIT])
+    type_ = "Warning" if warning else "Normal"
+    try:
+        kopf.event(cast(kopf.Body, body), type=type_, reason=reason,
+                   message=message[:MESSAGE_LIMIT])
+    except LookupError:  # not in a kopf handler's task: kopf has no poster queue here
+        if not _outside_kopf:
+            raise
+        _post_directly(_outside_kopf[0], event_body(
+            body, type_=type_, reason=reason, message=message[:MESSAGE_LIMIT],
+            now=datetime.now(UTC)))
+
+
+def _post_directly(post: Poster, event: dict[str, Any]) -> None:
+    async def send() -> None:
+        try:
+            await post(event)
+        except Exception as exc:  # an Event is not worth failing the work for (as kopf)
+            log.warning("event not posted", reason=event["reason"], error=str(exc))
+
+    task = asyncio.get_running_loop().create_task(send())
+    _posting.add(task)
+    task.add_done_callback(_posting.discard)
 
 
 def on_node(node: NodeView, *, reason: str, message: str, warning: bool = False) -> None:

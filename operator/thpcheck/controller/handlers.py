@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from thpcheck.controller.reconciler import (
     bounded,
     manage_mitigation_daemonset,
 )
+from thpcheck.controller.watched import handled_listings
 from thpcheck.specs import names
 from thpcheck.specs.cleanup import (
     CLEANUP_BLOCKED,
@@ -36,6 +38,8 @@ from thpcheck.specs.remediation import NodeChange, event_reason, plan_cleanup, p
 from thpcheck.specs.views import NodeView, annotated_check, node_view
 
 log = structlog.get_logger("thpcheck.operator")
+# How often, until kopf's first event, the API is asked whether kopf has anything to handle.
+NOTHING_TO_HANDLE_RECHECK = 2.0
 
 
 # -- wake-ups ------------------------------------------------------------------------------
@@ -45,12 +49,12 @@ async def poke_for_check(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """A spec change (or any change) of a ThpCheck: re-plan it."""
     ctx = context_of(memo)
     ctx.triggers.poke(name)
-    start_sweeper(ctx, Indexes.of(kwargs, ctx.nodes.views))
+    kopf_indexed(ctx, Indexes.of(kwargs, ctx.nodes.views))
 
 
 async def poke_for_agent_pod(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     ctx = context_of(memo)
-    start_sweeper(ctx, Indexes.of(kwargs, ctx.nodes.views))
+    kopf_indexed(ctx, Indexes.of(kwargs, ctx.nodes.views))
     check = annotated_check(body)
     if check:
         ctx.triggers.poke(check)
@@ -71,7 +75,7 @@ async def poke_everyone(memo: kopf.Memo, **kwargs: Any) -> None:
 
 async def _everyone(ctx: OperatorContext, idx: Indexes) -> None:
     ctx.triggers.poke_all()
-    started(ctx, idx)
+    kopf_indexed(ctx, idx)
     await tend_without_checks(ctx, idx)
 
 
@@ -88,20 +92,28 @@ async def tend_without_checks(ctx: OperatorContext, idx: Indexes) -> None:
 
 async def start_node_watch(memo: kopf.Memo, **kwargs: Any) -> None:
     """Start-up: list every node, then keep watching them (``controller/nodewatch.py``).
-    kopf starts its watches only after this returns, so every handler sees all nodes."""
+    kopf starts its watches only after this returns, so every handler sees all nodes. The
+    orphan sweep starts here (it needs the nodes, and confirms with the API what kopf's
+    indexes propose), and a task marks the operator indexed if kopf has nothing to handle."""
     ctx = context_of(memo)
-    kopf_indexes = {key: kwargs[key] for key in KOPF_INDEXES}  # kopf's, live for the process
+    ctx.kopf_indexes = {key: kwargs[key] for key in KOPF_INDEXES}  # live for the process
+    events.post_outside_kopf_with(ctx.kube.create_event)
 
     def changed() -> None:  # a node changed as a planner sees it (kopf's poke-node did this)
         ctx.triggers.poke_all()
-        if ctx.sweeper is None:
-            return  # kopf has not run a handler yet: its indexes may not be filled
-        task = asyncio.create_task(tend_without_checks(ctx, Indexes.of(kopf_indexes,
-                                                                       ctx.nodes.views)))
-        ctx.background.add(task)
-        task.add_done_callback(ctx.background.discard)
+        if ctx.indexed is not None:  # else kopf's indexes may not be filled yet
+            _background(ctx, tend_without_checks(ctx, ctx.indexes()))
 
     await ctx.nodes.start(on_change=changed)
+    start_sweeper(ctx)
+    _background(ctx, indexed_when_nothing_to_handle(ctx))
+
+
+def _background(ctx: OperatorContext, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` as a task the context keeps until it is done (so it is not collected)."""
+    task = asyncio.create_task(work)
+    ctx.background.add(task)
+    task.add_done_callback(ctx.background.discard)
 
 
 async def stop_node_watch(memo: kopf.Memo, **_: Any) -> None:
@@ -110,7 +122,7 @@ async def stop_node_watch(memo: kopf.Memo, **_: Any) -> None:
 
 async def poke_for_result(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     ctx = context_of(memo)
-    start_sweeper(ctx, Indexes.of(kwargs, ctx.nodes.views))
+    kopf_indexed(ctx, Indexes.of(kwargs, ctx.nodes.views))
     check = (body.get("status") or {}).get("check")
     if check:
         ctx.triggers.poke(check)
@@ -121,7 +133,9 @@ async def poke_for_result(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> No
 async def poke_for_daemonset(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     check = annotated_check(body)
     if check:
-        context_of(memo).triggers.poke(check)
+        ctx = context_of(memo)
+        kopf_indexed(ctx, Indexes.of(kwargs, ctx.nodes.views))
+        ctx.triggers.poke(check)
     else:
         await poke_everyone(memo, **kwargs)
 
@@ -129,22 +143,38 @@ async def poke_for_daemonset(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) ->
 # -- the orphan sweep ----------------------------------------------------------------------
 
 
-def started(ctx: OperatorContext, idx: Indexes) -> None:
-    """From a watch event (kopf runs those only after every index is filled): the operator
-    is ready (``/readyz``, with what it indexed), and the orphan sweep starts, once."""
+def kopf_indexed(ctx: OperatorContext, idx: Indexes, *, how: str = "first watch event") -> None:
+    """kopf's indexes are filled: the operator is ready (``/readyz``, with what it indexed),
+    and index-dependent work may start. Known at kopf's first event (kopf runs no event
+    handler before every index is filled), or ``indexed_when_nothing_to_handle``."""
     if ctx.indexed is None:
         ctx.indexed = idx.counts()
-        log.info("start-up indexing done: ready", **ctx.indexed)
-    start_sweeper(ctx, idx)
+        log.info("start-up indexing done: ready", how=how, **ctx.indexed)
 
 
-def start_sweeper(ctx: OperatorContext, idx: Indexes) -> None:
-    """Start the orphan sweep once, from a kopf watch event (ThpChecks, results, our pods and
-    DaemonSets): kopf runs those only after every index is filled, so a ThpCheck missing from
-    the index is really gone. Nodes come from the operator's own watch (no kopf event), so a
-    cluster with none of those objects starts the sweep at the first kopf event."""
+async def indexed_when_nothing_to_handle(ctx: OperatorContext) -> None:
+    """A cluster holding nothing kopf handles (no ThpCheck, result, agent or mitigation pod,
+    or DaemonSet of ours: nodes come through the operator's own watch) gives kopf no event to
+    run, so the first event never says its indexes are filled. Ask the API instead, until
+    either happens: when no listing kopf fires on holds an item, kopf's indexes are as full as
+    they get."""
+    while ctx.indexed is None:
+        try:
+            found = [path for path, query in handled_listings(ctx.settings.namespace)
+                     if (await ctx.kube.request("GET", path, query=query)).get("items")]
+        except ApiError as exc:
+            log.warning("cannot tell whether kopf has anything to index", error=str(exc))
+        else:
+            if not found:
+                kopf_indexed(ctx, ctx.indexes(), how="nothing to handle")
+                return
+        await asyncio.sleep(NOTHING_TO_HANDLE_RECHECK)
+
+
+def start_sweeper(ctx: OperatorContext) -> None:
+    """Start the orphan sweep once the nodes are listed."""
     if ctx.sweeper is None:
-        ctx.sweeper = asyncio.get_running_loop().create_task(sweep_forever(ctx, idx),
+        ctx.sweeper = asyncio.get_running_loop().create_task(sweep_forever(ctx),
                                                              name="orphan sweep")
 
 
@@ -154,13 +184,15 @@ async def stop_sweeper(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
 
 
-async def sweep_forever(ctx: OperatorContext, idx: Indexes) -> None:
+async def sweep_forever(ctx: OperatorContext) -> None:
     """Undo orphaned marks, then again every status interval (the resync); with no ThpCheck
-    left, also decide the shared DaemonSets (no watch event may come to do it)."""
+    left, also decide the shared DaemonSets (no watch event may come to do it) once kopf's
+    indexes are filled."""
     while True:
         try:
-            await sweep_orphans(ctx, idx)
-            await tend_without_checks(ctx, idx)
+            await sweep_orphans(ctx)
+            if ctx.indexed is not None:
+                await tend_without_checks(ctx, ctx.indexes())
         except asyncio.CancelledError:
             raise
         except Exception:  # the next sweep tries again
@@ -168,11 +200,23 @@ async def sweep_forever(ctx: OperatorContext, idx: Indexes) -> None:
         await asyncio.sleep(ctx.settings.status_interval)
 
 
-async def sweep_orphans(ctx: OperatorContext, idx: Indexes) -> None:
+async def sweep_orphans(ctx: OperatorContext) -> None:
     """Node marks and results of ThpChecks that no longer exist (their finalizer removed by
-    hand, or deleted while the operator was down) are undone, with an Event on each node."""
-    live = {c.name for c in idx.check_summaries()}
+    hand, or deleted while the operator was down) are undone, with an Event on each node.
+
+    kopf's index proposes which checks are gone; the API confirms (one list of ThpChecks,
+    made after the nodes and results were read), so the sweep is right even while the index
+    is still filling: a mark or result read before the list was written by a check that
+    existed before it, so that check is in the list unless it is gone.
+    """
+    idx = ctx.indexes()
     nodes = {n.name: n for n in ctx.recent.overlay_nodes(idx.all_nodes())}
+    live = {c.name for c in idx.check_summaries()}
+    results = {r.check for key in set(idx.results) - {""} for r in idx.results_of(key)
+               if not r.mismatch}
+    if not plan_orphans(nodes.values(), live) and results <= live:
+        return
+    live |= await ctx.kube.check_names()
     changes = plan_orphans(nodes.values(), live)
     if changes:
         failures = await _undo(ctx, changes, nodes)
@@ -180,11 +224,11 @@ async def sweep_orphans(ctx: OperatorContext, idx: Indexes) -> None:
                  failed=sorted(failures))
         unlabelled = {c.node for c in changes
                       if names.MITIGATE_LABEL in c.labels and c.node not in failures}
-        await manage_mitigation_daemonset(ctx, idx, unlabelled)
+        if ctx.indexed is not None:  # it reads the DaemonSets' index
+            await manage_mitigation_daemonset(ctx, ctx.indexes(), unlabelled)
     # Results of gone checks that the operator wrote (name and labels as it writes them: the
     # deletion by label removes them); others are not its to delete.
-    gone = {r.check for key in set(idx.results) - live - {""} for r in idx.results_of(key)
-            if not r.mismatch}
+    gone = results - live
     for check in sorted(gone):
         try:
             await ctx.kube.delete_results(check)

@@ -1,11 +1,11 @@
 """The operator's health endpoints on ``THPCHECK_HEALTH_PORT``, served from kopf's event loop.
 
 - ``/healthz`` (liveness): 200 while the loop answers.
-- ``/readyz`` (readiness): 503 until kopf has listed every watched kind and filled every
-  index, then 200 with the indexed counts. kopf calls no event handler before that (its
-  start-up barrier), so the first handled watch event (``controller.handlers.started``) marks
-  it; the counts it reports are those that handler saw. With no node at all no event comes,
-  but an operator pod always runs on a node.
+- ``/readyz`` (readiness): 503 until the nodes are listed and kopf has listed every watched
+  kind and filled every index, then 200 with the indexed counts. kopf calls no event handler
+  before that (its start-up barrier), so the first handled watch event marks it
+  (``controller.handlers.kopf_indexed``); in a cluster holding nothing kopf handles, no event
+  comes, and the API saying so marks it (``indexed_when_nothing_to_handle``).
 
 A replica waiting for the Lease (leader election) answers from ``leader.py``: live, and ready
 only while another replica holds the Lease (a rolling update of the Deployment needs the new

@@ -18,6 +18,7 @@ import structlog
 from thpcheck.controller import (
     crds,
     credentials,
+    events,
     handlers,
     health,
     indexes,
@@ -29,15 +30,17 @@ from thpcheck.controller.context import MEMO_KEY, OperatorContext
 from thpcheck.controller.leader import Leadership, healthy_while_waiting
 from thpcheck.controller.metrics import Metrics
 from thpcheck.controller.settings import Settings
+from thpcheck.controller.watched import (
+    AGENT_PODS,
+    CHECKS,
+    MITIGATION_PODS,
+    OUR_DAEMONSETS,
+    RESULTS,
+)
 from thpcheck.specs import names
 
 log = structlog.get_logger("thpcheck.operator")
 
-CHECKS = (names.GROUP, names.VERSION, names.CHECK_PLURAL)
-RESULTS = (names.GROUP, names.VERSION, names.RESULT_PLURAL)
-AGENT_PODS = {names.POD_ROLE_LABEL: names.AGENT_ROLE}
-MITIGATION_PODS = {names.POD_ROLE_LABEL: names.MITIGATION_ROLE}
-OUR_DAEMONSETS = {names.MANAGED_BY: names.MANAGER}
 
 
 class CheckDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
@@ -81,7 +84,7 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     # Events: only ours, plus kopf's warnings and errors (not one per handler success).
     config.posting.level = logging.WARNING
     config.posting.reporting_component = names.MANAGER
-    config.posting.event_name_prefix = "thpcheck-"
+    config.posting.event_name_prefix = events.EVENT_NAME_PREFIX
     config.posting.worker_limit = settings.api_workers
     config.peering.standalone = True
     return config
