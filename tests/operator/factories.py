@@ -17,7 +17,8 @@ BOOT = "boot-1"
 
 def report_document(verdict: str = "not-affected", *, paths: Sequence[Mapping[str, Any]] = (),
                     mitigated: bool = False, kernel: str = KERNEL,
-                    boot_id: str = BOOT) -> dict[str, Any]:
+                    boot_id: str = BOOT,
+                    skipped_mounts: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """A ``thpcheck check --json`` document shaped like ``model.report.to_document``'s."""
     return {
         "schema": "thpcheck.io/report/v1",
@@ -33,6 +34,7 @@ def report_document(verdict: str = "not-affected", *, paths: Sequence[Mapping[st
             "repro": {"outcome": "reproduced" if verdict == "affected" else "not_reproduced",
                       "iteration": 0, "bad_bytes": 16384, "duration_s": 0.8},
         }],
+        "skipped_mounts": list(skipped_mounts),
     }
 
 

@@ -189,10 +189,17 @@ def test_a_check_over_three_nodes(crds: Cluster, operator: OperatorProcess, kube
     message, document = kubelet.run_agent(pods[n0])
     real_verdict = document["verdict"]
     kubelet.terminate(pods[n0], message)
-    kubelet.terminate(pods[n1], with_verdict(document, "affected"))
+    skipped = {"mount_point": "/var/lib/kubelet/pods/p1/volumes/kubernetes.io~csi/pvc/mount",
+               "fstype": "ext4", "reason": "a pod volume (another tenant's data)"}
+    kubelet.terminate(pods[n1], with_verdict({**document, "skipped_mounts": [skipped]},
+                                             "affected"))
     kubelet.terminate(pods[n2], message[: len(message) // 2], exit_code=0)
 
     found = all_results(crds, name, 3)
+    # What discovery skipped is kept by the API server (declared in the CRD, not pruned).
+    assert found[n1]["status"]["skippedMounts"] == [
+        {"mountPoint": skipped["mount_point"], "reason": skipped["reason"]}]
+    assert found[n1]["status"]["skippedMountCount"] == 1
     verdicts = {n: found[n]["status"]["verdict"] for n in (n0, n1, n2)}
     assert verdicts == {n0: real_verdict, n1: "affected", n2: "error"}
     assert "truncated" in found[n2]["status"]["message"]

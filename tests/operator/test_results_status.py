@@ -184,3 +184,51 @@ def test_progress_only_changes_are_the_counts_and_their_messages() -> None:
                       previous_conditions=one["conditions"], cordoned_nodes=["b"])
     assert not progress_only(one, cordoned)
     assert not progress_only({}, one)  # nothing stored yet
+
+
+def test_skipped_mounts_are_recorded_in_the_result() -> None:
+    skipped = [{"mount_point": "/mnt/nfs", "fstype": "nfs4", "reason": "network filesystem"}]
+    p = plan([node("n1")], [agent_pod("weekly", "n1", message("not-affected",
+                                                               skipped_mounts=skipped))])
+    (write,) = p.writes
+    status = write.body["status"]
+    assert status["skippedMounts"] == [{"mountPoint": "/mnt/nfs",
+                                        "reason": "network filesystem"}]
+    assert status["skippedMountCount"] == 1
+    (plain,) = plan([node("n1")], [agent_pod("weekly", "n1", message("affected"))]).writes
+    assert "skippedMounts" not in plain.body["status"]
+    assert "skippedMountCount" not in plain.body["status"]
+
+
+def _undeclared(value: object, schema: dict, where: str) -> list[str]:
+    """Fields of ``value`` the CRD schema does not declare (the API server would prune them
+    silently), or whose JSON type differs."""
+    kinds = {"string": str, "integer": int, "boolean": bool, "number": (int, float),
+             "array": list, "object": dict}
+    expected = schema.get("type")
+    if expected and not isinstance(value, kinds[expected]):
+        return [f"{where}: {type(value).__name__}, the CRD says {expected}"]
+    if isinstance(value, dict) and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        properties = schema.get("properties", {})
+        return [problem for key, item in value.items()
+                for problem in ([f"{where}.{key}: not in the CRD"] if key not in properties
+                                else _undeclared(item, properties[key], f"{where}.{key}"))]
+    if isinstance(value, list):
+        return [problem for i, item in enumerate(value)
+                for problem in _undeclared(item, schema.get("items", {}), f"{where}[{i}]")]
+    return []
+
+
+def test_every_field_a_result_carries_is_declared_in_the_crd() -> None:
+    import yaml
+
+    from tests.operator.cluster_kit import CRD_DIR
+
+    crd = yaml.safe_load((CRD_DIR / "thpnoderesults.thpcheck.io.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    skipped = [{"mount_point": "/mnt/nfs", "fstype": "nfs4", "reason": "network filesystem"}]
+    for text in (message("affected", mitigated=True),
+                 message("not-affected", skipped_mounts=skipped)):
+        (write,) = plan([node("n1")], [agent_pod("weekly", "n1", text)]).writes
+        body = {k: v for k, v in write.body.items() if k in ("status", "spec")}
+        assert _undeclared(body, schema, "") == []

@@ -9,7 +9,7 @@ import pytest
 from tests.operator.factories import message, report_document
 from thpcheck.model.report import TERMINATION_LIMIT, compact
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs.termination import parse_termination
+from thpcheck.specs.termination import MESSAGE_LIMIT, parse_termination
 
 
 def test_a_real_compact_result_round_trips() -> None:
@@ -154,3 +154,42 @@ def test_adversarial_quoting_is_handled_in_one_pass(text: str) -> None:
 
 def test_a_message_of_the_wrong_type_is_an_error_result() -> None:
     assert parse_termination(12345).verdict is Verdict.ERROR  # type: ignore[arg-type]
+
+
+SKIPPED = [{"mount_point": "/var/lib/kubelet/pods/0c1d/volumes/kubernetes.io~csi/pvc-1/mount",
+            "fstype": "ext4", "reason": "a pod volume (another tenant's data)"},
+           {"mount_point": "/mnt/nfs", "fstype": "nfs4", "reason": "network filesystem"}]
+
+
+def test_skipped_mounts_reach_the_result_with_their_reasons() -> None:
+    result = parse_termination(message("not-affected", skipped_mounts=SKIPPED))
+    assert result.skipped_count == 2
+    assert [(m.mount_point, m.reason) for m in result.skipped_mounts] == [
+        (SKIPPED[0]["mount_point"], SKIPPED[0]["reason"]), ("/mnt/nfs", "network filesystem")]
+
+
+def test_skipped_mounts_cut_to_a_count_by_the_agent_keep_the_count() -> None:
+    many = [{"mount_point": f"/var/lib/kubelet/pods/{i:04d}/" + "v" * 120, "fstype": "ext4",
+             "reason": "a pod volume"} for i in range(60)]
+    text = message("not-affected", skipped_mounts=many)
+    assert len(text.encode()) <= TERMINATION_LIMIT
+    result = parse_termination(text)
+    assert result.skipped_count == 60
+    assert result.skipped_mounts == ()
+
+
+def test_hostile_skipped_mounts_are_bounded_and_never_fatal() -> None:
+    document = json.loads(message())
+    document["skippedMounts"] = [{"mountPoint": "/m" * 1500, "reason": "r" * 1000}] * 2 + [
+        7, {"mountPoint": 3}, {"reason": "no mount point"}] + [
+        {"mountPoint": "/m", "reason": "r"}] * 100
+    assert len(json.dumps(document)) < MESSAGE_LIMIT  # decoded, not refused as too long
+    result = parse_termination(json.dumps(document))
+    assert result.verdict is Verdict.NOT_AFFECTED
+    assert result.skipped_count == 105
+    assert len(result.skipped_mounts) == 61  # the first 64 entries, 3 of them unusable
+    assert all(len(m.mount_point) <= 1024 and len(m.reason or "") <= 256
+               for m in result.skipped_mounts)
+    for garbage in (-1, "12", {"a": 1}, True):
+        document["skippedMounts"] = garbage
+        assert parse_termination(json.dumps(document)).skipped_count is None

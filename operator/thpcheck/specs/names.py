@@ -19,7 +19,7 @@ RESULT_KIND = "ThpNodeResult"
 RESULT_PLURAL = "thpnoderesults"
 CRD_NAMES = (f"{CHECK_PLURAL}.{GROUP}", f"{RESULT_PLURAL}.{GROUP}")
 SCHEMA_VERSION_ANNOTATION = f"{GROUP}/schema-version"
-SCHEMA_VERSION = 6  # the CRDs' thpcheck.io/schema-version this operator needs (at least)
+SCHEMA_VERSION = 7  # the CRDs' thpcheck.io/schema-version this operator needs (at least)
 # 2: status.predicted/prediction on results, status.disagreements on checks (an older CRD
 # would prune them silently, and the status would be rewritten on every reconcile).
 # 3: spec.runDeadline on checks (an older CRD would prune it: the default would apply).

@@ -159,6 +159,9 @@ def result_content(check: CheckRef, node: NodeView, pod: AgentPodView,
             "badBytes": p.bad_bytes, "durationSeconds": p.duration_seconds,
             "disagreement": p.disagreement,
         }) for p in result.paths],
+        "skippedMounts": [_drop_none({"mountPoint": m.mount_point, "reason": m.reason})
+                          for m in result.skipped_mounts] or None,
+        "skippedMountCount": result.skipped_count or None,
     })
 
 

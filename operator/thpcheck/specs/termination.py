@@ -27,6 +27,7 @@ MESSAGE_LIMIT = 16384
 # A compact result nests four levels deep; deeper input is refused before it is decoded (a
 # 1000-deep document makes json.loads raise RecursionError).
 DEPTH_LIMIT = 16
+MAX_SKIPPED_MOUNTS = 64  # the CRD's maxItems for status.skippedMounts
 _VERDICTS = {v.value: v for v in Verdict}
 _TOKENS = re.compile(r'\\.|["\[\]{}]')  # escapes, quotes and brackets: all that nests
 
@@ -48,6 +49,15 @@ class PathOutcome:
 
 
 @dataclass(frozen=True)
+class SkippedMount:
+    """A filesystem ``discoverFilesystems`` did not test, and why (another tenant's volume,
+    network, read-only...)."""
+
+    mount_point: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class AgentResult:
     """The node's result, or an ``error`` verdict with ``problem`` saying why."""
 
@@ -62,6 +72,10 @@ class AgentResult:
     paths: tuple[PathOutcome, ...] = ()
     truncated: bool = False
     problem: str | None = None  # set when the message could not be used as is
+    # Mounts discovery skipped: each with its reason, or only how many when the agent cut
+    # them to fit its termination message (``skipped_count`` is set either way).
+    skipped_mounts: tuple[SkippedMount, ...] = ()
+    skipped_count: int | None = None
 
 
 def _text(value: Any, limit: int) -> str | None:
@@ -117,6 +131,18 @@ def _path(entry: Any) -> PathOutcome | None:
     )
 
 
+def _skipped(value: Any) -> tuple[tuple[SkippedMount, ...], int | None]:
+    """The compact ``skippedMounts``: a list of {mountPoint, reason}, or a count."""
+    if isinstance(value, list):
+        mounts = tuple(SkippedMount(_text(m["mountPoint"], 1024) or "",
+                                    _text(m.get("reason"), 256))
+                       for m in value[:MAX_SKIPPED_MOUNTS]
+                       if isinstance(m, Mapping) and isinstance(m.get("mountPoint"), str))
+        return mounts, len(value)
+    count = _int(value)
+    return (), count if count is not None and count >= 0 else None
+
+
 def parse_result(document: Mapping[str, Any]) -> AgentResult:
     """A decoded compact result -> ``AgentResult`` (shape errors give ``error``)."""
     if document.get("schema") != COMPACT_SCHEMA:
@@ -129,6 +155,7 @@ def parse_result(document: Mapping[str, Any]) -> AgentResult:
     paths = tuple(p for p in map(_path, raw_paths if isinstance(raw_paths, list) else [])
                   if p is not None)
     truncated = bool(document.get("truncated", False))
+    skipped_mounts, skipped_count = _skipped(document.get("skippedMounts"))
     problem = None
     if paths and not truncated and worst(p.verdict for p in paths) != verdict:
         from_paths = worst(p.verdict for p in paths)
@@ -147,6 +174,8 @@ def parse_result(document: Mapping[str, Any]) -> AgentResult:
         paths=paths,
         truncated=truncated,
         problem=problem,
+        skipped_mounts=skipped_mounts,
+        skipped_count=skipped_count,
     )
 
 
