@@ -148,9 +148,12 @@ def test_remediation_end_to_end(crds: Cluster, operator: OperatorProcess, kubele
         assert marks(crds, n)[names.MITIGATE_LABEL] == "true"
     eventually(lambda: all(r["status"]["mitigated"] for n, r in results(crds, name).items()
                            if n in to_mitigate), what="results mitigated")
-    status = eventually(lambda: (s := status_of(crds, name)).get("cordoned") == 0 and s,
-                        what="cordons lifted once mitigated")
-    assert status["mitigated"] == 5 and status["affected"] == 6
+    # The counts are progress: a status write may show the lifted cordons a status interval
+    # before the last node's mitigation (the results above say it is done).
+    status = eventually(lambda: ((s := status_of(crds, name)).get("cordoned") == 0
+                                 and s.get("mitigated") == 5 and s),
+                        what="cordons lifted once mitigated, and every mitigation counted")
+    assert status["affected"] == 6
     for n in cordons:
         assert marks(crds, n)["unschedulable"] is False
         assert names.CORDONED_BY_ANNOTATION not in marks(crds, n)
