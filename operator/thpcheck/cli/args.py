@@ -34,16 +34,19 @@ def positive_int(text: str) -> int:
 
 def add_repro_options(parser: argparse.ArgumentParser) -> None:
     """The reproducer's knobs, shared by ``repro`` and ``check``."""
-    from thpcheck.host.repro import DEFAULT_APPEND_SIZE, DEFAULT_BASE_SIZE, DEFAULT_ITERATIONS
+    from thpcheck.model.repro import DEFAULT_APPEND_SIZE, DEFAULT_BASE_SIZE, DEFAULT_ITERATIONS
 
     parser.add_argument("--base-size", type=size, default=DEFAULT_BASE_SIZE,
-                        help="size of the clean base file (default 64MiB); at least one PMD "
+                        help=f"size of the clean base file (default {DEFAULT_BASE_SIZE >> 20}MiB); "
+                        "at least one PMD "
                         "(file THP) of the kernel: 2MiB with 4K pages, 32MiB with 16K, "
                         "512MiB with 64K")
     parser.add_argument("--append-size", type=size, default=DEFAULT_APPEND_SIZE,
-                        help="bytes appended per iteration (default 16KiB)")
+                        help="bytes appended per iteration "
+                        f"(default {DEFAULT_APPEND_SIZE >> 10}KiB)")
     parser.add_argument("--iterations", type=positive_int, default=DEFAULT_ITERATIONS,
-                        help="iterations before concluding 'not reproduced' (default 200)")
+                        help="iterations before concluding 'not reproduced' "
+                        f"(default {DEFAULT_ITERATIONS})")
     parser.add_argument("--keep-going", action="store_true",
                         help="do not stop at the first loss; count losses over all iterations")
 

@@ -36,14 +36,18 @@ from thpcheck.host import mm
 from thpcheck.host.scratch import Scratch
 from thpcheck.logs import get_logger
 from thpcheck.model.hugepage import HugePages, base_too_small, head_size
-from thpcheck.model.repro import Loss, ReproOutcome, ReproResult
+from thpcheck.model.repro import (
+    DEFAULT_APPEND_SIZE,
+    DEFAULT_BASE_SIZE,
+    DEFAULT_ITERATIONS,
+    Loss,
+    ReproOutcome,
+    ReproResult,
+)
 
 log = get_logger("thpcheck.repro")
 
 MiB = 1024 * 1024
-DEFAULT_BASE_SIZE = 64 * MiB
-DEFAULT_APPEND_SIZE = 16 * 1024
-DEFAULT_ITERATIONS = 200
 COLLAPSE_OFFSET = 0  # the head of the file: always away from the appended tail
 PATTERN_BLOCK = 1 * MiB  # base data per write(2), a random unit repeated
 PATTERN_UNIT = 64 * 1024

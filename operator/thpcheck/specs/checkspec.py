@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from thpcheck.model.headroom import Headroom
+from thpcheck.model.repro import DEFAULT_APPEND_SIZE, DEFAULT_BASE_SIZE, DEFAULT_ITERATIONS
 from thpcheck.specs.quantities import IntOrPercent, parse_duration
 
 DEFAULT_PATHS = ("/var/lib/thpcheck",)
@@ -27,9 +28,9 @@ class Mode(StrEnum):
 @dataclass(frozen=True)
 class Reproducer:
     enabled: bool = True
-    iterations: int = 200
-    base_size_bytes: int = 64 << 20
-    append_size_bytes: int = 16 << 10
+    iterations: int = DEFAULT_ITERATIONS
+    base_size_bytes: int = DEFAULT_BASE_SIZE
+    append_size_bytes: int = DEFAULT_APPEND_SIZE
 
 
 @dataclass(frozen=True)
