@@ -3,6 +3,7 @@ the operator's settings and its kopf wiring."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from thpcheck.controller import crds, credentials, operator
+from thpcheck.controller import settings as settings_module
 from thpcheck.controller.settings import SettingsError, from_env
 from thpcheck.specs import names
 from thpcheck.specs.checkspec import CheckSpec, parse_spec
@@ -162,3 +164,36 @@ def test_thpcheck_operator_help_names_its_environment() -> None:
                          capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "operator")})
     assert "THPCHECK_" in out.stdout
+    for row in settings_module.TABLE:
+        assert row.env in out.stdout, row.env
+
+
+def test_settings_fields_are_the_table_rows() -> None:
+    """One row per Settings field, same order, same default: the table is the one source."""
+    fields = dataclasses.fields(settings_module.Settings)
+    assert [f.name for f in fields] == [row.field for row in settings_module.TABLE]
+    for f, row in zip(fields[1:], settings_module.TABLE[1:], strict=True):
+        assert f.default == row.default, row.field
+    envs = [row.env for row in settings_module.TABLE]
+    assert len(set(envs)) == len(envs) and all(e.startswith("THPCHECK_") for e in envs)
+    defaults = from_env({"THPCHECK_NAMESPACE": "ops"})
+    assert defaults == settings_module.Settings(namespace="ops")
+
+
+def test_every_minimum_in_the_table_is_enforced() -> None:
+    rows = [row for row in settings_module.TABLE if row.minimum is not None]
+    assert rows
+    for row in rows:
+        below = f"{row.minimum - 0.5:g}"
+        with pytest.raises(SettingsError, match=row.env):
+            from_env({row.env: below})
+        assert getattr(from_env({row.env: f"{row.minimum:g}"}), row.field) == row.minimum
+
+
+def test_docs_table_is_the_settings_table() -> None:
+    """docs/operator-design.md's variable table is generated from the settings table; on a
+    failure, paste settings.markdown_table() between its markers."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operator-design.md").read_text()
+    begin = text.index("<!-- settings table:")
+    section = text[text.index("\n", begin) + 1:text.index("<!-- end of settings table -->")]
+    assert section == settings_module.markdown_table()

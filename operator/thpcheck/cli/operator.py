@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 
 import structlog
 
@@ -12,14 +13,19 @@ from thpcheck.cli.args import KUBECONFIG_HELP, add_common_options
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from thpcheck.controller.settings import help_text
+
+    description = ("Watch ThpChecks cluster-wide, run the agent on the selected nodes, record "
+                   "ThpNodeResults and apply the requested remediation. Configured by the "
+                   "THPCHECK_* environment variables below (also in docs/operator-design.md). "
+                   "Exits 2 on a bad kubeconfig or setting, 5 if the API server cannot be "
+                   "reached, 6 if it rejects the credentials, 7 if RBAC denies a list the "
+                   "operator needs, 8 if the CRDs are missing or older than this operator.")
     parser = subparsers.add_parser(
         "operator", help="run the operator: ThpChecks -> agent DaemonSets -> ThpNodeResults",
-        description="Watch ThpChecks cluster-wide, run the agent on the selected nodes, record "
-        "ThpNodeResults and apply the requested remediation. Configured by THPCHECK_* "
-        "environment variables (see docs/operator-design.md). Exits 2 on a bad "
-        "kubeconfig or setting, 5 if the API server cannot be reached, 6 if it rejects "
-        "the credentials, 7 if RBAC denies a list the operator needs, 8 if the CRDs are "
-        "missing or older than this operator.")
+        description=textwrap.fill(description, width=79),
+        epilog="environment (all optional):\n" + help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kubeconfig", metavar="FILE", help=KUBECONFIG_HELP)
     add_common_options(parser)
     parser.set_defaults(func=main, log_level="info")

@@ -7,8 +7,10 @@ value fails at start-up with the variable's name, not later in a handler.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import textwrap
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from thpcheck import __version__
 from thpcheck.model.paths import MITIGATION_STATE_DIR
@@ -26,41 +28,194 @@ class SettingsError(ValueError):
     """An environment variable has a value the operator cannot use."""
 
 
+Parser = Callable[[str, str, "Setting"], Any]  # (variable, its non-empty value, row) -> value
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the settings table: the only place a setting is described."""
+
+    field: str  # the Settings attribute
+    env: str  # the environment variable (the chart sets exactly these)
+    parse: Parser  # its parser, called with a non-empty value; errors name the variable
+    default: Any  # the value when the variable is unset or empty
+    help: str  # one line for the docs table and ``thpcheck operator --help``
+    minimum: float | None = None  # numbers: the smallest value accepted
+    unit: str = ""  # numbers: shown after the default ("s")
+    shown: str = ""  # the default as the docs show it, when not the value itself
+    keep_empty: bool = False  # an empty value is a value (not "use the default")
+    fallback: Callable[[], Any] | None = None  # computes the default at start-up instead
+
+    def shown_default(self) -> str:
+        if self.shown:
+            return self.shown
+        if self.default in ("", ()):
+            return "none"
+        if isinstance(self.default, bool):
+            return f"`{str(self.default).lower()}`"
+        if isinstance(self.default, float | int) and not isinstance(self.default, bool):
+            return f"{self.default:g}{' ' + self.unit if self.unit else ''}"
+        if isinstance(self.default, str) and not self.default.endswith("%"):
+            return f"`{self.default}`"
+        return str(self.default)
+
+
+def _text(name: str, raw: str, row: Setting) -> str:
+    return raw
+
+
+def _list(name: str, raw: str, row: Setting) -> tuple[str, ...]:
+    return tuple(s.strip() for s in raw.split(",") if s.strip())
+
+
+def _pull_policy(name: str, raw: str, row: Setting) -> str:
+    if raw not in PULL_POLICIES:
+        raise SettingsError(f"{name}={raw!r} must be one of {', '.join(PULL_POLICIES)}")
+    return raw
+
+
+def _directory(name: str, raw: str, row: Setting) -> str:
+    if not raw.startswith("/") or raw.rstrip("/") == "":
+        raise SettingsError(f"{name}={raw!r} must be an absolute directory other than /")
+    return raw.rstrip("/")
+
+
+def _number(name: str, raw: str, row: Setting) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if row.minimum is not None and value < row.minimum:
+        raise SettingsError(f"{name}={raw!r} must be at least {row.minimum:g}")
+    return value
+
+
+def _count(name: str, raw: str, row: Setting) -> int:
+    return int(_number(name, raw, row))
+
+
+def _port(name: str, raw: str, row: Setting) -> int:
+    value = _number(name, raw, row)
+    if not value.is_integer() or value > 65535:
+        raise SettingsError(f"{name}={raw!r} is not a port (0-65535)")
+    return int(value)
+
+
+def _flag(name: str, raw: str, row: Setting) -> bool:
+    value = raw.strip().lower()
+    if not value:
+        return bool(row.default)
+    if value not in ("true", "false"):
+        raise SettingsError(f"{name}={raw!r} must be true or false")
+    return value == "true"
+
+
+def _int_or_percent(name: str, raw: str, row: Setting) -> IntOrPercent:
+    text = raw.strip()
+    if not text:
+        return row.default  # type: ignore[no-any-return]
+    value: IntOrPercent = int(text) if text.isdigit() else text
+    try:
+        resolve(value, 100, round_up=False)
+    except ValueError:
+        raise SettingsError(f"{name}={text!r} must be a whole number or a percentage such as "
+                            "10%") from None
+    return value
+
+
+_S = "THPCHECK_"
+# The settings table, in Settings' field order. A new setting: a row here and its typed field
+# in Settings (tests/operator/test_crds_and_settings.py checks they agree), the chart's env
+# entry (tests/chart/test_render.py checks the rendered names are exactly these), and the
+# generated docs table (docs/operator-design.md, checked by the same unit test).
+TABLE: tuple[Setting, ...] = (
+    Setting("namespace", _S + "NAMESPACE", _text, None,
+            "where the agent and mitigation DaemonSets live",
+            shown="the service account's namespace, else `thp-checker`",
+            fallback=lambda: _own_namespace()),
+    Setting("agent_image", _S + "AGENT_IMAGE", _text, DEFAULT_IMAGE,
+            "image of agent and mitigation pods",
+            shown="`ghcr.io/thp-checker/thp-checker:<version>`"),
+    Setting("pull_policy", _S + "AGENT_PULL_POLICY", _pull_policy, "IfNotPresent",
+            "their `imagePullPolicy`"),
+    Setting("pull_secrets", _S + "AGENT_PULL_SECRETS", _list, (),
+            "comma-separated `imagePullSecrets`"),
+    Setting("priority_class", _S + "PRIORITY_CLASS", _text, "",
+            "the agent pods' `priorityClassName` (the chart's: value 0, "
+            "`preemptionPolicy: Never`, so a check never preempts a workload)",
+            keep_empty=True),
+    Setting("mitigation_priority_class", _S + "MITIGATION_PRIORITY_CLASS", _text,
+            "system-node-critical",
+            "the mitigation and restore pods' `priorityClassName` (protection matters more "
+            "than the room they take: tiny requests)", keep_empty=True),
+    Setting("mitigation_state_dir", _S + "MITIGATION_STATE_DIR", _directory,
+            MITIGATION_STATE_DIR, "host directory of the mitigation's state (its own)"),
+    Setting("metrics_port", _S + "METRICS_PORT", _port, 8080, "metrics port; 0 disables",
+            minimum=0),
+    Setting("health_port", _S + "HEALTH_PORT", _port, 8081,
+            "kopf liveness and readiness port (/healthz, /readyz); 0 disables", minimum=0),
+    Setting("status_interval", _S + "STATUS_INTERVAL", _number, 5.0,
+            "longest gap between reconciles of a check", minimum=0.1, unit="s"),
+    Setting("debounce", _S + "DEBOUNCE", _number, 1.0,
+            "shortest gap between reconciles of a check (coalesces bursts of events)",
+            minimum=0.0, unit="s"),
+    Setting("empty_result_grace", _S + "EMPTY_RESULT_GRACE", _number, 30.0,
+            "wait for a terminated agent's message before an `error` result (see Results)",
+            minimum=0.0, unit="s"),
+    Setting("api_workers", _S + "API_WORKERS", _count, 16,
+            "concurrent API calls (and kopf's event posters)", minimum=1),
+    Setting("watch_server_timeout", _S + "WATCH_SERVER_TIMEOUT", _number, 300.0,
+            "watch timeout asked of the server (kopf's and the node watch's)", minimum=1.0,
+            unit="s"),
+    Setting("watch_client_timeout", _S + "WATCH_CLIENT_TIMEOUT", _number, 330.0,
+            "watch timeout on the client side (kopf's and the node watch's)", minimum=1.0,
+            unit="s"),
+    Setting("cleanup_backoff_max", _S + "CLEANUP_BACKOFF_MAX", _number, 300.0,
+            "longest wait between two attempts of a deleted check's clean-up (no timeout, no "
+            "retry limit: the finalizer stays until every mark is gone)", minimum=1.0,
+            unit="s"),
+    Setting("leader_election", _S + "LEADER_ELECTION", _flag, False,
+            "act only while holding the Lease", shown="`false` (the chart: `true`)"),
+    Setting("lease_name", _S + "LEASE_NAME", _text, "thpcheck-operator",
+            "the Lease (in `THPCHECK_NAMESPACE`)"),
+    Setting("lease_duration", _S + "LEASE_DURATION", _number, 15.0,
+            "how long a standby waits after the leader's last renewal", minimum=3.0,
+            unit="s"),
+    Setting("cluster_max_cordoned", _S + "CLUSTER_MAX_CORDONED", _int_or_percent, 1,
+            "nodes cordoned by all ThpChecks together (int or % of all nodes)"),
+    Setting("max_unhealthy", _S + "MAX_UNHEALTHY", _int_or_percent, "10%",
+            "no new cordon while more of a check's selected nodes than this are NotReady or "
+            "cordoned by someone else (int or %)"),
+)
+_DEFAULTS = {row.field: row.default for row in TABLE}
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything configurable about the operator (env var in brackets)."""
+    """Everything configurable about the operator: one typed field per row of ``TABLE``
+    (same names, same order; the row holds the variable, default, minimum and meaning)."""
 
-    namespace: str  # THPCHECK_NAMESPACE: where the agent and mitigation DaemonSets live
-    agent_image: str = DEFAULT_IMAGE  # THPCHECK_AGENT_IMAGE
-    pull_policy: str = "IfNotPresent"  # THPCHECK_AGENT_PULL_POLICY
-    pull_secrets: tuple[str, ...] = ()  # THPCHECK_AGENT_PULL_SECRETS (comma-separated)
-    # THPCHECK_PRIORITY_CLASS: the agent pods' class. Empty: none (the cluster's default);
-    # the chart creates one with value 0 and preemptionPolicy Never, so a check never
-    # preempts a workload.
-    priority_class: str = ""
-    # THPCHECK_MITIGATION_PRIORITY_CLASS: the mitigation pods' class (protection matters more
-    # than the room they take: tiny requests).
-    mitigation_priority_class: str = "system-node-critical"
-    mitigation_state_dir: str = MITIGATION_STATE_DIR  # THPCHECK_MITIGATION_STATE_DIR
-    metrics_port: int = 8080  # THPCHECK_METRICS_PORT (0 disables)
-    health_port: int = 8081  # THPCHECK_HEALTH_PORT (kopf liveness, /healthz; 0 disables)
-    status_interval: float = 5.0  # THPCHECK_STATUS_INTERVAL: longest gap between reconciles
-    debounce: float = 1.0  # THPCHECK_DEBOUNCE: shortest gap (coalesces bursts of events)
-    empty_result_grace: float = 30.0  # THPCHECK_EMPTY_RESULT_GRACE
-    api_workers: int = 16  # THPCHECK_API_WORKERS: concurrent API calls
-    watch_server_timeout: float = 300.0  # THPCHECK_WATCH_SERVER_TIMEOUT
-    watch_client_timeout: float = 330.0  # THPCHECK_WATCH_CLIENT_TIMEOUT
-    # THPCHECK_CLEANUP_BACKOFF_MAX: longest wait between two attempts of a deleted check's
-    # clean-up (it never gives up: the finalizer stays until every mark is gone)
-    cleanup_backoff_max: float = 300.0
-    leader_election: bool = False  # THPCHECK_LEADER_ELECTION: act only while holding a Lease
-    lease_name: str = "thpcheck-operator"  # THPCHECK_LEASE_NAME (in THPCHECK_NAMESPACE)
-    lease_duration: float = 15.0  # THPCHECK_LEASE_DURATION: seconds before a standby takes over
-    # THPCHECK_CLUSTER_MAX_CORDONED: nodes cordoned by all ThpChecks together (or % of nodes)
-    cluster_max_cordoned: IntOrPercent = 1
-    # THPCHECK_MAX_UNHEALTHY: no new cordon while more of a check's selected nodes than this
-    # are NotReady or cordoned by someone else
-    max_unhealthy: IntOrPercent = "10%"
+    namespace: str
+    agent_image: str = _DEFAULTS["agent_image"]
+    pull_policy: str = _DEFAULTS["pull_policy"]
+    pull_secrets: tuple[str, ...] = _DEFAULTS["pull_secrets"]
+    priority_class: str = _DEFAULTS["priority_class"]
+    mitigation_priority_class: str = _DEFAULTS["mitigation_priority_class"]
+    mitigation_state_dir: str = _DEFAULTS["mitigation_state_dir"]
+    metrics_port: int = _DEFAULTS["metrics_port"]
+    health_port: int = _DEFAULTS["health_port"]
+    status_interval: float = _DEFAULTS["status_interval"]
+    debounce: float = _DEFAULTS["debounce"]
+    empty_result_grace: float = _DEFAULTS["empty_result_grace"]
+    api_workers: int = _DEFAULTS["api_workers"]
+    watch_server_timeout: float = _DEFAULTS["watch_server_timeout"]
+    watch_client_timeout: float = _DEFAULTS["watch_client_timeout"]
+    cleanup_backoff_max: float = _DEFAULTS["cleanup_backoff_max"]
+    leader_election: bool = _DEFAULTS["leader_election"]
+    lease_name: str = _DEFAULTS["lease_name"]
+    lease_duration: float = _DEFAULTS["lease_duration"]
+    cluster_max_cordoned: IntOrPercent = _DEFAULTS["cluster_max_cordoned"]
+    max_unhealthy: IntOrPercent = _DEFAULTS["max_unhealthy"]
 
     def workload(self) -> WorkloadConfig:
         return WorkloadConfig(namespace=self.namespace, image=self.agent_image,
@@ -81,81 +236,29 @@ def _own_namespace() -> str:
         return DEFAULT_NAMESPACE
 
 
-def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return float(default)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={raw!r} must be at least {minimum:g}")
-    return value
-
-
-def _int_or_percent(env: Mapping[str, str], name: str, default: IntOrPercent) -> IntOrPercent:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    value: IntOrPercent = int(raw) if raw.isdigit() else raw
-    try:
-        resolve(value, 100, round_up=False)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} must be a whole number or a percentage such as "
-                            "10%") from None
-    return value
-
-
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    value = _number(env, name, default, 0)
-    if not value.is_integer() or value > 65535:
-        raise SettingsError(f"{name}={env.get(name)!r} is not a port (0-65535)")
-    return int(value)
-
-
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = (env.get(name) or "").strip().lower()
-    if not raw:
-        return default
-    if raw not in ("true", "false"):
-        raise SettingsError(f"{name}={env.get(name)!r} must be true or false")
-    return raw == "true"
-
-
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
-    """Settings from ``env`` (default: the process environment)."""
+    """Settings from ``env`` (default: the process environment), row by row of ``TABLE``."""
     env = os.environ if env is None else env
-    pull_policy = env.get("THPCHECK_AGENT_PULL_POLICY") or "IfNotPresent"
-    if pull_policy not in PULL_POLICIES:
-        raise SettingsError(f"THPCHECK_AGENT_PULL_POLICY={pull_policy!r} must be one of "
-                            f"{', '.join(PULL_POLICIES)}")
-    state_dir = env.get("THPCHECK_MITIGATION_STATE_DIR") or MITIGATION_STATE_DIR
-    if not state_dir.startswith("/") or state_dir.rstrip("/") == "":
-        raise SettingsError(f"THPCHECK_MITIGATION_STATE_DIR={state_dir!r} must be an absolute "
-                            "directory other than /")
-    return Settings(
-        namespace=env.get("THPCHECK_NAMESPACE") or _own_namespace(),
-        agent_image=env.get("THPCHECK_AGENT_IMAGE") or DEFAULT_IMAGE,
-        pull_policy=pull_policy,
-        pull_secrets=tuple(s.strip() for s in env.get("THPCHECK_AGENT_PULL_SECRETS", "")
-                           .split(",") if s.strip()),
-        priority_class=env.get("THPCHECK_PRIORITY_CLASS", ""),
-        mitigation_priority_class=env.get("THPCHECK_MITIGATION_PRIORITY_CLASS",
-                                          "system-node-critical"),
-        mitigation_state_dir=state_dir.rstrip("/"),
-        metrics_port=_port(env, "THPCHECK_METRICS_PORT", 8080),
-        health_port=_port(env, "THPCHECK_HEALTH_PORT", 8081),
-        status_interval=_number(env, "THPCHECK_STATUS_INTERVAL", 5.0, 0.1),
-        debounce=_number(env, "THPCHECK_DEBOUNCE", 1.0, 0.0),
-        empty_result_grace=_number(env, "THPCHECK_EMPTY_RESULT_GRACE", 30.0, 0.0),
-        api_workers=int(_number(env, "THPCHECK_API_WORKERS", 16, 1)),
-        watch_server_timeout=_number(env, "THPCHECK_WATCH_SERVER_TIMEOUT", 300.0, 1.0),
-        watch_client_timeout=_number(env, "THPCHECK_WATCH_CLIENT_TIMEOUT", 330.0, 1.0),
-        cleanup_backoff_max=_number(env, "THPCHECK_CLEANUP_BACKOFF_MAX", 300.0, 1.0),
-        leader_election=_flag(env, "THPCHECK_LEADER_ELECTION", False),
-        lease_name=env.get("THPCHECK_LEASE_NAME") or "thpcheck-operator",
-        lease_duration=_number(env, "THPCHECK_LEASE_DURATION", 15.0, 3.0),
-        cluster_max_cordoned=_int_or_percent(env, "THPCHECK_CLUSTER_MAX_CORDONED", 1),
-        max_unhealthy=_int_or_percent(env, "THPCHECK_MAX_UNHEALTHY", "10%"),
-    )
+    values: dict[str, Any] = {}
+    for row in TABLE:
+        raw = env.get(row.env)
+        if raw is None or (raw == "" and not row.keep_empty):
+            values[row.field] = row.fallback() if row.fallback else row.default
+        else:
+            values[row.field] = row.parse(row.env, raw, row) if raw else raw
+    return Settings(**values)
+
+
+def markdown_table() -> str:
+    """The docs' table of variables (docs/operator-design.md holds this text verbatim)."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{row.env}` | {row.shown_default()} | {row.help} |" for row in TABLE]
+    return "\n".join(lines) + "\n"
+
+
+def help_text() -> str:
+    """The variables for ``thpcheck operator --help``: name, default, meaning."""
+    return "\n".join(f"  {row.env} (default: {row.shown_default().replace('`', '')})\n"
+                     + textwrap.fill(row.help.replace("`", ""), width=79,
+                                     initial_indent=" " * 6, subsequent_indent=" " * 6)
+                     for row in TABLE)
