@@ -51,6 +51,13 @@ def add_repro_options(parser: argparse.ArgumentParser) -> None:
                         help="do not stop at the first loss; count losses over all iterations")
 
 
+def add_host_root_option(parser: argparse.ArgumentParser, hidden: bool = False) -> None:
+    """``--host-root``: where the host's / is visible (the agent pods mount it at /host)."""
+    parser.add_argument("--host-root", default="/",
+                        help=argparse.SUPPRESS if hidden else
+                        "where the host's / is visible (default /; /host in a pod)")
+
+
 KUBECONFIG_HELP = ("kubeconfig file; without it: $KUBECONFIG, then ~/.kube/config, then the "
                    "in-cluster service account (the order every thpcheck command uses)")
 

@@ -9,6 +9,7 @@ import sys
 from thpcheck.cli.args import (
     add_common_options,
     add_headroom_options,
+    add_host_root_option,
     add_repro_options,
     headroom_of,
 )
@@ -28,8 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "1 some affected or susceptible, 2 bad input, 3 unknown or error.")
     parser.add_argument("paths", nargs="*", metavar="PATH",
                         help="host paths of scratch directories, one per filesystem to test")
-    parser.add_argument("--host-root", default="/",
-                        help="where the host's / is visible (default /; /host in a pod)")
+    add_host_root_option(parser)
     parser.add_argument("--no-repro", action="store_true",
                         help="predict only; do not write anything")
     parser.add_argument("--json", action="store_true", help="print one JSON document")

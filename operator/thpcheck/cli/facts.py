@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from thpcheck.cli.args import add_common_options
+from thpcheck.cli.args import add_common_options, add_host_root_option
 from thpcheck.host.check import CheckOptions, check
 
 
@@ -14,8 +14,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "facts", help="print the node facts and the static prediction as JSON (writes nothing)")
     parser.add_argument("paths", nargs="*", metavar="PATH",
                         help="host paths whose filesystem to classify (default /)")
-    parser.add_argument("--host-root", default="/",
-                        help="where the host's / is visible (default /; /host in a pod)")
+    add_host_root_option(parser)
     add_common_options(parser)
     parser.set_defaults(func=main)
 

@@ -18,7 +18,7 @@ from typing import TypeVar
 import structlog
 
 from thpcheck.cli import signals
-from thpcheck.cli.args import add_common_options
+from thpcheck.cli.args import add_common_options, add_host_root_option
 from thpcheck.host.hostroot import HostRoot
 from thpcheck.host.mitigation import (
     DEFAULT_STATE_FILE,
@@ -57,8 +57,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "it stops; --verify then also requires it, so a new pod is Ready only "
                         "once its own process holds the node, not because an old one keeps "
                         "the value stopped")
-    parser.add_argument("--host-root", default="/",
-                        help="where the host's / is visible (default /; /host in a pod)")
+    add_host_root_option(parser)
     parser.add_argument("--state-file",
                         help="the state file as seen by this process (default "
                         f"<host-root>{DEFAULT_STATE_FILE}); its directory must be the "

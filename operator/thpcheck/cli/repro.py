@@ -9,6 +9,7 @@ from contextlib import ExitStack
 from thpcheck.cli.args import (
     add_common_options,
     add_headroom_options,
+    add_host_root_option,
     add_repro_options,
     headroom_of,
 )
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "1 reproduced, 2 bad input, 3 collapse unsupported, 4 other error.")
     parser.add_argument("path", help="an existing directory; the agent works in a new "
                         "subdirectory of it and removes it afterwards")
-    parser.add_argument("--host-root", default="/", help=argparse.SUPPRESS)
+    add_host_root_option(parser, hidden=True)
     add_repro_options(parser)
     add_headroom_options(parser)
     add_common_options(parser)

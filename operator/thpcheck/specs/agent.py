@@ -8,7 +8,6 @@ starts on standby so that the first run rolls through the nodes like every later
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -70,7 +69,7 @@ class CheckRef:
 def hash_of(obj: Any) -> str:
     """A stable digest of a JSON-able object (dict key order does not matter)."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return names.digest(text, length=16)
 
 
 def restricted_security_context() -> dict[str, Any]:

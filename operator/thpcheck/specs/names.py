@@ -77,9 +77,9 @@ _HASH_LENGTH = 10
 _LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 
 
-def digest(*parts: str) -> str:
-    """A short, stable hex digest of the parts (joined by '/')."""
-    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:_HASH_LENGTH]
+def digest(*parts: str, length: int = _HASH_LENGTH) -> str:
+    """A short, stable hex digest of the parts (joined by '/'): the project's one hash."""
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:length]
 
 
 def _trim(text: str, limit: int) -> str:
