@@ -26,6 +26,7 @@ from thpcheck.model.preflight import (
     render_table,
     to_document,
 )
+from thpcheck.model.timestamps import format_time
 from thpcheck.model.verdict import CheckExit
 
 PAGE_SIZE = 500
@@ -172,7 +173,7 @@ def main(args: argparse.Namespace) -> int:
         return int(exc.exit)
     predictions = predict_nodes(nodes)
     if args.json:
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = format_time(dt.datetime.now(dt.UTC))
         print(json.dumps(to_document(predictions, now, args.selector), indent=2))
     else:
         print(render_table(predictions))

@@ -31,6 +31,8 @@ from typing import Any
 
 import structlog
 
+from thpcheck.model.timestamps import format_time
+
 log = structlog.get_logger("thpcheck.operator")
 
 _PATCHED = "_thpcheck_relist_deletions"
@@ -47,7 +49,7 @@ def remembered(body: Mapping[str, Any]) -> dict[str, Any]:
 def deleted_event(kept: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """A DELETED watch event for an object the re-list no longer shows."""
     meta = {**kept["metadata"],
-            "deletionTimestamp": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            "deletionTimestamp": format_time(now)}
     return {"type": "DELETED", "object": {**kept, "metadata": meta}}
 
 

@@ -37,6 +37,7 @@ from enum import StrEnum
 
 from thpcheck.host.hostroot import HostRoot
 from thpcheck.model.paths import MITIGATION_STATE_DIR
+from thpcheck.model.timestamps import format_time
 
 KNOB = "/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs"
 STOPPED = 4294967295
@@ -190,7 +191,7 @@ class Mitigator:
     def _record(self, fd: int, original: int) -> None:
         """Write the state file atomically and durably (temp file, fsync, rename)."""
         document = {"schema": STATE_SCHEMA, "knob": KNOB, "original": original,
-                    "recordedAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                    "recordedAt": format_time(datetime.now(UTC))}
         temporary = f"{self.state_name}{_TEMPORARY}{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary, dir_fd=fd)  # left by a killed predecessor with our pid

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from thpcheck.model.timestamps import parse_time
 from thpcheck.specs.agent import CHECK
 from thpcheck.specs.views import AgentPodView, Trouble
 
@@ -27,13 +28,6 @@ _TYPE_CHECK = re.compile(r"hostPath type check failed: (/\S*) is not a directory
 STUCK_AFTER = timedelta(seconds=20)
 
 
-def _parse_time(text: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def stuck_pods(pods: Iterable[AgentPodView], now: datetime,
                after: timedelta = STUCK_AFTER) -> list[AgentPodView]:
     """Check pods bound to a node, still Pending, without a run, older than ``after``."""
@@ -42,7 +36,7 @@ def stuck_pods(pods: Iterable[AgentPodView], now: datetime,
         if (pod.template != CHECK or pod.deleting or pod.run is not None or not pod.pending
                 or pod.trouble is not None):
             continue
-        created = _parse_time(pod.created_at)
+        created = parse_time(pod.created_at)
         if created is not None and now - created >= after:
             found.append(pod)
     return found

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from thpcheck.model.timestamps import format_time
 from thpcheck.model.verdict import Verdict
 from thpcheck.specs import names
 from thpcheck.specs.checkspec import Remediation
@@ -334,7 +335,7 @@ def plan_remediation(check: str, remediation: Remediation, *, paused: bool,
     the cluster-wide cap and health guard (None: the check's own budget only). A hold is a
     cordon, a taint or both (``remediation.cordon``, ``remediation.taint``); ``now`` stamps
     the node condition."""
-    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = format_time(now or datetime.now(UTC))
     nodes = {n.name: n for n in all_nodes}
     chosen = {n.name for n in selected}
     changes: dict[str, NodeChange] = {}

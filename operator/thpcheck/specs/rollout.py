@@ -22,13 +22,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from thpcheck.model.timestamps import RFC3339, format_time
 from thpcheck.specs import names
 from thpcheck.specs.agent import CHECK, STANDBY, CheckRef, WorkloadConfig, agent_daemonset
 from thpcheck.specs.checkspec import CheckSpec
 from thpcheck.specs.quantities import concurrency
 from thpcheck.specs.views import DaemonSetView
-
-_TOKEN_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 class Step(StrEnum):
@@ -52,12 +51,12 @@ class RolloutPlan:
 
 
 def run_token(now: datetime) -> str:
-    return now.astimezone(UTC).strftime(_TOKEN_FORMAT)
+    return format_time(now)
 
 
 def parse_token(token: str) -> datetime | None:
     try:
-        return datetime.strptime(token, _TOKEN_FORMAT).replace(tzinfo=UTC)
+        return datetime.strptime(token, RFC3339).replace(tzinfo=UTC)
     except ValueError:
         return None
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from thpcheck.model.timestamps import parse_time
 from thpcheck.specs.agent import CHECK
 from thpcheck.specs.checkspec import CheckSpec
 from thpcheck.specs.views import AgentPodView, DaemonSetView, NodeView
@@ -98,13 +99,6 @@ def run_deadline(spec: CheckSpec) -> timedelta:
     return spec.run_deadline or default_deadline(spec)
 
 
-def _time(text: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
-    except ValueError:
-        return None
-
-
 def current_pod(pods: Iterable[AgentPodView]) -> AgentPodView | None:
     """The node's newest pod that is not being deleted (the DaemonSet keeps one per node)."""
     live = [p for p in pods if not p.deleting]
@@ -118,7 +112,7 @@ def _of_revision(pod: AgentPodView, daemonset: DaemonSetView | None) -> bool:
 
 
 def _expired(pod: AgentPodView, now: datetime, deadline: timedelta) -> bool:
-    started = _time(pod.started_at) or _time(pod.created_at)
+    started = parse_time(pod.started_at) or parse_time(pod.created_at)
     return started is not None and now - started > deadline
 
 
