@@ -18,15 +18,20 @@ _NUMERIC = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _settings = {"format": "console", "level": "warning", "ready": False}
 
 
+def _renderer(log_format: str, colors: bool) -> Any:
+    """The one line format: JSON in pods, structlog's console lines otherwise."""
+    import structlog
+
+    if log_format == "json":
+        return structlog.processors.JSONRenderer()
+    return structlog.dev.ConsoleRenderer(colors=colors)
+
+
 def _configure_structlog() -> None:
     import structlog
 
     fmt, level = str(_settings["format"]), str(_settings["level"])
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
+    renderer = _renderer(fmt, colors=sys.stderr.isatty())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -48,6 +53,30 @@ def configure(log_format: str = "console", level: str = "info") -> None:
     _settings.update(format=log_format, level=level, ready=False)
     if "structlog" in sys.modules:
         _configure_structlog()
+
+
+def route_stdlib_logging(log_format: str, level: str) -> None:
+    """The operator's libraries (kopf, aiohttp, urllib3) log through ``logging``: render their
+    records like structlog's own lines, on stderr."""
+    import logging
+
+    import structlog
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processor=_renderer(log_format, colors=False),
+        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True)]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(_NUMERIC[level])
+    # kopf's per-object handler chatter is debug-level noise at fleet scale.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # One access line per kubelet probe of /healthz is noise; errors still show.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # urllib3's "Retrying ..." per connection attempt: a failed call is logged (and counted)
+    # once by the operator itself.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 class LazyLogger:
