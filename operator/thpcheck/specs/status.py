@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from thpcheck.model.timestamps import format_time
 from thpcheck.model.verdict import Verdict
 from thpcheck.specs.remediation import PlannedAction
 from thpcheck.specs.results import NodeState
@@ -104,7 +105,7 @@ def condition(previous: Sequence[Mapping[str, Any]], type_: str, status: bool, r
     value = "True" if status else "False"
     old = next((c for c in previous if c.get("type") == type_), None)
     since = (old.get("lastTransitionTime") if old and old.get("status") == value
-             else now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+             else format_time(now))
     return {"type": type_, "status": value, "reason": reason, "message": message,
             "lastTransitionTime": since, "observedGeneration": generation}
 
