@@ -38,6 +38,7 @@ from thpcheck.model.predict import (
 )
 from thpcheck.model.report import CheckReport, PathReport
 from thpcheck.model.repro import ReproOutcome, ReproResult
+from thpcheck.model.timestamps import RFC3339
 from thpcheck.model.verdict import PathVerdict, Verdict, combine
 
 log = get_logger("thpcheck.check")
@@ -191,7 +192,7 @@ def _run_paths(root: HostRoot, options: CheckOptions, facts: NodeFacts,
         config=knowledge,
         node_prediction=predict(kernel, knowledge, thp=facts.thp, node_only=True,
                                 hugepages=facts.kernel.hugepages),
-        checked_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),  # no datetime import
+        checked_at=time.strftime(RFC3339, time.gmtime()),  # no datetime import
         skipped=list(skipped),
     )
     for path in options.paths:
