@@ -5,6 +5,7 @@ the human table. Pure: built from facts, predictions and reproducer results.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,10 +14,11 @@ from thpcheck.model.facts import NodeFacts, PathFacts
 from thpcheck.model.mounts import Skipped
 from thpcheck.model.predict import ConfigKnowledge, Prediction
 from thpcheck.model.repro import ReproResult
+from thpcheck.model.result import AgentResult, PathOutcome, SkippedMount
+from thpcheck.model.text import clip
 from thpcheck.model.verdict import PathVerdict, Verdict, worst
 
 SCHEMA = "thpcheck.io/report/v1"
-COMPACT_SCHEMA = "thpcheck.io/result/v1"
 TERMINATION_LIMIT = 4096
 REASON_LIMIT = 240
 SNAPSHOT_LINE = ("snapshot: read from saved files; filesystem types come from the saved "
@@ -142,10 +144,36 @@ def to_document(report: CheckReport) -> dict[str, Any]:
     }
 
 
-def _clip(text: str | None, limit: int) -> str | None:
-    if text is None or len(text) <= limit:
-        return text
-    return text[: limit - 1] + "\u2026"
+def agent_result(document: Mapping[str, Any]) -> AgentResult:
+    """The agent's result (``model.result``) of a ``to_document`` document: the one place the
+    report's names (``repro.bad_bytes``, ``repro.duration_s``...) meet the result's."""
+    kernel = document.get("kernel", {})
+    return AgentResult(
+        agent_version=document.get("agent_version"),
+        checked_at=document.get("checked_at"),
+        verdict=Verdict(document["verdict"]),
+        mitigated=bool(document.get("mitigated")),
+        kernel_release=kernel.get("release"),
+        boot_id=kernel.get("boot_id"),
+        read_only_thp_for_fs=kernel.get("read_only_thp_for_fs"),
+        config_source=kernel.get("config_source"),
+        paths=tuple(PathOutcome(
+            path=p.get("path"), fstype=p.get("fstype"), verdict=Verdict(p.get("verdict")),
+            rule=p.get("rule"), reason=p.get("reason"),
+            repro=p.get("repro", {}).get("outcome"),
+            iteration=p.get("repro", {}).get("iteration"),
+            bad_bytes=p.get("repro", {}).get("bad_bytes"),
+            duration_seconds=p.get("repro", {}).get("duration_s"),
+            disagreement=p.get("disagreement"),
+        ) for p in document.get("paths", [])),
+        skipped_mounts=tuple(SkippedMount(mount_point=m.get("mount_point"),
+                                          reason=m.get("reason"))
+                             for m in document.get("skipped_mounts") or []),
+    )
+
+
+def _clipped(text: str | None, limit: int) -> str | None:
+    return None if text is None or not limit else clip(text, limit)
 
 
 def compact(document: dict[str, Any], limit: int = TERMINATION_LIMIT) -> str:
@@ -154,38 +182,14 @@ def compact(document: dict[str, Any], limit: int = TERMINATION_LIMIT) -> str:
     Shortens reasons first, then drops per-path detail beyond the verdict, and finally keeps
     only the node verdict and counts; the output is always valid JSON.
     """
-    kernel = document.get("kernel", {})
-    paths = [
-        {
-            "path": p.get("path"),
-            "fstype": p.get("fstype"),
-            "verdict": p.get("verdict"),
-            "rule": p.get("rule"),
-            "reason": _clip(p.get("reason"), REASON_LIMIT),
-            "repro": p.get("repro", {}).get("outcome"),
-            "iteration": p.get("repro", {}).get("iteration"),
-            "badBytes": p.get("repro", {}).get("bad_bytes"),
-            "durationS": p.get("repro", {}).get("duration_s"),
-            "disagreement": _clip(p.get("disagreement"), REASON_LIMIT),
-        }
-        for p in document.get("paths", [])
-    ]
-    result: dict[str, Any] = {
-        "schema": COMPACT_SCHEMA,
-        "agentVersion": document.get("agent_version"),
-        "checkedAt": document.get("checked_at"),
-        "verdict": document.get("verdict"),
-        "mitigated": document.get("mitigated"),
-        "kernelRelease": kernel.get("release"),
-        "bootID": kernel.get("boot_id"),
-        "readOnlyThpForFs": kernel.get("read_only_thp_for_fs"),
-        "configSource": kernel.get("config_source"),
-        "paths": paths,
-    }
-    skipped = [{"mountPoint": m.get("mount_point"), "reason": _clip(m.get("reason"), 60)}
-               for m in document.get("skipped_mounts") or []]
-    if skipped:
-        result["skippedMounts"] = skipped
+    result = agent_result(document).to_message()
+    paths: list[dict[str, Any]] = result["paths"]
+    for entry in paths:
+        entry["reason"] = _clipped(entry["reason"], REASON_LIMIT)
+        entry["disagreement"] = _clipped(entry["disagreement"], REASON_LIMIT)
+    skipped = result.get("skippedMounts", [])
+    for mount in skipped:
+        mount["reason"] = _clipped(mount["reason"], 60)
     text = json.dumps(result, separators=(",", ":"))
     if len(text.encode()) > limit and skipped:  # the first detail to go: a count is kept
         result["skippedMounts"] = len(skipped)
@@ -194,8 +198,8 @@ def compact(document: dict[str, Any], limit: int = TERMINATION_LIMIT) -> str:
         if len(text.encode()) <= limit:
             return text
         for entry in paths:
-            entry["reason"] = _clip(entry["reason"], shrink) if shrink else None
-            entry["disagreement"] = _clip(entry["disagreement"], shrink) if shrink else None
+            entry["reason"] = _clipped(entry["reason"], shrink)
+            entry["disagreement"] = _clipped(entry["disagreement"], shrink)
         text = json.dumps(result, separators=(",", ":"))
     while len(text.encode()) > limit and paths:
         paths.pop()

@@ -21,6 +21,7 @@ from typing import Any
 
 from thpcheck import __version__
 from thpcheck.model.preflight import NodePrediction
+from thpcheck.model.text import clip_bytes
 from thpcheck.model.verdict import Verdict
 from thpcheck.specs import names
 from thpcheck.specs.agent import CHECK, CheckRef, hash_of
@@ -96,13 +97,6 @@ class ResultPlan:
     untrusted: dict[str, str] = field(default_factory=dict)
 
 
-def _utf8_cap(text: str, limit: int) -> str:
-    data = text.encode()
-    if len(data) <= limit:
-        return text
-    return data[: limit - 3].decode(errors="ignore") + "\u2026"
-
-
 def summary(result: AgentResult) -> str:
     """One line: the problem for errors, else each path's verdict and rule."""
     parts = [result.problem] if result.problem else []
@@ -115,7 +109,7 @@ def summary(result: AgentResult) -> str:
         parts.append(detail)
     if result.truncated:
         parts.append("some path detail was dropped to fit the termination message")
-    return _utf8_cap("; ".join(parts) or result.verdict.value, MESSAGE_LIMIT)
+    return clip_bytes("; ".join(parts) or result.verdict.value, MESSAGE_LIMIT)
 
 
 def _drop_none(mapping: Mapping[str, Any]) -> dict[str, Any]:
@@ -138,30 +132,15 @@ def result_content(check: CheckRef, node: NodeView, pod: AgentPodView,
     return _drop_none({
         "node": node.name,
         "check": check.name,
-        "verdict": result.verdict.value,
         "predicted": False,
         "prediction": dict(prediction) if prediction is not None else None,
-        "kernelRelease": result.kernel_release,
-        "bootID": result.boot_id,
+        **result.to_status(),
         "osImage": node.os_image or None,
-        "readOnlyThpForFs": result.read_only_thp_for_fs,
-        "configSource": result.config_source,
         "checkedAt": result.checked_at or (run.finished_at if run else None) or None,
-        "agentVersion": result.agent_version,
         "message": summary(result),
-        "truncated": result.truncated or None,
         "pod": _drop_none({"name": pod.name, "uid": pod.uid,
                            "finishedAt": (run.finished_at if run else None) or None,
                            "exitCode": run.exit_code if run else None}),
-        "paths": [_drop_none({
-            "path": p.path, "fstype": p.fstype, "verdict": p.verdict.value, "rule": p.rule,
-            "reason": p.reason, "repro": p.repro, "iteration": p.iteration,
-            "badBytes": p.bad_bytes, "durationSeconds": p.duration_seconds,
-            "disagreement": p.disagreement,
-        }) for p in result.paths],
-        "skippedMounts": [_drop_none({"mountPoint": m.mount_point, "reason": m.reason})
-                          for m in result.skipped_mounts] or None,
-        "skippedMountCount": result.skipped_count or None,
     })
 
 
@@ -211,7 +190,7 @@ def predicted_content(check: CheckRef, node: NodeView,
         "readOnlyThpForFs": config.read_only_thp,
         "configSource": config.source,
         "agentVersion": __version__,
-        "message": _utf8_cap(f"predicted from kernel and OS image ({prediction.confidence}): "
+        "message": clip_bytes(f"predicted from kernel and OS image ({prediction.confidence}): "
                              f"{prediction.reason}", MESSAGE_LIMIT),
     })
 
