@@ -168,3 +168,25 @@ def test_a_prediction_gives_todays_records() -> None:
     plan = plan_predicted_results(CHECK, [node("n1")], [], {}, NOW)
     (write,) = plan.writes
     assert digest(json.dumps(write.body, separators=(",", ":"))) == "5cd77fdaade39549be9a"
+
+
+def test_the_agents_report_gives_todays_prediction_objects(tmp_path: Any) -> None:
+    from tests.unit.hosttree import HostTree
+    from thpcheck.host.facts import collect
+    from thpcheck.host.hostroot import HostRoot
+    from thpcheck.model.predict import ConfigKnowledge, predict
+    from thpcheck.model.report import CheckReport, PathReport, to_document
+    from thpcheck.model.rules import Evidence
+    from thpcheck.model.verdict import PathVerdict, Verdict
+
+    facts = collect(HostRoot(str(HostTree().write(tmp_path))))
+    config = ConfigKnowledge(True, False, "proc/config.gz", Evidence.VERIFIED)
+    report = CheckReport(facts, config, predict(facts.kernel.version, config, node_only=True),
+                         checked_at="2026-11-28T00:00:00Z")
+    for fstype in ("ext4", "xfs", "tmpfs"):
+        prediction = predict(facts.kernel.version, config, fstype, thp=facts.thp)
+        report.paths.append(PathReport(f"/scratch/{fstype}", None, prediction, None,
+                                       PathVerdict(Verdict.SUSCEPTIBLE, "r", prediction.rule)))
+    document = to_document(report)
+    objects = [document["node_prediction"], *(p["prediction"] for p in document["paths"])]
+    assert digest(json.dumps(objects, separators=(",", ":"))) == "38e24c06d9ef2b011bc0"
