@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from thpcheck.model import kconfig
 from thpcheck.model.distro import DistroMatch
@@ -81,6 +82,18 @@ class Prediction:
     # At risk only if this kernel lacks a stable backport that refuses PMD-sized file THPs
     # (64K pages before 6.11): a refused file collapse then settles it (verdict.combine).
     backport_may_refuse: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The prediction's object in the agent's report and in ``thpcheck preflight --json``
+        (``backport_may_refuse`` is the verdict's business, not written)."""
+        return {
+            "verdict": self.outcome.value,
+            "rule": self.rule,
+            "reason": self.reason,
+            "evidence": self.evidence.value,
+            "sources": list(self.sources),
+            "grade": self.grade,
+        }
 
 
 def _condition_holds(

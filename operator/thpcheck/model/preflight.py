@@ -51,7 +51,9 @@ from thpcheck.model.kernel import KernelVersion, parse_release
 from thpcheck.model.mounts import Mount
 from thpcheck.model.predict import ConfigKnowledge, Prediction, knowledge_from_distro, predict
 from thpcheck.model.rules import FIXED_STABLE, Evidence, Outcome, fixed_stable, rule_by_id
+from thpcheck.model.text import clip
 from thpcheck.model.verdict import CheckExit, Verdict, exit_code
+from thpcheck.model.wire import STATUS, to_wire, wired
 
 SCHEMA = "thpcheck.io/preflight/v1"
 
@@ -101,14 +103,9 @@ class FilesystemPrediction:
     prediction: Prediction
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "filesystem": self.filesystem,
-            "verdict": self.prediction.outcome.value,
-            "rule": self.prediction.rule,
-            "reason": self.prediction.reason,
-            "evidence": self.prediction.evidence.value,
-            "sources": list(self.prediction.sources),
-        }
+        fields = self.prediction.to_dict()
+        del fields["grade"]  # the node's grade is the headline's (NodePrediction.grade)
+        return {"filesystem": self.filesystem, **fields}
 
 
 @dataclass(frozen=True)
@@ -180,6 +177,30 @@ def nodes_from_documents(documents: Sequence[Any]) -> list[NodeInfo]:
     return nodes
 
 
+REASON_LIMIT = 512  # the CRD's maxLength for status.prediction.reason
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictionRecord:
+    """A node's prediction as a ThpNodeResult records it (``status.prediction``): beside the
+    agent's result in ``mode: full``, as the result itself in ``mode: preflight``."""
+
+    verdict: Verdict
+    rule: str
+    reason: str
+    confidence: str
+    kernel_version: str
+    os_image: str
+    at_risk: tuple[str, ...]  # filesystem classes
+    not_at_risk: tuple[str, ...]
+    grade: str | None = wired(omit_empty=True)
+    distro: str | None = None  # the distro table's row id
+    disagreement: str | None = wired(omit_empty=True)  # the agent contradicts it (why)
+
+    def to_status(self) -> dict[str, Any]:
+        return to_wire(self, STATUS)
+
+
 @dataclass(frozen=True)
 class NodePrediction:
     """A node's predicted verdict, from kernel release and OS image alone."""
@@ -201,6 +222,15 @@ class NodePrediction:
     @property
     def thp_default(self) -> str | None:
         return self.distro.row.thp_default if self.distro else None
+
+    def record(self, disagreement: str | None = None) -> PredictionRecord:
+        """What a ThpNodeResult records of this prediction (``status.prediction``)."""
+        return PredictionRecord(
+            verdict=self.verdict, rule=self.rule, reason=clip(self.reason, REASON_LIMIT),
+            confidence=self.confidence, kernel_version=self.node.kernel_version,
+            os_image=self.node.os_image, at_risk=tuple(f.filesystem for f in self.at_risk),
+            not_at_risk=tuple(f.filesystem for f in self.ruled_out), grade=self.grade,
+            distro=self.distro.row.id if self.distro else None, disagreement=disagreement)
 
     def to_dict(self) -> dict[str, Any]:
         """One node of the ``thpcheck preflight --json`` document."""

@@ -63,16 +63,7 @@ class CheckReport:
 
 
 def _prediction_dict(prediction: Prediction | None) -> dict[str, Any] | None:
-    if prediction is None:
-        return None
-    return {
-        "verdict": prediction.outcome.value,
-        "rule": prediction.rule,
-        "reason": prediction.reason,
-        "evidence": prediction.evidence.value,
-        "sources": list(prediction.sources),
-        "grade": prediction.grade,
-    }
+    return prediction.to_dict() if prediction is not None else None
 
 
 def _path_dict(entry: PathReport) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from typing import Any
 
 from thpcheck.model.preflight import NodeInfo, NodePrediction, predict_node
 from thpcheck.model.rules import PURGE_REMOVED
+from thpcheck.model.text import clip
 from thpcheck.model.verdict import Verdict
 from thpcheck.specs.termination import AgentResult, PathOutcome
 from thpcheck.specs.views import NodeView
@@ -77,28 +78,8 @@ def node_record(node: NodeView, disagreement: str | None = None) -> dict[str, An
 
 def prediction_record(prediction: NodePrediction,
                       disagreement: str | None = None) -> dict[str, Any]:
-    """``status.prediction`` of a ThpNodeResult."""
-    record: dict[str, Any] = {
-        "verdict": prediction.verdict.value,
-        "rule": prediction.rule,
-        "reason": _cap(prediction.reason, 512),
-        "confidence": prediction.confidence,
-        "kernelVersion": prediction.node.kernel_version,
-        "osImage": prediction.node.os_image,
-        "atRisk": [f.filesystem for f in prediction.at_risk],
-        "notAtRisk": [f.filesystem for f in prediction.ruled_out],
-    }
-    if prediction.grade:
-        record["grade"] = prediction.grade
-    if prediction.distro is not None:
-        record["distro"] = prediction.distro.row.id
-    if disagreement:
-        record["disagreement"] = disagreement
-    return record
-
-
-def _cap(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+    """``status.prediction`` of a ThpNodeResult (``model.preflight.PredictionRecord``)."""
+    return prediction.record(disagreement).to_status()
 
 
 def _flag(value: bool | None) -> str:
@@ -145,5 +126,5 @@ def disagreement(prediction: NodePrediction, result: AgentResult,
                              f"was lost on {path.path}")
     if not found:
         return None
-    return _cap("; ".join(dict.fromkeys(found)), DISAGREEMENT_LIMIT)
+    return clip("; ".join(dict.fromkeys(found)), DISAGREEMENT_LIMIT)
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from thpcheck.model.text import one_line
 from thpcheck.specs import names
 from thpcheck.specs.proof import Proof, parse_proof
 from thpcheck.specs.termination import AgentResult, error_result, parse_termination
@@ -21,6 +22,7 @@ WAITING_FAILURES = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImageP
                               "InvalidImageName", "CreateContainerConfigError",
                               "CreateContainerError", "RunContainerError"})
 OOM_KILLED = "OOMKilled"
+QUOTE_LIMIT = 200  # characters of a container's or the scheduler's message quoted
 
 
 @dataclass(frozen=True)
@@ -246,18 +248,13 @@ def _check_run(status: Mapping[str, Any]) -> CheckRun | None:
                     message=message, result=result, reason=reason)
 
 
-def _snippet(text: str, limit: int = 200) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "\u2026"
-
-
 def _last_words(terminated: Mapping[str, Any]) -> str:
     """The exit of a terminated container as one short line (stable across restarts)."""
     text = f"exit {terminated.get('exitCode')}"
     if terminated.get("reason"):
         text += f", {terminated['reason']}"
     if terminated.get("message"):
-        text += f": {_snippet(terminated['message'])}"
+        text += f": {one_line(terminated['message'], QUOTE_LIMIT)}"
     return text
 
 
@@ -277,7 +274,7 @@ def _trouble(entry: Mapping[str, Any] | None) -> Trouble | None:
         return Trouble(reason, f"the container keeps failing ({_last_words(last)})"
                        if last else "the container keeps failing")
     if reason in WAITING_FAILURES:
-        return Trouble(reason, _snippet(waiting.get("message") or reason))
+        return Trouble(reason, one_line(waiting.get("message") or reason, QUOTE_LIMIT))
     if last and last.get("exitCode") not in (0, None) and not terminated:
         return Trouble("CrashLoopBackOff",
                        f"the container failed and is being restarted ({_last_words(last)})")
@@ -353,7 +350,8 @@ def agent_pod_view(body: Mapping[str, Any]) -> AgentPodView:
         created_at=str(meta.get("creationTimestamp") or ""),
         started_at=_started_at(meta, status, check),
         trouble=trouble,
-        scheduling_message=(_snippet(_condition(status, "PodScheduled").get("message") or "")
+        scheduling_message=(one_line(_condition(status, "PodScheduled").get("message") or "",
+                                     QUOTE_LIMIT)
                             if unschedulable else ""),
         pending=bool((body.get("spec") or {}).get("nodeName"))
         and status.get("phase") == "Pending",
