@@ -40,10 +40,10 @@ from functools import lru_cache
 from typing import Any
 
 from thpcheck.model.preflight import NodeInfo, NodePrediction, predict_node
+from thpcheck.model.result import AgentResult, PathOutcome
 from thpcheck.model.rules import PURGE_REMOVED
 from thpcheck.model.text import clip
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs.termination import AgentResult, PathOutcome
 from thpcheck.specs.views import NodeView
 
 # Not-affected rules decided by what nodeInfo does not show: a path's filesystem or mount

@@ -21,6 +21,7 @@ from typing import Any
 
 from thpcheck import __version__
 from thpcheck.model.preflight import NodePrediction
+from thpcheck.model.result import VERDICTS, AgentResult, error_result
 from thpcheck.model.text import clip_bytes
 from thpcheck.model.verdict import Verdict
 from thpcheck.specs import names
@@ -28,7 +29,6 @@ from thpcheck.specs.agent import CHECK, CheckRef, hash_of
 from thpcheck.specs.prediction import disagreement, node_record, predict_view
 from thpcheck.specs.proof import Proof, Run, effective_verdict, recorded_proof, standing_proof
 from thpcheck.specs.runs import Failure, Outcome
-from thpcheck.specs.termination import AgentResult, error_result
 from thpcheck.specs.views import (
     OOM_KILLED,
     AgentPodView,
@@ -39,7 +39,6 @@ from thpcheck.specs.views import (
 )
 
 MESSAGE_LIMIT = 1024
-_VERDICTS = {v.value: v for v in Verdict}
 
 
 @dataclass(frozen=True)
@@ -191,7 +190,7 @@ def predicted_content(check: CheckRef, node: NodeView,
         "configSource": config.source,
         "agentVersion": __version__,
         "message": clip_bytes(f"predicted from kernel and OS image ({prediction.confidence}): "
-                             f"{prediction.reason}", MESSAGE_LIMIT),
+                              f"{prediction.reason}", MESSAGE_LIMIT),
     })
 
 
@@ -374,7 +373,7 @@ def _keep(plan: ResultPlan, node: NodeView, existing: ResultView,
     stale until the agent's result replaces it; the object itself is not patched for that."""
     mitigated = mitigated_by_pod.get(node.name, existing.mitigated)
     stale = is_stale(existing.kernel_release, existing.boot_id, node)
-    verdict = _VERDICTS.get(existing.verdict or "", Verdict.ERROR)
+    verdict = VERDICTS.get(existing.verdict or "", Verdict.ERROR)
     plan.states[node.name] = node_state(node.name, verdict, stored_proof(existing),
                                         mitigated=mitigated, stale=stale or existing.predicted,
                                         filesystems=existing.filesystems)

@@ -11,10 +11,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from thpcheck.model.result import AgentResult, error_result
 from thpcheck.model.text import one_line
 from thpcheck.specs import names
 from thpcheck.specs.proof import Proof, parse_proof
-from thpcheck.specs.termination import AgentResult, error_result, parse_termination
+from thpcheck.specs.termination import parse_termination
 
 # Waiting reasons of a container that will not start without someone fixing something: a run
 # stuck in one of them ends at once, as an ``error`` result naming the reason.
