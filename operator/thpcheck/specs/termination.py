@@ -5,7 +5,8 @@ The message comes from a node, so it is untrusted input: it may be truncated, be
 deep enough to exhaust the interpreter's recursion limit). Every input gives an
 ``AgentResult``; anything unusable gives verdict ``error`` with the cause, never an
 exception. Size and nesting are checked before decoding, so the work per message is bounded.
-Strings are capped to the CRD's limits so a result can always be stored.
+The decoded object is read by ``model.result.AgentResult.from_message``, which types every
+field and caps its text to the CRD's limits, so a result can always be stored.
 """
 
 from __future__ import annotations
