@@ -13,13 +13,13 @@ from tests.operator.factories import agent_pod, message, result
 from thpcheck.controller.indexes import index_check
 from thpcheck.controller.metrics import Metrics
 from thpcheck.model.preflight import NodeInfo, predict_node
+from thpcheck.model.result import AgentResult, PathOutcome
 from thpcheck.model.verdict import Verdict, worst
 from thpcheck.specs import names
 from thpcheck.specs.agent import CheckRef
 from thpcheck.specs.prediction import disagreement, predict_view, prediction_record
 from thpcheck.specs.results import NodeState, plan_predicted_results, plan_results
 from thpcheck.specs.status import StatusInputs, build_status
-from thpcheck.specs.termination import AgentResult, PathOutcome
 from thpcheck.specs.views import NodeView, node_view, result_view
 from thpcheck.specs.views import ResultView as View
 

@@ -16,18 +16,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from thpcheck.model.result import (
-    COMPACT_SCHEMA,
-    MAX_SKIPPED_MOUNTS,
-    AgentResult,
-    PathOutcome,
-    SkippedMount,
-    error_result,
-)
+from thpcheck.model.result import AgentResult, error_result
 from thpcheck.model.text import one_line
-
-__all__ = ["COMPACT_SCHEMA", "MAX_SKIPPED_MOUNTS", "AgentResult", "PathOutcome", "SkippedMount",
-           "error_result", "nesting_depth", "parse_result", "parse_termination"]
 
 SNIPPET = 160  # characters of a bad message quoted in the error
 # The kubelet keeps 4096 bytes of a termination message; anything longer was not written by a
