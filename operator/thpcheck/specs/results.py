@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from thpcheck import __version__
 from thpcheck.model.preflight import NodePrediction
 from thpcheck.model.result import VERDICTS, AgentResult, error_result
 from thpcheck.model.text import clip_bytes
+from thpcheck.model.timestamps import format_time, parse_time
 from thpcheck.model.verdict import Verdict
 from thpcheck.specs import names
 from thpcheck.specs.agent import CHECK, CheckRef, hash_of
@@ -268,13 +269,6 @@ def latest_run(pods: Iterable[AgentPodView]) -> AgentPodView | None:
     return max(finished, key=lambda p: p.run.finished_at if p.run else "", default=None)
 
 
-def _parse_time(text: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def _pod_result(pod: AgentPodView, now: datetime, grace: timedelta) -> AgentResult | None:
     """The pod's result; None while an empty exit-0 message may still be filled in."""
     run = pod.run
@@ -282,7 +276,7 @@ def _pod_result(pod: AgentPodView, now: datetime, grace: timedelta) -> AgentResu
         return None
     if run.result is not None:
         return run.result
-    finished = _parse_time(run.finished_at)
+    finished = parse_time(run.finished_at)
     if finished is not None and now - finished < grace:
         return None
     return error_result("the check container exited 0 without writing a result")
@@ -399,7 +393,7 @@ def plan_predicted_results(check: CheckRef, selected: Sequence[NodeView],
     longer selected are deleted, as in full mode."""
     plan = ResultPlan([], [], [], {}, [])
     results = trusted_results(check, observed, plan.untrusted)
-    written_at = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    written_at = format_time(now)
     for node in selected:
         existing = results.get(node.name)
         prediction = predict_view(node)
