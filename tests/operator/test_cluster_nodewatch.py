@@ -1,6 +1,6 @@
 """The lean node watch on the real control plane: it follows node changes, and after the real
-kube-apiserver restarts with etcd compacted (its old resourceVersion gone: 410) a new listing
-replaces the set, so a node deleted while no watch was open vanishes from the view.
+kube-apiserver restarts with etcd compacted (its old resourceVersion gone: 410, as a rule) a
+new listing replaces the set, so a node deleted while no watch was open vanishes from the view.
 
 test_nodewatch.py covers each path on a scripted transport; this test proves them against the
 API server's real answers.
@@ -99,8 +99,13 @@ def test_the_node_view_follows_changes_and_converges_after_410(
         wanted = await asyncio.to_thread(api_nodes, cluster)
         await until(changed, lambda: set(watch.views) == wanted, 60,
                     f"the view to equal {wanted}")
-        assert watch.relists == listings + 1  # a new listing, not a resumed watch
         assert "w-gone" not in watch.views and "w-new" in watch.views
+        # Usually the resumed watch gets 410 and a new listing replaces the set (the 410 paths
+        # are scripted in test_nodewatch.py). Once, in a full run on a loaded machine, the
+        # restarted server served the old resourceVersion and the watch itself delivered the
+        # deletion: the view converged all the same. Never more than one new listing.
+        assert watch.relists - listings in (0, 1), watch.relists - listings
+        print(f"\nconverged after the restart with {watch.relists - listings} new listing(s)")
 
     try:
         asyncio.run(scenario())
