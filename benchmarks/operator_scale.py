@@ -5,7 +5,8 @@ kube-scheduler get a higher client QPS (their default 20 QPS, not the operator, 
 what limits a DaemonSet rollout over thousands of nodes) and whose kube-apiserver writes an
 audit log of the operator's requests only. N Ready kwok nodes (this machine's kernel and boot
 ID, as in the operator tests), the chart's CRDs, the operator as a real process running as a
-ServiceAccount with exactly the chart's RBAC (tests/operator/test_cluster_rbac.py), production
+ServiceAccount with exactly the chart's RBAC (rendered from the chart by
+tests/operator/test_cluster_rbac.py), production
 timing (THPCHECK_STATUS_INTERVAL 5 s, THPCHECK_DEBOUNCE 1 s). Then one ThpCheck selecting the
 N nodes, and this script plays the kubelet as tests/operator/cluster_kit.py does: as the
 check pods come up it writes the agent's compact result (one real `thpcheck check --no-repro`
@@ -58,7 +59,7 @@ from urllib.parse import quote, urlencode
 
 from tests.cluster.harness import KWOK_ANNOTATION, Cluster
 from tests.operator.cluster_kit import CHECKS_PATH, OperatorProcess, install_crds, this_machine
-from tests.operator.test_cluster_rbac import service_account_kubeconfig
+from tests.operator.test_cluster_rbac import ACCOUNT, service_account_kubeconfig
 
 from benchmarks import node_shapes
 from thpcheck.model.report import compact
@@ -67,7 +68,7 @@ from thpcheck.specs import names
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out"
 NAMESPACE = "thp-checker"
-OPERATOR_USER = f"system:serviceaccount:{NAMESPACE}:thpcheck-operator"
+OPERATOR_USER = f"system:serviceaccount:{NAMESPACE}:{ACCOUNT}"
 CHECK = "scale"
 NODE_LABEL = "thpcheck-bench"
 CLIENT_QPS = ["--kube-api-qps=1000", "--kube-api-burst=2000"]
@@ -719,6 +720,8 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
         writes = sum(c for (v, _), c in operator_own.items() if v in WRITE_VERBS)
         doc["operator_writes"] = writes
         doc["operator_writes_per_node"] = round(writes / nodes, 3)
+        # The FailedMount check's reads (one list per namespace, not per stuck pod).
+        doc["operator_event_lists"] = operator_own.get(("list", "events"), 0)
         doc["operator_requests_per_node_by_verb"] = {
             v: round(c / nodes, 3) for v, c in by_verb(operator_own).items()}
         doc["apiserver_requests_per_node_by_verb"] = {
@@ -797,7 +800,8 @@ def print_summary(doc: Mapping[str, Any]) -> None:
     print(f"  operator writes per node: {doc['operator_writes_per_node']} "
           f"({doc['operator_writes']} writes); requests per node by verb: "
           f"{doc['operator_requests_per_node_by_verb']}")
-    print(f"  operator requests: {doc['operator_requests']}")
+    print(f"  operator requests: {doc['operator_requests']}; list events: "
+          f"{doc.get('operator_event_lists')}")
     print(f"  all clients, per node by verb: {doc['apiserver_requests_per_node_by_verb']}")
     print(f"  server CPU s in the run: {doc['server_cpu_s_run']}; peak RSS MiB "
           f"{doc['server_peak_rss_mib']}")

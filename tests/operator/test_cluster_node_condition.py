@@ -24,7 +24,7 @@ from tests.operator.cluster_kit import (
     node,
     with_verdict,
 )
-from tests.operator.test_cluster_rbac import service_account_kubeconfig
+from tests.operator.test_cluster_rbac import remove_chart_rbac, service_account_kubeconfig
 from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster
@@ -187,6 +187,4 @@ def test_without_nodes_status_a_warning_names_the_fix_and_deletion_is_not_blocke
                 node(crds, hit)["metadata"].get("annotations") or {})
     finally:
         operator.stop()
-        for rbac in ("clusterroles", "clusterrolebindings"):
-            crds.kubectl("delete", rbac, f"thpcheck-operator-{namespace}", "--ignore-not-found",
-                         check=False)
+        remove_chart_rbac(crds, namespace)

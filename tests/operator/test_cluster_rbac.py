@@ -1,21 +1,23 @@
-"""The operator runs with exactly the RBAC rules documented for the chart, and no more.
+"""The operator runs with exactly the chart's RBAC, and no more.
 
-The rules below are the ones docs/operator-design.md lists; the operator runs as a
-ServiceAccount bound to them (its token given with ``--kubeconfig`` only: no KUBECONFIG, an
-empty HOME), through a check with labels, cordons, mitigation and deletion, and its log must
-show no Forbidden answer.
+The ServiceAccount, ClusterRoles, Roles and bindings are the chart's own (``helm template``
+of charts/thp-checker, default values: remediation on, no node condition), so this test, the
+other tests that run the operator as a ServiceAccount and benchmarks/operator_scale.py cannot
+hold a permission the chart lacks or lack one it has. The operator runs as that account (its
+token given with ``--kubeconfig`` only: no KUBECONFIG, an empty HOME), through a check with
+labels, cordons, mitigation and deletion, and its log must show no Forbidden answer.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster
+from tests.chart.chart_kit import CHART, can_i, documents, token_kubeconfig
+from tests.cluster.harness import Cluster, pinned_k8s_version
 from tests.operator.cluster_kit import (
     CHECKS_PATH,
     Kubelet,
@@ -31,57 +33,81 @@ from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster
 
-CLUSTER_RULES: list[dict[str, Any]] = [
-    {"apiGroups": ["thpcheck.io"], "resources": ["thpchecks"],
-     "verbs": ["list", "watch", "patch"]},
-    {"apiGroups": ["thpcheck.io"], "resources": ["thpchecks/status"], "verbs": ["patch"]},
-    {"apiGroups": ["thpcheck.io"], "resources": ["thpnoderesults"],
-     "verbs": ["list", "watch", "create", "patch", "delete", "deletecollection"]},
-    # patch only with remediation (labels, cordons, mitigation labels); list/watch always.
-    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch", "patch"]},
-    # Events on cluster-scoped objects (Nodes, ThpChecks) go to the "default" namespace.
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
-    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
-     "resourceNames": list(names.CRD_NAMES), "verbs": ["get"]},
-]
-NAMESPACE_RULES: list[dict[str, Any]] = [
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
-    {"apiGroups": ["apps"], "resources": ["daemonsets"],
-     "verbs": ["list", "watch", "create", "patch", "delete"]},
-]
+ACCOUNT = "thpcheck-operator"
+RBAC_TEMPLATES = ("templates/serviceaccount.yaml", "templates/rbac.yaml")
+_PATHS = {  # kind -> collection path ({ns}: the object's namespace)
+    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+    "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+    "ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+}
 
 
-def service_account_kubeconfig(cluster: Cluster, namespace: str, path: Path) -> Path:
-    """A kubeconfig with a bound token of a fresh ServiceAccount holding only the rules."""
-    account = "thpcheck-operator"
-    cluster.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
-                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account}})
-    role_name = f"thpcheck-operator-{namespace}"
-    subject = [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]
-    cluster.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-                {"metadata": {"name": role_name}, "rules": CLUSTER_RULES})
-    cluster.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-                {"metadata": {"name": role_name}, "subjects": subject,
-                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                             "name": role_name}})
-    cluster.api("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles",
-                {"metadata": {"name": "thpcheck-operator"}, "rules": NAMESPACE_RULES})
-    cluster.api("POST",
-                f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
-                {"metadata": {"name": "thpcheck-operator"}, "subjects": subject,
-                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                             "name": "thpcheck-operator"}})
-    token = cluster.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/"
-                        "token", {"apiVersion": "authentication.k8s.io/v1",
-                                  "kind": "TokenRequest",
-                                  "spec": {"expirationSeconds": 3600}})["status"]["token"]
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-        "clusters": [{"name": "c", "cluster": {"server": cluster.server_url,
-                                               "certificate-authority": str(cluster.pki.ca_crt)}}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}]}))
-    return path
+def rbac_release(namespace: str) -> str:
+    """The release name of the chart's RBAC in ``namespace`` (its cluster-scoped names)."""
+    return f"thpcheck-{namespace}"
+
+
+def chart_rbac(cluster: Cluster, namespace: str, *values: str) -> list[dict[str, Any]]:
+    """The chart's ServiceAccount and RBAC objects for a release in ``namespace`` (helm
+    template; cluster-scoped names carry the namespace, the account is ``ACCOUNT``)."""
+    release = rbac_release(namespace)
+    shown = [arg for template in RBAC_TEMPLATES for arg in ("--show-only", template)]
+    rendered = cluster.helm("template", release, str(CHART), "--namespace", namespace,
+                            "--kube-version", pinned_k8s_version(),
+                            "--set", f"fullnameOverride={release}",
+                            "--set", f"serviceAccount.name={ACCOUNT}", *shown, *values).stdout
+    return documents(rendered)
+
+
+def service_account_kubeconfig(cluster: Cluster, namespace: str, path: Path,
+                               *values: str) -> Path:
+    """A kubeconfig with a bound token of the chart's ServiceAccount in ``namespace``,
+    holding the chart's rules (``values``: helm --set arguments) and no others; undo with
+    ``remove_chart_rbac``."""
+    for item in chart_rbac(cluster, namespace, *values):
+        where = item["metadata"].get("namespace", namespace)
+        cluster.api("POST", _PATHS[item["kind"]].format(ns=where), item)
+    return token_kubeconfig(cluster, namespace, ACCOUNT, path)
+
+
+def remove_chart_rbac(cluster: Cluster, namespace: str) -> None:
+    """Delete what ``service_account_kubeconfig`` made outside ``namespace`` (the
+    ClusterRoles and their bindings, the Events Role in the Events namespace)."""
+    selector = f"app.kubernetes.io/instance={rbac_release(namespace)}"
+    cluster.kubectl("delete", "clusterroles,clusterrolebindings", "-l", selector,
+                    "--ignore-not-found", check=False)
+    cluster.kubectl("delete", "roles,rolebindings", "--all-namespaces", "-l", selector,
+                    "--ignore-not-found", check=False)
+
+
+def test_the_account_holds_every_rule_of_the_chart(crds: Cluster, namespace: str,
+                                                   tmp_path: Path) -> None:
+    """Asked of the API server (SelfSubjectAccessReview), not read from the objects: every
+    verb on every resource of the chart's Roles and ClusterRoles is allowed to the account
+    the operator tests and the scale benchmark run as, where the chart grants it."""
+    kubeconfig = service_account_kubeconfig(crds, namespace, tmp_path / "sa.kubeconfig")
+    denied = []
+    try:
+        for item in chart_rbac(crds, namespace):
+            if item["kind"] not in ("Role", "ClusterRole"):
+                continue
+            where = item["metadata"].get("namespace")
+            for rule in item["rules"]:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        base, _, sub = resource.partition("/")
+                        target = f"{base}.{group}" if group else base
+                        for verb in rule["verbs"]:
+                            for name in rule.get("resourceNames") or [None]:
+                                if not can_i(crds, kubeconfig, verb, target, where, name=name,
+                                             subresource=sub or None):
+                                    denied.append(f"{verb} {resource} {name or ''} in "
+                                                  f"{where or 'the cluster'}")
+    finally:
+        remove_chart_rbac(crds, namespace)
+    assert not denied, denied
 
 
 def test_the_documented_rbac_is_enough(crds: Cluster, namespace: str, kubelet: Kubelet,
@@ -122,7 +148,5 @@ def test_the_documented_rbac_is_enough(crds: Cluster, namespace: str, kubelet: K
     finally:
         operator.stop()
         log = operator.log.read_text(errors="replace")
-        for rbac in ("clusterroles", "clusterrolebindings"):
-            crds.kubectl("delete", rbac, f"thpcheck-operator-{namespace}", "--ignore-not-found",
-                         check=False)
+        remove_chart_rbac(crds, namespace)
     assert "Forbidden" not in log and "forbidden" not in log, log[-3000:]

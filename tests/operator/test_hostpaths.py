@@ -1,13 +1,35 @@
 """A path missing on a node: the kubelet's FailedMount Event becomes the node's error result
-(pure planners; tests/realnode shows the real kubelet doing it)."""
+(pure planners, and the reconciler's listing against a scripted API; tests/realnode shows the
+real kubelet doing it)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
+import pytest
+
+from thpcheck.controller.api import Kube
+from thpcheck.controller.context import OperatorContext
+from thpcheck.controller.indexes import Indexes
+from thpcheck.controller.metrics import Metrics
+from thpcheck.controller.reconciler import CheckReconciler
+from thpcheck.controller.settings import Settings
 from thpcheck.model.verdict import Verdict
 from thpcheck.specs.agent import CHECK, STANDBY, CheckRef
-from thpcheck.specs.hostpaths import FAILED_MOUNT, missing_paths, stuck_pods, with_mount_failures
+from thpcheck.specs.hostpaths import (
+    EVENTS_REREAD,
+    FAILED_MOUNT,
+    FAILED_MOUNT_SELECTOR,
+    events_due,
+    missing_by_pod,
+    missing_paths,
+    mount_failures,
+    stuck_pods,
+    with_mount_failures,
+)
 from thpcheck.specs.results import plan_results
 from thpcheck.specs.runs import plan_runs
 from thpcheck.specs.views import NodeView, agent_pod_view
@@ -80,3 +102,107 @@ def test_a_pod_that_ran_keeps_its_own_result() -> None:
     (kept,) = with_mount_failures([ran], {"u1": ["/srv/missing"]})
     assert kept.trouble is None and kept.run is not None and kept.run.result is not None
     assert kept.run.result.verdict is Verdict.NOT_AFFECTED
+
+
+# -- one listing of a namespace's Events, matched to the stuck pods by uid --------------------
+
+
+def event(uid: str, message: str = MESSAGE, reason: str = FAILED_MOUNT,
+          kind: str = "Pod") -> dict[str, Any]:
+    return {"metadata": {"name": f"{uid}.1", "namespace": "thp-checker"}, "reason": reason,
+            "message": message, "involvedObject": {"kind": kind, "uid": uid,
+                                                   "namespace": "thp-checker"}}
+
+
+def stuck_pod(uid: str, created: str = CREATED) -> Any:
+    return replace(agent_pod_view(pod_body(created=created)), uid=uid, name=f"pod-{uid}")
+
+
+def test_a_listing_is_matched_to_the_pods_by_uid() -> None:
+    other = 'MountVolume.SetUp failed for volume "x" : mount failed: exit status 32'
+    missing = missing_by_pod([
+        event("u1"), event("u1", MESSAGE.replace("/srv/missing", "/srv/gone")),
+        event("u2", other),  # no missing path: not a failure
+        event("u3", reason="FailedScheduling"), event("u4", kind="Node"),
+        event("u5")])
+    assert missing == {"u1": ["/srv/missing", "/srv/gone"], "u5": ["/srv/missing"]}
+    # u5 (an older pod, or another check's) is not among the stuck pods asked about.
+    pods = [stuck_pod("u1"), stuck_pod("u2"), stuck_pod("u6")]
+    assert mount_failures(missing, pods) == {"u1": ["/srv/missing", "/srv/gone"]}
+    assert mount_failures({}, pods) == {}
+
+
+def test_the_events_are_listed_again_for_a_newly_stuck_pod_or_after_the_reread() -> None:
+    old = stuck_pod("u1")  # created 2 min before NOW: stuck since 100 s
+    assert not events_due(None, [], NOW)
+    assert events_due(None, [old], NOW)
+    read = NOW - timedelta(seconds=10)
+    assert not events_due(read, [old], NOW)
+    assert events_due(NOW - EVENTS_REREAD, [old], NOW)
+    # Stuck 20 s after its creation, 5 s after the listing: not covered by it yet.
+    new = stuck_pod("u2", (read - timedelta(seconds=15)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    assert stuck_pods([new], NOW) == [new]
+    assert events_due(read, [old, new], NOW)
+
+
+class ScriptedEvents(Kube):
+    """The API's Events list as the API server answers it (field selector applied), with
+    every request recorded; nothing else is served."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:  # no client, no thread pool
+        self.events = events
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+
+    async def request(self, verb: str, path: str, body: Any = None, content_type: str = "",
+                      query: Mapping[str, str] | None = None, resource: str = "") -> Any:
+        self.requests.append((verb, path, dict(query or {})))
+        assert verb == "GET" and path == "/api/v1/namespaces/thp-checker/events", path
+        wanted = dict(term.split("=", 1)
+                      for term in (query or {}).get("fieldSelector", "").split(",") if term)
+
+        def field(item: Mapping[str, Any], dotted: str) -> str:
+            value: Any = item
+            for part in dotted.split("."):
+                value = (value or {}).get(part)
+            return str(value or "")
+
+        return {"metadata": {}, "items": [e for e in self.events
+                                          if all(field(e, k) == v for k, v in wanted.items())]}
+
+
+@pytest.mark.asyncio
+async def test_one_list_of_events_serves_every_stuck_pod() -> None:
+    """Five stuck check pods, three of them on a missing path: one list of the namespace's
+    Events (not one per pod) finds the three; the next reconciles within the reread interval
+    list nothing, a newly stuck pod or the interval's end lists once more."""
+    kube = ScriptedEvents([event("u1"), event("u3"), event("u5"), event("u9", kind="Node"),
+                           event("u2", reason="Scheduled")])
+    ctx = OperatorContext(settings=Settings(namespace="thp-checker"),
+                          kube=kube, metrics=Metrics())
+    check = {"metadata": {"name": "c", "uid": "cu"}, "spec": {"paths": ["/srv/missing"]}}
+
+    async def reconcile(pods: list[Any], now: datetime) -> list[Any]:
+        reconciler = CheckReconciler(ctx, cast(Any, check), cast(Indexes, None), now)
+        return await reconciler._mount_failures(pods)
+
+    pods = [stuck_pod(f"u{i}") for i in range(1, 6)]
+    seen = await reconcile(pods, NOW)
+    assert len(kube.requests) == 1, kube.requests
+    (_, _, query), = kube.requests
+    assert query["fieldSelector"] == FAILED_MOUNT_SELECTOR
+    troubled = {p.uid for p in seen if p.trouble is not None}
+    assert troubled == {"u1", "u3", "u5"}
+    assert all(p.trouble.reason == FAILED_MOUNT for p in seen if p.trouble is not None)
+
+    seen = await reconcile(pods, NOW + timedelta(seconds=5))
+    assert len(kube.requests) == 1  # the listing still stands, and still applies
+    assert {p.uid for p in seen if p.trouble is not None} == troubled
+
+    late = stuck_pod("u6", (NOW - timedelta(seconds=15)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    kube.events.append(event("u6"))
+    seen = await reconcile([*pods, late], NOW + timedelta(seconds=10))
+    assert len(kube.requests) == 2
+    assert {p.uid for p in seen if p.trouble is not None} == {*troubled, "u6"}
+
+    await reconcile([*pods, late], NOW + timedelta(seconds=10) + EVENTS_REREAD)
+    assert len(kube.requests) == 3

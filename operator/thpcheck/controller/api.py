@@ -28,6 +28,7 @@ STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 JSON = "application/json"
 REQUEST_TIMEOUT = (10.0, 60.0)  # connect, read
+EVENTS_PAGE = 500  # Events per page of a list
 
 
 class ApiError(RuntimeError):
@@ -253,13 +254,19 @@ class Kube:
 
     # -- Events ------------------------------------------------------------------------
 
-    async def pod_events(self, namespace: str, uid: str, reason: str) -> list[dict[str, Any]]:
-        """The Events with ``reason`` about one pod (filtered by the API server)."""
-        selector = f"involvedObject.uid={uid},reason={reason}"
-        found = await self.request("GET", f"/api/v1/namespaces/{quote(namespace, safe='')}"
-                                   "/events", query={"fieldSelector": selector})
-        items: list[dict[str, Any]] = (found or {}).get("items") or []
-        return items
+    async def list_events(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The Events in ``namespace`` matching the field ``selector`` (filtered by the API
+        server), in pages of ``EVENTS_PAGE``."""
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/events"
+        query = {"fieldSelector": selector, "limit": str(EVENTS_PAGE)}
+        items: list[dict[str, Any]] = []
+        while True:
+            found = await self.request("GET", path, query=query) or {}
+            items.extend(found.get("items") or [])
+            token = (found.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            query = {**query, "continue": str(token)}
 
     # -- start-up ----------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from thpcheck.controller.metrics import Metrics
 from thpcheck.controller.nodewatch import NodeWatch
 from thpcheck.controller.recent import RecentWrites
 from thpcheck.controller.settings import Settings
+from thpcheck.specs.hostpaths import MountEvents
 
 
 class Triggers:
@@ -77,10 +78,10 @@ class OperatorContext:
     rejected_daemonsets: dict[str, tuple[int, str, float]] = field(default_factory=dict)
     # Results not written by the operator that a Warning Event has reported already.
     reported_untrusted: dict[str, set[str]] = field(default_factory=dict)
-    # Agent pods the kubelet cannot start for a missing hostPath, per check: pod uid ->
-    # (monotonic time of the last Event read, missing paths).
-    mount_failures: dict[str, dict[str, tuple[float, list[str]]]] = field(
-        default_factory=dict)
+    # The last listing of each namespace's FailedMount Events (agent pods the kubelet cannot
+    # start for a missing hostPath), shared by all checks; one listing at a time.
+    mount_events: dict[str, MountEvents] = field(default_factory=dict)
+    mount_events_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Checks whose node condition nodes/status refused (a Warning Event said so already).
     reported_forbidden: set[str] = field(default_factory=set)
     # The views of all nodes (started by the start-up handler, before kopf watches anything).
@@ -107,7 +108,6 @@ class OperatorContext:
         self.status_written_at.pop(check, None)
         self.rejected_daemonsets.pop(check, None)
         self.reported_untrusted.pop(check, None)
-        self.mount_failures.pop(check, None)
         self.reported_forbidden.discard(check)
         self.cordon_claims.pop(check, None)
         self.triggers.forget(check)

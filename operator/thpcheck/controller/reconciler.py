@@ -32,7 +32,15 @@ from thpcheck.model.verdict import Verdict
 from thpcheck.specs import names
 from thpcheck.specs.agent import CheckRef
 from thpcheck.specs.checkspec import CheckSpec, Mode, parse_spec
-from thpcheck.specs.hostpaths import FAILED_MOUNT, missing_paths, stuck_pods, with_mount_failures
+from thpcheck.specs.hostpaths import (
+    FAILED_MOUNT_SELECTOR,
+    MountEvents,
+    events_due,
+    missing_by_pod,
+    mount_failures,
+    stuck_pods,
+    with_mount_failures,
+)
 from thpcheck.specs.mitigation import mitigation_daemonset, restore_daemonset, wanted_daemonsets
 from thpcheck.specs.remediation import (
     CLUSTER_UNHEALTHY,
@@ -72,7 +80,6 @@ UNTRUSTED_REASON = "UntrustedResult"
 # pointless): 400 Bad Request, 403 Forbidden (admission), 422 Invalid.
 _REJECTED = (400, 403, 422)
 REJECTION_RETRY = 300.0  # seconds: an admission policy may be fixed without a spec change
-EVENTS_REREAD = 30.0  # seconds between two reads of one stuck pod's FailedMount Events
 
 
 @dataclass
@@ -224,34 +231,35 @@ class CheckReconciler:
     # -- results -----------------------------------------------------------------------
 
     async def _mount_failures(self, pods: list[AgentPodView]) -> list[AgentPodView]:
-        """Check pods stuck Pending on their node: read the kubelet's FailedMount Events
-        (at most every ``EVENTS_REREAD`` per pod); a missing path becomes the pod's trouble,
-        which the run planner turns into an error result (``specs.hostpaths``)."""
-        cache = self.ctx.mount_failures.setdefault(self.name, {})
+        """Check pods stuck Pending on their node: the kubelet's FailedMount Events name a
+        missing path, which becomes the pod's trouble and the run planner's error result
+        (``specs.hostpaths``). One field-selected list per namespace, shared by all checks,
+        when ``events_due`` says so (not one per pod)."""
         stuck = stuck_pods(pods, self.now)
-        waiting = {p.uid for p in stuck}
-        for uid in [u for u in cache if u not in waiting]:
-            del cache[uid]  # started, replaced or gone
-
-        async def read(pod: AgentPodView) -> None:
-            seen = cache.get(pod.uid)
-            if seen is not None and time.monotonic() - seen[0] < EVENTS_REREAD:
-                return
-            try:
-                found = await self.ctx.kube.pod_events(pod.namespace, pod.uid, FAILED_MOUNT)
-            except ApiError as exc:
-                self.log.warning("pod events not read", pod=pod.name, error=str(exc))
-                return
-            paths = missing_paths(str(e.get("message") or "") for e in found)
-            cache[pod.uid] = (time.monotonic(), paths)
-            if paths and not (seen and seen[1]):
-                self.log.warning("agent pod cannot mount its paths", pod=pod.name,
-                                 node=pod.node, missing=paths)
-
-        if stuck:
-            await bounded(self.ctx.settings.api_workers, [read(p) for p in stuck])
-        failures = {uid: paths for uid, (_, paths) in cache.items() if paths}
+        failures: dict[str, list[str]] = {}
+        for namespace in sorted({p.namespace for p in stuck}):
+            here = [p for p in stuck if p.namespace == namespace]
+            async with self.ctx.mount_events_lock:
+                seen = self.ctx.mount_events.setdefault(namespace, MountEvents())
+                if events_due(seen.read_at, here, self.now):
+                    await self._read_mount_events(namespace, seen, here)
+            failures.update(mount_failures(seen.missing, here))
         return with_mount_failures(pods, failures)
+
+    async def _read_mount_events(self, namespace: str, seen: MountEvents,
+                                 stuck: list[AgentPodView]) -> None:
+        seen.read_at = self.now  # also after a failure: the next try waits like a reread
+        try:
+            found = await self.ctx.kube.list_events(namespace, FAILED_MOUNT_SELECTOR)
+        except ApiError as exc:
+            self.log.warning("FailedMount events not read", namespace=namespace,
+                             error=str(exc))
+            return
+        before, seen.missing = seen.missing, missing_by_pod(found)
+        for pod in stuck:
+            if pod.uid in seen.missing and pod.uid not in before:
+                self.log.warning("agent pod cannot mount its paths", pod=pod.name,
+                                 node=pod.node, missing=seen.missing[pod.uid])
 
     def _mitigation_readiness(self, nodes: Iterable[NodeView]) -> dict[str, bool]:
         """Nodes labelled for mitigation -> is their mitigation pod Ready."""
