@@ -28,6 +28,7 @@ from thpcheck.controller import events
 from thpcheck.controller.api import ApiError, Conflict, NotFound
 from thpcheck.controller.context import OperatorContext
 from thpcheck.controller.indexes import Indexes
+from thpcheck.model.timestamps import parse_time
 from thpcheck.model.verdict import Verdict
 from thpcheck.specs import names
 from thpcheck.specs.agent import CheckRef
@@ -547,7 +548,7 @@ class CheckReconciler:
                 by_verdict[state.verdict.value] += 1
         unchecked = sum(1 for s in results.states.values() if s.verdict is None)
         labelled = self._mitigation_readiness(nodes)
-        times = [t for t in (_parse_time(r.checked_at) for r in observed) if t is not None]
+        times = [t for t in (parse_time(r.checked_at) for r in observed) if t is not None]
         interval = self.spec.interval
         self.ctx.metrics.record_check(
             self.name, by_verdict, unchecked=unchecked, mitigated=int(status["mitigated"]),
@@ -580,11 +581,6 @@ def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
     return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
 
 
-def _parse_time(text: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
-    except ValueError:
-        return None
 
 
 async def manage_mitigation_daemonset(ctx: OperatorContext, idx: Indexes,
