@@ -67,8 +67,12 @@ class Conflict(ApiError):
     """409: AlreadyExists on create, a stale resourceVersion on update."""
 
 
+def _checks_path() -> str:
+    return f"/apis/{names.GROUP}/{names.VERSION}/{names.CHECK_PLURAL}"
+
+
 def _check_path(name: str) -> str:
-    return f"/apis/{names.GROUP}/{names.VERSION}/{names.CHECK_PLURAL}/{quote(name, safe='')}"
+    return f"{_checks_path()}/{quote(name, safe='')}"
 
 
 def _result_path(name: str = "") -> str:
@@ -177,8 +181,7 @@ class Kube:
 
     async def check_names(self) -> set[str]:
         """The names of every ThpCheck the API holds now (deleting ones too)."""
-        listed = await self.request("GET", _check_path("").rstrip("/"),
-                                    resource="thpchecks")
+        listed = await self.request("GET", _checks_path(), resource="thpchecks")
         return {item["metadata"]["name"] for item in listed.get("items") or ()}
 
     # -- ThpNodeResult -----------------------------------------------------------------
@@ -226,11 +229,6 @@ class Kube:
 
     # -- DaemonSets --------------------------------------------------------------------
 
-    async def create_event(self, body: Mapping[str, Any]) -> Any:
-        namespace = quote(body["metadata"]["namespace"], safe="")
-        return await self.request("POST", f"/api/v1/namespaces/{namespace}/events", body,
-                                  resource="events")
-
     async def create_daemonset(self, body: Mapping[str, Any]) -> Any:
         return await self.request("POST", _daemonset_path(body["metadata"]["namespace"]), body,
                                   resource="daemonsets")
@@ -253,6 +251,11 @@ class Kube:
                                {"propagationPolicy": "Background"}, resource="daemonsets")
 
     # -- Events ------------------------------------------------------------------------
+
+    async def create_event(self, body: Mapping[str, Any]) -> Any:
+        namespace = quote(body["metadata"]["namespace"], safe="")
+        return await self.request("POST", f"/api/v1/namespaces/{namespace}/events", body,
+                                  resource="events")
 
     async def list_events(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         """The Events in ``namespace`` matching the field ``selector`` (filtered by the API

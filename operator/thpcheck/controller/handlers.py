@@ -160,15 +160,20 @@ async def indexed_when_nothing_to_handle(ctx: OperatorContext) -> None:
     they get."""
     while ctx.indexed is None:
         try:
-            found = [path for path, query in handled_listings(ctx.settings.namespace)
-                     if (await ctx.kube.request("GET", path, query=query)).get("items")]
-        except ApiError as exc:
-            log.warning("cannot tell whether kopf has anything to index", error=str(exc))
-        else:
-            if not found:
+            if not await _anything_to_handle(ctx):
                 kopf_indexed(ctx, ctx.indexes(), how="nothing to handle")
                 return
+        except ApiError as exc:
+            log.warning("cannot tell whether kopf has anything to index", error=str(exc))
         await asyncio.sleep(NOTHING_TO_HANDLE_RECHECK)
+
+
+async def _anything_to_handle(ctx: OperatorContext) -> bool:
+    """Whether any listing kopf fires on holds an item (stops at the first that does)."""
+    for path, query in handled_listings(ctx.settings.namespace):
+        if (await ctx.kube.request("GET", path, query=query)).get("items"):
+            return True
+    return False
 
 
 def start_sweeper(ctx: OperatorContext) -> None:
