@@ -292,8 +292,10 @@ def test_a_newly_unhealthy_cluster_warns_with_the_status_write() -> None:
     assert event.warning and event.node is None
     assert event.message.startswith("1 affected nodes wait for a cordon: 1 of 2 selected "
                                     "nodes are NotReady or cordoned by someone else (n2)")
-    _, _, again = reconcile(observe(sick, pods=AFFECTED, status=finish.status), CORDON,
-                            limits=limits)
+    # Still unhealthy at the next write: no second Event.
+    _, _, again = reconcile(observe(sick, pods=AFFECTED, status={**finish.status, "checked": 0}),
+                            CORDON, limits=limits)
+    assert again.decision is StatusDecision.WRITE
     assert "ClusterUnhealthy" not in [e.reason for e in again.events]
 
 
@@ -418,3 +420,16 @@ def test_metrics_count_the_planned_states() -> None:
     weekly = parse_spec({"schedule": {"interval": "168h"}})
     _, _, finish = reconcile(observe(TWO, pods=AFFECTED), weekly)
     assert finish.metrics.gauges["interval"] == timedelta(hours=168).total_seconds()
+
+
+def test_a_write_that_met_a_concurrent_change_plans_again_at_once() -> None:
+    _, step, _ = reconcile(observe(TWO, pods=AFFECTED), CORDON)
+    (change, *_) = step.remedy.changes
+    for refused, replan in ((409, True), (404, True), (403, False), (500, False)):
+        _, _, finish = reconcile(observe(TWO, pods=AFFECTED), CORDON,
+                                 done=Outcomes(refused=[(change, refused, "x")]))
+        assert finish.replan is replan, refused
+    _, _, finish = reconcile(observe(TWO, pods=AFFECTED), CORDON,
+                             done=Outcomes(budget_failed=True, cordoned=step.stored))
+    assert finish.replan
+    assert not reconcile(observe(TWO, pods=AFFECTED), CORDON)[2].replan

@@ -29,34 +29,22 @@ from thpcheck.controller import events
 from thpcheck.controller.api import ApiError, Conflict, NotFound
 from thpcheck.controller.context import OperatorContext
 from thpcheck.controller.indexes import Indexes
+from thpcheck.controller.observe import cluster_limits, observe_check, observe_mount_failures
 from thpcheck.specs import names
-from thpcheck.specs.agent import CheckRef
 from thpcheck.specs.checkplan import (
-    REJECTED_STATUSES,
     CheckPlan,
     DaemonSetAction,
     DaemonSetStep,
-    Event,
     Finish,
-    Knobs,
     NodeStep,
-    Observed,
     Outcomes,
     Written,
     finish_check,
     plan_check,
     plan_nodes,
+    refusal,
 )
-from thpcheck.specs.checkspec import Mode, parse_spec
-from thpcheck.specs.hostpaths import (
-    FAILED_MOUNT_SELECTOR,
-    MountEvents,
-    events_due,
-    missing_by_pod,
-    mount_failures,
-    stuck_pods,
-    with_mount_failures,
-)
+from thpcheck.specs.checkspec import parse_spec
 from thpcheck.specs.mitigation import mitigation_daemonset, restore_daemonset, wanted_daemonsets
 from thpcheck.specs.remediation import NodeChange
 from thpcheck.specs.results import ResultPatch, ResultPlan, ResultWrite
@@ -64,6 +52,7 @@ from thpcheck.specs.views import AgentPodView, DaemonSetView, node_view, result_
 
 log = structlog.get_logger("thpcheck.operator")
 T = TypeVar("T")
+STATUS_LOGGED = ("phase", "checked", "nodes", "affected")
 
 
 async def bounded(limit: int, jobs: Iterable[Awaitable[T]]) -> list[T]:
@@ -82,25 +71,24 @@ class CheckReconciler:
 
     def __init__(self, ctx: OperatorContext, body: kopf.Body, idx: Indexes,
                  now: datetime) -> None:
-        meta = body.get("metadata", {})
         self.ctx, self.body, self.idx, self.now = ctx, body, idx, now
-        self.name = str(meta.get("name"))
-        self.check = CheckRef(self.name, str(meta.get("uid")))
+        self.name = str(body.get("metadata", {}).get("name"))
         self.spec = parse_spec(body.get("spec"))
         self.memory = ctx.memory(self.name)
         self.log = log.bind(check=self.name)
 
     async def run(self) -> None:
-        plan = plan_check(await self._observe(), self.spec, self.memory, self.now)
+        observed = await observe_check(self.ctx, self.idx, self.body, self.spec, self.now)
+        plan = plan_check(observed, self.spec, self.memory, self.now)
         done = Outcomes()
         await self._daemonset(plan.daemonset, done)
         self.memory.reported_untrusted = plan.reported_untrusted
-        self._post(plan.events)
+        events.post(self.body, plan.events, self.log)
         await self._results(plan.results, done)
         # New cordons and taints are decided and made one check at a time (the cluster-wide
         # budget); a plan without one (labels, uncordons) is applied outside the lock.
         async with self.ctx.cordon_lock:
-            step = plan_nodes(plan, self.memory, self.ctx.settings.limits(self._claimed()))
+            step = plan_nodes(plan, self.memory, cluster_limits(self.ctx, self.idx, self.name))
             if step.holds:
                 await self._nodes(plan, step, done)
         if not step.holds:
@@ -108,115 +96,78 @@ class CheckReconciler:
         self.memory.cordon_claims = frozenset(done.cordoned)
         await manage_mitigation_daemonset(self.ctx, self.idx)
         finish = finish_check(plan, step, done, self.memory, time.monotonic())
-        self.memory.rejection = finish.rejection
-        self.memory.reported_forbidden = finish.reported_forbidden
-        self._post(finish.events)
+        finish.remember(self.memory)
+        events.post(self.body, finish.events, self.log)
+        if finish.replan:  # a write met a change it did not plan for: plan again at once
+            self.ctx.triggers.poke(self.name)
         self.ctx.metrics.record_check(self.name, finish.metrics.by_verdict,
                                       **finish.metrics.gauges)
         if finish.patch is not None:
             await self._write_status(plan, finish)
 
-    async def _observe(self) -> Observed:
-        """Every read of the reconcile (the planners see nothing else)."""
-        meta, settings, recent = self.body.get("metadata", {}), self.ctx.settings, self.ctx.recent
-        nodes = recent.overlay_nodes(self.idx.all_nodes())
-        pods = ([] if self.spec.mode is Mode.PREFLIGHT
-                else await self._mount_failures(self.idx.pods_of(self.name)))
-        return Observed(
-            self.check, Knobs(settings.workload(), settings.status_interval,
-                              settings.empty_result_grace),
-            generation=int(meta.get("generation") or 0),
-            live_version=str(meta.get("resourceVersion") or ""),
-            live_status=dict(self.body.get("status") or {}), nodes=nodes, pods=pods,
-            daemonset=self.idx.daemonset(self.name),
-            results=recent.overlay_results(self.idx.results_of(self.name), self.name),
-            mitigation_ready={n.name: self.idx.mitigation_ready(n.name) for n in nodes
-                              if n.labels.get(names.MITIGATE_LABEL) == "true"},
-            clock=time.monotonic())
-
     async def _mount_failures(self, pods: list[AgentPodView]) -> list[AgentPodView]:
         return await observe_mount_failures(self.ctx, pods, self.now)
 
-    def _claimed(self) -> frozenset[str]:
-        """Nodes the other checks persisted as cordoned (status.cordonedNodes), from the
-        index and from this process's own latest writes, whichever lists more."""
-        claimed = {n for s in self.idx.check_summaries() if s.name != self.name
-                   for n in s.cordoned}
-        claimed.update(n for check, memory in self.ctx.memories.items() if check != self.name
-                       for n in memory.cordon_claims)
-        return frozenset(claimed)
-
-    def _post(self, planned: Iterable[Event]) -> None:
-        for e in planned:
-            if e.node is None:
-                if e.warning:
-                    self.log.warning("check event", reason=e.reason, message=e.message[:300])
-                events.on_check(self.body, reason=e.reason, message=e.message,
-                                warning=e.warning)
-            else:
-                events.on_node(e.node, reason=e.reason, message=e.message, warning=e.warning)
+    async def _try(self, write: Awaitable[T], failed: str, **where: str) -> T | None:
+        """The write's response, or None (logged) if the API refused it."""
+        try:
+            return await write
+        except ApiError as exc:
+            self.log.warning(failed, error=str(exc), **where)
+            return None
 
     async def _daemonset(self, step: DaemonSetStep, done: Outcomes) -> None:
-        kube, action, body = self.ctx.kube, step.action, step.rollout.body
-        try:
-            if action is DaemonSetAction.DELETE:
-                await kube.delete_daemonset(self.ctx.settings.namespace,
-                                            names.agent_daemonset_name(self.name))
-            elif action in (DaemonSetAction.CREATE, DaemonSetAction.UPDATE) and body:
-                await (kube.create_daemonset if action is DaemonSetAction.CREATE
-                       else kube.update_daemonset)(body)
-            else:
-                return
-        except ApiError as exc:
-            if action is DaemonSetAction.DELETE:
-                self.log.warning("agent daemonset not deleted", error=str(exc))
-            elif isinstance(exc, Conflict):
-                done.daemonset = Written.CONFLICT
-                self.log.info("daemonset changed meanwhile; retrying next reconcile",
-                              step=step.rollout.step.value)
-            elif exc.status in REJECTED_STATUSES:
-                done.daemonset, done.daemonset_error = Written.REJECTED, exc.message
-                self.log.warning("agent daemonset rejected", step=step.rollout.step.value,
-                                 status=exc.status, error=exc.message)
-            else:
-                raise
+        kube, rollout = self.ctx.kube, step.rollout
+        if step.action is DaemonSetAction.DELETE:
+            await self._try(kube.delete_daemonset(self.ctx.settings.namespace, step.name),
+                            "agent daemonset not deleted")
+        if step.body is None:
             return
-        self.log.info("agent daemonset", step=action.value, run=step.rollout.run)
-        self._post([step.started] if step.started else [])
+        try:
+            await (kube.create_daemonset if step.action is DaemonSetAction.CREATE
+                   else kube.update_daemonset)(step.body)
+        except ApiError as exc:
+            outcome = refusal(exc.status)
+            if outcome is None:
+                raise
+            done.daemonset, done.daemonset_error = outcome, exc.message
+            (self.log.warning if outcome is Written.REJECTED else self.log.info)(
+                f"agent daemonset {outcome.value}", step=rollout.step.value,
+                status=exc.status, error=exc.message)
+            return
+        self.log.info("agent daemonset", step=rollout.step.value, run=rollout.run)
+        events.post(self.body, [step.started] if step.started else [], self.log)
+
+    async def _write_result(self, item: ResultWrite) -> Any:
+        """Create (a conflict: it exists, replace it) or replace (gone: create it)."""
+        kube = self.ctx.kube
+        first, then, missed = ((kube.create_result, kube.replace_result, Conflict) if item.create
+                               else (kube.replace_result, kube.create_result, NotFound))
+        try:
+            return await first(item.body)
+        except missed:
+            return await then(item.body)
 
     async def _results(self, plan: ResultPlan, done: Outcomes) -> None:
-        kube, recent = self.ctx.kube, self.ctx.recent
+        recent, kube = self.ctx.recent, self.ctx.kube
 
         async def write(item: ResultWrite) -> None:
-            first, then, gone = ((kube.create_result, kube.replace_result, Conflict)
-                                 if item.create else
-                                 (kube.replace_result, kube.create_result, NotFound))
-            try:
-                try:
-                    written = await first(item.body)
-                except gone:  # created meanwhile, or deleted meanwhile
-                    written = await then(item.body)
-            except ApiError as exc:
-                self.log.warning("result not written", node=item.node, error=str(exc))
-                return
-            recent.wrote_result(result_view(written), item.before)
-            self.ctx.metrics.wrote_result(self.name, item)
-            done.results.append(item)
+            written = await self._try(self._write_result(item), "result not written",
+                                      node=item.node)
+            if written is not None:
+                recent.wrote_result(result_view(written), item.before)
+                self.ctx.metrics.wrote_result(self.name, item)
+                done.results.append(item)
 
         async def patch(item: ResultPatch) -> None:
-            try:
-                written = await kube.patch_result(item.name, item.patch)
-            except ApiError as exc:
-                self.log.warning("result not patched", result=item.name, error=str(exc))
-                return
-            recent.wrote_result(result_view(written), item.before)
+            written = await self._try(kube.patch_result(item.name, item.patch),
+                                      "result not patched", result=item.name)
+            if written is not None:
+                recent.wrote_result(result_view(written), item.before)
 
         async def delete(name: str) -> None:
             recent.forget_result(name)
-            try:
-                await kube.delete_result(name)
-            except ApiError as exc:
-                self.log.warning("result not deleted", result=name, error=str(exc))
+            await self._try(kube.delete_result(name), "result not deleted", result=name)
 
         jobs = [*map(write, plan.writes), *map(patch, plan.patches), *map(delete, plan.deletes)]
         if jobs:
@@ -230,10 +181,9 @@ class CheckReconciler:
         if step.budget is not None:
             try:
                 done.budget = await self._patch_status(plan, step.budget)
-            except ApiError as exc:
-                # A conflict means someone else wrote in between: plan again from fresh state.
+            except ApiError as exc:  # someone else wrote in between: replanned from fresh state
                 self.log.info("cordon budget not persisted; retrying", error=str(exc))
-                self.ctx.triggers.poke(self.name)
+                done.budget_failed = True
                 return
             self.memory.cordon_claims = frozenset(step.remedy.cordoned_before)
         versions = {n.name: n.resource_version for n in plan.observed.nodes}
@@ -241,13 +191,9 @@ class CheckReconciler:
         async def change(item: NodeChange) -> None:
             try:
                 written = await apply_node_change(self.ctx, item)
-            except (Conflict, NotFound) as exc:
-                self.log.info("node changed meanwhile; retrying", node=item.node,
-                              error=str(exc))
-                self.ctx.triggers.poke(self.name)
-                return
-            except ApiError as exc:
-                self.log.warning("node not changed", node=item.node, error=str(exc))
+            except ApiError as exc:  # changed meanwhile (409, 404: replanned) or refused
+                (self.log.info if isinstance(exc, (Conflict, NotFound)) else self.log.warning)(
+                    "node not changed", node=item.node, status=exc.status, error=str(exc))
                 done.refused.append((item, exc.status, exc.message))
                 return
             self.ctx.recent.wrote_node(node_view(written), versions[item.node])
@@ -255,62 +201,20 @@ class CheckReconciler:
             self.log.info("node changed", node=item.node,
                           actions=[a.action.value for a in item.actions])
 
-        if step.remedy.changes:
-            await bounded(self.ctx.settings.api_workers, map(change, step.remedy.changes))
+        await bounded(self.ctx.settings.api_workers, map(change, step.remedy.changes))
         done.cordoned = step.remedy.cordoned_after
 
     async def _write_status(self, plan: CheckPlan, finish: Finish) -> None:
-        try:
-            stored = await self._patch_status(plan, {"status": finish.patch})
-        except ApiError as exc:
-            self.log.warning("status not written", error=str(exc))
-            return
-        self.memory.written_status = stored or finish.status
-        self.memory.status_written_at = time.monotonic()
-        status = finish.status
-        self.log.info("status", phase=status["phase"], checked=status["checked"],
-                      nodes=status["nodes"], affected=status["affected"])
+        stored = await self._try(self._patch_status(plan, {"status": finish.patch}),
+                                 "status not written")
+        if stored is not None:
+            self.memory.written_status = stored or finish.status
+            self.memory.status_written_at = time.monotonic()
+            self.log.info("status", **{k: finish.status[k] for k in STATUS_LOGGED})
 
     async def _patch_status(self, plan: CheckPlan, body: dict[str, Any]) -> dict[str, Any]:
-        """Patch the status; returns the stored one, and remembers the versions."""
         response = await self.ctx.kube.patch_check_status(self.name, body) or {}
-        self.memory.version_before = plan.observed.live_version
-        self.memory.version_after = str(response.get("metadata", {}).get("resourceVersion", ""))
-        stored: dict[str, Any] = response.get("status") or {}
-        return stored
-
-
-async def observe_mount_failures(ctx: OperatorContext, pods: list[AgentPodView],
-                                 now: datetime) -> list[AgentPodView]:
-    """Check pods stuck Pending on their node: the kubelet's FailedMount Events name a
-    missing path, which becomes the pod's trouble and the run planner's error result
-    (``specs.hostpaths``). One field-selected list per namespace, shared by all checks,
-    when ``events_due`` says so (not one per pod)."""
-    stuck = stuck_pods(pods, now)
-    failures: dict[str, list[str]] = {}
-    for namespace in sorted({p.namespace for p in stuck}):
-        here = [p for p in stuck if p.namespace == namespace]
-        async with ctx.mount_events_lock:
-            seen = ctx.mount_events.setdefault(namespace, MountEvents())
-            if events_due(seen.read_at, here, now):
-                await _read_mount_events(ctx, namespace, seen, here, now)
-        failures.update(mount_failures(seen.missing, here))
-    return with_mount_failures(pods, failures)
-
-
-async def _read_mount_events(ctx: OperatorContext, namespace: str, seen: MountEvents,
-                             stuck: list[AgentPodView], now: datetime) -> None:
-    seen.read_at = now  # also after a failure: the next try waits like a reread
-    try:
-        found = await ctx.kube.list_events(namespace, FAILED_MOUNT_SELECTOR)
-    except ApiError as exc:
-        log.warning("FailedMount events not read", namespace=namespace, error=str(exc))
-        return
-    before, seen.missing = seen.missing, missing_by_pod(found)
-    for pod in stuck:
-        if pod.uid in seen.missing and pod.uid not in before:
-            log.warning("agent pod cannot mount its paths", pod=pod.name, node=pod.node,
-                        missing=seen.missing[pod.uid])
+        return self.memory.patched(plan.observed.live_version, response)
 
 
 async def apply_node_change(ctx: OperatorContext, change: NodeChange) -> Any:

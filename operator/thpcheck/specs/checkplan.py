@@ -62,6 +62,7 @@ _WARNING_VERDICTS = {Verdict.AFFECTED.value, Verdict.SUSCEPTIBLE.value, Verdict.
 # What the API server says when it refuses a DaemonSet for good (retrying the same body is
 # pointless): 400 Bad Request, 403 Forbidden (admission), 422 Invalid.
 REJECTED_STATUSES = (400, 403, 422)
+CHANGED_MEANWHILE = (404, 409)  # a node write that met a change: planned again at once
 REJECTION_RETRY = 300.0  # seconds: an admission policy may be fixed without a spec change
 UNTRUSTED_LISTED = 5  # results an UntrustedResult Event names
 DISAGREEMENTS_LISTED = 3  # nodes the check's PredictionDisagreement Event names
@@ -113,6 +114,12 @@ class CheckMemory:
     # checks count it against the cluster-wide budget.
     cordon_claims: frozenset[str] = frozenset()
 
+    def patched(self, live_version: str, response: Mapping[str, Any]) -> dict[str, Any]:
+        """Record a status patch made on ``live_version``; returns the status it stored."""
+        self.version_before = live_version
+        self.version_after = str((response.get("metadata") or {}).get("resourceVersion", ""))
+        return dict(response.get("status") or {})
+
     def precondition(self, live_version: str) -> str:
         """The resourceVersion a preconditioned status patch names."""
         if live_version == self.version_before and self.version_after:
@@ -161,6 +168,13 @@ class DaemonSetStep:
     unchanged: RolloutPlan  # the rollout when the write does not go through
     error: str = ""  # HELD: the API server's refusal, still standing
     started: Event | None = None  # RunStarted, posted once the write went through
+    name: str = ""  # the agent DaemonSet's name
+
+    @property
+    def body(self) -> dict[str, Any] | None:
+        """The DaemonSet to create or update, if any."""
+        writes = self.action in (DaemonSetAction.CREATE, DaemonSetAction.UPDATE)
+        return self.rollout.body if writes else None
 
 
 @dataclass(frozen=True)
@@ -198,6 +212,14 @@ class Written(StrEnum):
     REJECTED = "rejected"  # refused for good (REJECTED_STATUSES)
 
 
+def refusal(status: int) -> Written | None:
+    """What an API error status means for a DaemonSet write (None: not the API's answer
+    to this body, so the reconcile fails and is retried)."""
+    if status == 409:
+        return Written.CONFLICT
+    return Written.REJECTED if status in REJECTED_STATUSES else None
+
+
 @dataclass
 class Outcomes:
     """What the reconciler's writes did, for ``finish_check``."""
@@ -206,8 +228,10 @@ class Outcomes:
     daemonset_error: str = ""  # REJECTED: the API server's message
     results: list[ResultWrite] = field(default_factory=list)  # written
     changes: list[NodeChange] = field(default_factory=list)  # applied
-    refused: list[tuple[NodeChange, int, str]] = field(default_factory=list)  # status, message
+    # Node changes the API refused: (change, HTTP status, message).
+    refused: list[tuple[NodeChange, int, str]] = field(default_factory=list)
     budget: Mapping[str, Any] | None = None  # the status the budget patch stored
+    budget_failed: bool = False  # the budget patch failed: no node was changed
     cordoned: Sequence[str] = ()  # status.cordonedNodes to report
 
 
@@ -232,6 +256,13 @@ class Finish:
     metrics: CheckMetrics
     rejection: Rejection | None  # CheckMemory.rejection after this reconcile
     reported_forbidden: bool
+    # Plan again at once: the budget patch or a node change met a concurrent change (409)
+    # or a vanished node (404).
+    replan: bool = False
+
+    def remember(self, memory: CheckMemory) -> None:
+        """Record this reconcile's decisions in the check's memory."""
+        memory.rejection, memory.reported_forbidden = self.rejection, self.reported_forbidden
 
 
 # -- plan_check ------------------------------------------------------------------------
@@ -248,7 +279,7 @@ def plan_check(observed: Observed, spec: CheckSpec, memory: CheckMemory,
         none = RolloutPlan(Step.NONE)
         daemonset = DaemonSetStep(
             DaemonSetAction.DELETE if observed.daemonset is not None else DaemonSetAction.NONE,
-            none, none)
+            none, none, name=names.agent_daemonset_name(check.name))
         results = plan_predicted_results(check, selected, observed.results,
                                          observed.mitigation_ready, now)
         remediation = replace(remediation, mitigate=False)
@@ -367,8 +398,9 @@ def finish_check(plan: CheckPlan, step: NodeStep, done: Outcomes, memory: CheckM
     patch = None
     if decision is StatusDecision.WRITE:
         patch = {**{k: None for k in observed.live_status if k not in status}, **status}
+    replan = done.budget_failed or any(code in CHANGED_MEANWHILE for _, code, _ in done.refused)
     return Finish(status, decision, patch, found + status_events, check_metrics(plan, status),
-                  rejection, memory.reported_forbidden or forbidden is not None)
+                  rejection, memory.reported_forbidden or forbidden is not None, replan)
 
 
 def _rollout_outcome(plan: CheckPlan, done: Outcomes,
