@@ -17,6 +17,7 @@ from thpcheck.controller.metrics import Metrics
 from thpcheck.controller.nodewatch import NodeWatch
 from thpcheck.controller.recent import RecentWrites
 from thpcheck.controller.settings import Settings
+from thpcheck.specs.checkplan import CheckMemory
 from thpcheck.specs.hostpaths import MountEvents
 
 
@@ -49,10 +50,11 @@ class OperatorContext:
     recent: RecentWrites = field(default_factory=RecentWrites)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     mitigation_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # Cordon decisions of all checks, one at a time (the cluster-wide cordon budget), and the
-    # cordon lists each check persisted last (the watch may not show them yet).
+    # Cordon decisions of all checks, one at a time (the cluster-wide cordon budget; each
+    # check's memory holds the cordon list it persisted last).
     cordon_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    cordon_claims: dict[str, frozenset[str]] = field(default_factory=dict)
+    # What this process remembers about each check between its reconciles.
+    memories: dict[str, CheckMemory] = field(default_factory=dict)
     # The orphan sweep (controller.handlers.sweep_forever), started once nodes are listed.
     sweeper: asyncio.Task[None] | None = None
     # kopf's indexes, handed to the start-up handler: live objects for the whole process,
@@ -64,26 +66,10 @@ class OperatorContext:
     indexed: dict[str, int] | None = None
     # The /healthz and /readyz server (an aiohttp AppRunner), while it runs.
     health_server: Any = None
-    # The status each check's last write produced: the watch may not have delivered it yet,
-    # and comparing against it avoids writing the same status twice.
-    written_status: dict[str, Mapping[str, Any]] = field(default_factory=dict)
-    # resourceVersion of each check before and after our last status write: while the watch
-    # still shows "before", "after" is the version to use as a precondition.
-    status_versions: dict[str, tuple[str, str]] = field(default_factory=dict)
-    # When each check's status was last written (monotonic): progress-only changes wait for
-    # the status interval (see thpcheck.specs.status.progress_only).
-    status_written_at: dict[str, float] = field(default_factory=dict)
-    # The agent DaemonSet the API server refused, per check: (the check's generation, the
-    # API's message, when). It is not sent again until the spec changes, or 5 minutes passed.
-    rejected_daemonsets: dict[str, tuple[int, str, float]] = field(default_factory=dict)
-    # Results not written by the operator that a Warning Event has reported already.
-    reported_untrusted: dict[str, set[str]] = field(default_factory=dict)
     # The last listing of each namespace's FailedMount Events (agent pods the kubelet cannot
     # start for a missing hostPath), shared by all checks; one listing at a time.
     mount_events: dict[str, MountEvents] = field(default_factory=dict)
     mount_events_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # Checks whose node condition nodes/status refused (a Warning Event said so already).
-    reported_forbidden: set[str] = field(default_factory=set)
     # The views of all nodes (started by the start-up handler, before kopf watches anything).
     nodes: NodeWatch = field(init=False)
     # Tasks started from the node watch's callback (kept so they are not collected early).
@@ -101,15 +87,12 @@ class OperatorContext:
         """Serialises a check's reconciles and its deletion clean-up."""
         return self.locks.setdefault(check, asyncio.Lock())
 
+    def memory(self, check: str) -> CheckMemory:
+        return self.memories.setdefault(check, CheckMemory())
+
     def forget(self, check: str) -> None:
         self.locks.pop(check, None)
-        self.written_status.pop(check, None)
-        self.status_versions.pop(check, None)
-        self.status_written_at.pop(check, None)
-        self.rejected_daemonsets.pop(check, None)
-        self.reported_untrusted.pop(check, None)
-        self.reported_forbidden.discard(check)
-        self.cordon_claims.pop(check, None)
+        self.memories.pop(check, None)
         self.triggers.forget(check)
         self.metrics.forget_check(check)
 

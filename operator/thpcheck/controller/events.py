@@ -11,7 +11,7 @@ kopf's poster queue exists only inside its handlers' tasks; work the operator st
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -19,6 +19,7 @@ import kopf
 import structlog
 
 from thpcheck.specs import names
+from thpcheck.specs.checkplan import Event
 from thpcheck.specs.views import NodeView
 
 MESSAGE_LIMIT = 1000
@@ -95,3 +96,16 @@ def on_node(node: NodeView, *, reason: str, message: str, warning: bool = False)
 def on_check(body: Mapping[str, Any], *, reason: str, message: str,
              warning: bool = False) -> None:
     _post(body, warning=warning, reason=reason, message=message)
+
+
+def post(body: Mapping[str, Any], planned: Iterable[Event], bound: Any = log) -> None:
+    """Post planned Events (specs.checkplan.Event) on the check ``body`` or their node; a
+    Warning on the check is logged too."""
+    for event in planned:
+        if event.node is not None:
+            on_node(event.node, reason=event.reason, message=event.message,
+                    warning=event.warning)
+            continue
+        if event.warning:
+            bound.warning("check event", reason=event.reason, message=event.message[:300])
+        on_check(body, reason=event.reason, message=event.message, warning=event.warning)

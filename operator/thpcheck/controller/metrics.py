@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from thpcheck.model.verdict import Verdict
+from thpcheck.specs.results import ResultWrite
 from thpcheck.specs.runs import Outcome
 
 RUN_OUTCOMES = tuple(o.value for o in Outcome)
@@ -107,6 +108,14 @@ class Metrics:
         else:
             with contextlib.suppress(KeyError):
                 self.schedule_interval.remove(check)
+
+    def wrote_result(self, check: str, write: ResultWrite) -> None:
+        """A result written: counted, and a new run's duration and outcome observed."""
+        self.results_written.labels(check=check).inc()
+        if write.duration_seconds is not None and write.new_run:
+            self.check_duration.observe(write.duration_seconds)
+        if write.outcome and write.new_run:
+            self.runs.labels(check=check, outcome=write.outcome).inc()
 
     def forget_check(self, check: str) -> None:
         """Drop a deleted check's series, so dashboards do not show ghosts."""

@@ -1,9 +1,12 @@
-"""One reconcile of one ThpCheck: observe (indexes), plan (pure specs), write what differs.
+"""One reconcile of one ThpCheck: observe, plan (pure: ``specs.checkplan``), apply.
 
-Order within a reconcile: the agent DaemonSet's rollout, the node results, remediation
-(persisting the cordon budget before any cordon), the shared mitigation DaemonSet, Events,
-then the status. Each step is idempotent, so a reconcile cut short by a crash or a conflict
-is finished by the next one, and a reconcile with nothing to do writes nothing.
+``CheckReconciler`` reads everything first (the indexes, this process's latest writes, the
+FailedMount Events of stuck pods), asks the planners, applies their writes with bounded
+concurrency and the conflict policy, and records the outcomes in the check's memory
+(``specs.checkplan.CheckMemory``). Order: the agent DaemonSet's rollout, the node results,
+remediation (persisting the cordon budget before any cordon), the shared mitigation DaemonSet,
+Events, then the status. Each step is idempotent, so a reconcile cut short by a crash or a
+conflict is finished by the next one, and a reconcile with nothing to do writes nothing.
 
 ``mode: preflight`` skips the rollout (and deletes a DaemonSet left by full mode): the
 results are the predictions from each node's ``status.nodeInfo``, and nothing that needs a
@@ -13,12 +16,10 @@ pod (mitigation) is planned.
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from dataclasses import replace
+from datetime import datetime
 from typing import Any, TypeVar
 
 import kopf
@@ -28,69 +29,30 @@ from thpcheck.controller import events
 from thpcheck.controller.api import ApiError, Conflict, NotFound
 from thpcheck.controller.context import OperatorContext
 from thpcheck.controller.indexes import Indexes
-from thpcheck.model.timestamps import parse_time
-from thpcheck.model.verdict import Verdict
+from thpcheck.controller.observe import cluster_limits, observe_check, observe_mount_failures
 from thpcheck.specs import names
-from thpcheck.specs.agent import CheckRef
-from thpcheck.specs.checkspec import CheckSpec, Mode, parse_spec
-from thpcheck.specs.hostpaths import (
-    FAILED_MOUNT_SELECTOR,
-    MountEvents,
-    events_due,
-    missing_by_pod,
-    mount_failures,
-    stuck_pods,
-    with_mount_failures,
+from thpcheck.specs.checkplan import (
+    CheckPlan,
+    DaemonSetAction,
+    DaemonSetStep,
+    Finish,
+    NodeStep,
+    Outcomes,
+    Written,
+    finish_check,
+    plan_check,
+    plan_nodes,
+    refusal,
 )
+from thpcheck.specs.checkspec import parse_spec
 from thpcheck.specs.mitigation import mitigation_daemonset, restore_daemonset, wanted_daemonsets
-from thpcheck.specs.remediation import (
-    CLUSTER_UNHEALTHY,
-    MINOR_REASONS,
-    NodeChange,
-    PlannedAction,
-    RemediationPlan,
-    event_reason,
-    plan_remediation,
-)
-from thpcheck.specs.results import (
-    ResultPatch,
-    ResultPlan,
-    ResultWrite,
-    plan_predicted_results,
-    plan_results,
-)
-from thpcheck.specs.rollout import RolloutPlan, Step, plan_rollout, rolled_out
-from thpcheck.specs.runs import RunPlan, plan_runs, run_deadline
-from thpcheck.specs.selection import selected_nodes
-from thpcheck.specs.status import StatusInputs, build_status, progress_only
-from thpcheck.specs.views import (
-    AgentPodView,
-    DaemonSetView,
-    NodeView,
-    ResultView,
-    node_view,
-    result_view,
-)
+from thpcheck.specs.remediation import NodeChange
+from thpcheck.specs.results import ResultPatch, ResultPlan, ResultWrite
+from thpcheck.specs.views import AgentPodView, DaemonSetView, node_view, result_view
 
 log = structlog.get_logger("thpcheck.operator")
 T = TypeVar("T")
-_WARNING_VERDICTS = {Verdict.AFFECTED.value, Verdict.SUSCEPTIBLE.value, Verdict.ERROR.value}
-DISAGREEMENT_REASON = "PredictionDisagreement"
-UNTRUSTED_REASON = "UntrustedResult"
-# What the API server says when it refuses a DaemonSet for good (retrying the same body is
-# pointless): 400 Bad Request, 403 Forbidden (admission), 422 Invalid.
-_REJECTED = (400, 403, 422)
-REJECTION_RETRY = 300.0  # seconds: an admission policy may be fixed without a spec change
-
-
-@dataclass
-class NodeNotes:
-    """What happened to each node in this reconcile, for one Event per node."""
-
-    verdicts: dict[str, tuple[str | None, str, str]] = field(default_factory=dict)
-    actions: dict[str, list[PlannedAction]] = field(default_factory=dict)
-    # New or changed contradictions of the preflight prediction (one Warning each).
-    disagreements: dict[str, str] = field(default_factory=dict)
+STATUS_LOGGED = ("phase", "checked", "nodes", "affected")
 
 
 async def bounded(limit: int, jobs: Iterable[Awaitable[T]]) -> list[T]:
@@ -104,461 +66,155 @@ async def bounded(limit: int, jobs: Iterable[Awaitable[T]]) -> list[T]:
     return list(await asyncio.gather(*(run(job) for job in jobs)))
 
 
-def canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
 class CheckReconciler:
-    """Reconciles one ThpCheck body against the indexes, with the operator's context."""
+    """Applies one reconcile of one ThpCheck body, with the operator's context."""
 
     def __init__(self, ctx: OperatorContext, body: kopf.Body, idx: Indexes,
                  now: datetime) -> None:
-        meta = body.get("metadata", {})
-        self.ctx = ctx
-        self.body = body
-        self.idx = idx
-        self.now = now
-        self.name = str(meta.get("name"))
-        self.check = CheckRef(self.name, str(meta.get("uid")))
-        self.generation = int(meta.get("generation") or 0)
-        self.live_version = str(meta.get("resourceVersion") or "")
-        self.spec: CheckSpec = parse_spec(body.get("spec"))
-        self.preflight = self.spec.mode is Mode.PREFLIGHT
-        live = dict(body.get("status") or {})
-        self.previous: Mapping[str, Any] = ctx.written_status.get(self.name) or live
-        self.live_status = live
+        self.ctx, self.body, self.idx, self.now = ctx, body, idx, now
+        self.name = str(body.get("metadata", {}).get("name"))
+        self.spec = parse_spec(body.get("spec"))
+        self.memory = ctx.memory(self.name)
         self.log = log.bind(check=self.name)
-        self.notes = NodeNotes()
-        self.runs = RunPlan()
-        self.rollout_error = ""
 
     async def run(self) -> None:
-        recent = self.ctx.recent
-        nodes = recent.overlay_nodes(self.idx.all_nodes())
-        by_name = {n.name: n for n in nodes}
-        selected = selected_nodes(self.spec, nodes)
-        remediation = self.spec.remediation
-        if self.preflight:
-            rollout = await self._retire_agent()
-            observed = recent.overlay_results(self.idx.results_of(self.name), self.name)
-            results = plan_predicted_results(self.check, selected, observed,
-                                             self._mitigation_readiness(nodes), self.now)
-            remediation = replace(remediation, mitigate=False)
-        else:
-            pods = await self._mount_failures(self.idx.pods_of(self.name))
-            self.runs = plan_runs(selected, pods, self.idx.daemonset(self.name), self.now,
-                                  run_deadline(self.spec))
-            rollout = await self._roll_out(len(selected), self.runs.stuck)
-            observed = recent.overlay_results(self.idx.results_of(self.name), self.name)
-            results = plan_results(
-                self.check, selected, pods, observed,
-                self._mitigation_readiness(nodes), self.now,
-                timedelta(seconds=self.ctx.settings.empty_result_grace), self.runs.failures)
-        self._report_untrusted(results.untrusted)
-        await self._write_results(results, by_name)
+        observed = await observe_check(self.ctx, self.idx, self.body, self.spec, self.now)
+        plan = plan_check(observed, self.spec, self.memory, self.now)
+        done = Outcomes()
+        await self._daemonset(plan.daemonset, done)
+        self.memory.reported_untrusted = plan.reported_untrusted
+        events.post(self.body, plan.events, self.log)
+        await self._results(plan.results, done)
         # New cordons and taints are decided and made one check at a time (the cluster-wide
         # budget); a plan without one (labels, uncordons) is applied outside the lock.
         async with self.ctx.cordon_lock:
-            remedy = plan_remediation(
-                self.name, remediation, paused=self.spec.paused, selected=selected,
-                all_nodes=nodes, states=results.states,
-                cordoned=list(self.previous.get("cordonedNodes") or []),
-                limits=self.ctx.settings.limits(self._claimed_by_others()), now=self.now)
-            cordons = any(c.unschedulable or (c.taints is not None and any(
-                t.key == names.TAINT_KEY for t in c.taints)) for c in remedy.changes)
-            if cordons:
-                cordoned = await self._remediate(remedy, by_name)
-        if not cordons:
-            cordoned = await self._remediate(remedy, by_name)
-        self.ctx.cordon_claims[self.name] = frozenset(cordoned)
+            step = plan_nodes(plan, self.memory, cluster_limits(self.ctx, self.idx, self.name))
+            if step.holds:
+                await self._nodes(plan, step, done)
+        if not step.holds:
+            await self._nodes(plan, step, done)
+        self.memory.cordon_claims = frozenset(done.cordoned)
         await manage_mitigation_daemonset(self.ctx, self.idx)
-        self._post_node_events(by_name, remedy)
-        await self._write_status(rollout, results, remedy, cordoned, selected, nodes, observed)
-
-    # -- the agent DaemonSet -------------------------------------------------------------
-
-    async def _roll_out(self, nodes: int, stuck: int) -> RolloutPlan:
-        observed = self.idx.daemonset(self.name)
-        plan = plan_rollout(self.spec, self.check, self.ctx.settings.workload(), observed,
-                            self.now, nodes, stuck)
-        if plan.step is Step.NONE or plan.body is None:
-            self.ctx.rejected_daemonsets.pop(self.name, None)
-            return plan
-        unchanged = RolloutPlan(Step.NONE, run=observed.run if observed else "")
-        rejected = self.ctx.rejected_daemonsets.get(self.name)
-        if rejected is not None and rejected[0] == self.generation \
-                and time.monotonic() - rejected[2] < REJECTION_RETRY:
-            self.rollout_error = rejected[1]  # the same spec would be refused again
-            return unchanged
-        kube = self.ctx.kube
-        try:
-            if plan.step is Step.CREATE:
-                await kube.create_daemonset(plan.body)
-            else:
-                await kube.update_daemonset(plan.body)
-        except Conflict:
-            self.log.info("daemonset changed meanwhile; retrying next reconcile",
-                          step=plan.step.value)
-            return unchanged
-        except ApiError as exc:
-            if exc.status not in _REJECTED:
-                raise
-            self.rollout_error = exc.message
-            self.ctx.rejected_daemonsets[self.name] = (self.generation, exc.message,
-                                                       time.monotonic())
-            self.log.warning("agent daemonset rejected", step=plan.step.value,
-                             status=exc.status, error=exc.message)
-            return unchanged
-        self.ctx.rejected_daemonsets.pop(self.name, None)
-        self.log.info("agent daemonset", step=plan.step.value, run=plan.run)
-        if plan.starts_run:
-            events.on_check(self.body, reason="RunStarted", message=(
-                f"checking every selected node, {self.spec.max_concurrent} at a time "
-                f"(run {plan.run})"))
-        return plan
-
-    async def _retire_agent(self) -> RolloutPlan:
-        """``mode: preflight`` runs nothing on the nodes: delete a DaemonSet from full mode."""
-        if self.idx.daemonset(self.name) is not None:
-            try:
-                await self.ctx.kube.delete_daemonset(self.ctx.settings.namespace,
-                                                     names.agent_daemonset_name(self.name))
-            except ApiError as exc:
-                self.log.warning("agent daemonset not deleted", error=str(exc))
-            else:
-                self.log.info("agent daemonset deleted", reason="mode preflight")
-        return RolloutPlan(Step.NONE)
-
-    # -- results -----------------------------------------------------------------------
+        finish = finish_check(plan, step, done, self.memory, time.monotonic())
+        finish.remember(self.memory)
+        events.post(self.body, finish.events, self.log)
+        if finish.replan:  # a write met a change it did not plan for: plan again at once
+            self.ctx.triggers.poke(self.name)
+        self.ctx.metrics.record_check(self.name, finish.metrics.by_verdict,
+                                      **finish.metrics.gauges)
+        if finish.patch is not None:
+            await self._write_status(plan, finish)
 
     async def _mount_failures(self, pods: list[AgentPodView]) -> list[AgentPodView]:
-        """Check pods stuck Pending on their node: the kubelet's FailedMount Events name a
-        missing path, which becomes the pod's trouble and the run planner's error result
-        (``specs.hostpaths``). One field-selected list per namespace, shared by all checks,
-        when ``events_due`` says so (not one per pod)."""
-        stuck = stuck_pods(pods, self.now)
-        failures: dict[str, list[str]] = {}
-        for namespace in sorted({p.namespace for p in stuck}):
-            here = [p for p in stuck if p.namespace == namespace]
-            async with self.ctx.mount_events_lock:
-                seen = self.ctx.mount_events.setdefault(namespace, MountEvents())
-                if events_due(seen.read_at, here, self.now):
-                    await self._read_mount_events(namespace, seen, here)
-            failures.update(mount_failures(seen.missing, here))
-        return with_mount_failures(pods, failures)
+        return await observe_mount_failures(self.ctx, pods, self.now)
 
-    async def _read_mount_events(self, namespace: str, seen: MountEvents,
-                                 stuck: list[AgentPodView]) -> None:
-        seen.read_at = self.now  # also after a failure: the next try waits like a reread
+    async def _try(self, write: Awaitable[T], failed: str, **where: str) -> T | None:
+        """The write's response, or None (logged) if the API refused it."""
         try:
-            found = await self.ctx.kube.list_events(namespace, FAILED_MOUNT_SELECTOR)
+            return await write
         except ApiError as exc:
-            self.log.warning("FailedMount events not read", namespace=namespace,
-                             error=str(exc))
+            self.log.warning(failed, error=str(exc), **where)
+            return None
+
+    async def _daemonset(self, step: DaemonSetStep, done: Outcomes) -> None:
+        kube, rollout = self.ctx.kube, step.rollout
+        if step.action is DaemonSetAction.DELETE:
+            await self._try(kube.delete_daemonset(self.ctx.settings.namespace, step.name),
+                            "agent daemonset not deleted")
+        if step.body is None:
             return
-        before, seen.missing = seen.missing, missing_by_pod(found)
-        for pod in stuck:
-            if pod.uid in seen.missing and pod.uid not in before:
-                self.log.warning("agent pod cannot mount its paths", pod=pod.name,
-                                 node=pod.node, missing=seen.missing[pod.uid])
+        try:
+            await (kube.create_daemonset if step.action is DaemonSetAction.CREATE
+                   else kube.update_daemonset)(step.body)
+        except ApiError as exc:
+            outcome = refusal(exc.status)
+            if outcome is None:
+                raise
+            done.daemonset, done.daemonset_error = outcome, exc.message
+            (self.log.warning if outcome is Written.REJECTED else self.log.info)(
+                f"agent daemonset {outcome.value}", step=rollout.step.value,
+                status=exc.status, error=exc.message)
+            return
+        self.log.info("agent daemonset", step=rollout.step.value, run=rollout.run)
+        events.post(self.body, [step.started] if step.started else [], self.log)
 
-    def _mitigation_readiness(self, nodes: Iterable[NodeView]) -> dict[str, bool]:
-        """Nodes labelled for mitigation -> is their mitigation pod Ready."""
-        return {n.name: self.idx.mitigation_ready(n.name) for n in nodes
-                if n.labels.get(names.MITIGATE_LABEL) == "true"}
-
-    async def _write_results(self, plan: ResultPlan, nodes: Mapping[str, NodeView]) -> None:
+    async def _write_result(self, item: ResultWrite) -> Any:
+        """Create (a conflict: it exists, replace it) or replace (gone: create it)."""
         kube = self.ctx.kube
+        first, then, missed = ((kube.create_result, kube.replace_result, Conflict) if item.create
+                               else (kube.replace_result, kube.create_result, NotFound))
+        try:
+            return await first(item.body)
+        except missed:
+            return await then(item.body)
 
-        recent = self.ctx.recent
+    async def _results(self, plan: ResultPlan, done: Outcomes) -> None:
+        recent, kube = self.ctx.recent, self.ctx.kube
 
         async def write(item: ResultWrite) -> None:
-            try:
-                if item.create:
-                    try:
-                        written = await kube.create_result(item.body)
-                    except Conflict:
-                        written = await kube.replace_result(item.body)
-                else:
-                    try:
-                        written = await kube.replace_result(item.body)
-                    except NotFound:
-                        written = await kube.create_result(item.body)
-            except ApiError as exc:
-                self.log.warning("result not written", node=item.node, error=str(exc))
-                return
-            recent.wrote_result(result_view(written), item.before)
-            self.ctx.metrics.results_written.labels(check=self.name).inc()
-            if item.duration_seconds is not None and item.new_run:
-                self.ctx.metrics.check_duration.observe(item.duration_seconds)
-            if item.outcome and item.new_run:
-                self.ctx.metrics.runs.labels(check=self.name, outcome=item.outcome).inc()
-            if item.previous_verdict != item.verdict.value:
-                self.notes.verdicts[item.node] = (item.previous_verdict, item.verdict.value,
-                                                  item.body["status"].get("message", ""))
-            if item.disagreement and item.disagreement != item.previous_disagreement:
-                self.notes.disagreements[item.node] = item.disagreement
+            written = await self._try(self._write_result(item), "result not written",
+                                      node=item.node)
+            if written is not None:
+                recent.wrote_result(result_view(written), item.before)
+                self.ctx.metrics.wrote_result(self.name, item)
+                done.results.append(item)
 
         async def patch(item: ResultPatch) -> None:
-            try:
-                written = await kube.patch_result(item.name, item.patch)
-            except ApiError as exc:
-                self.log.warning("result not patched", result=item.name, error=str(exc))
-                return
-            recent.wrote_result(result_view(written), item.before)
+            written = await self._try(kube.patch_result(item.name, item.patch),
+                                      "result not patched", result=item.name)
+            if written is not None:
+                recent.wrote_result(result_view(written), item.before)
 
         async def delete(name: str) -> None:
             recent.forget_result(name)
-            try:
-                await kube.delete_result(name)
-            except ApiError as exc:
-                self.log.warning("result not deleted", result=name, error=str(exc))
+            await self._try(kube.delete_result(name), "result not deleted", result=name)
 
-        jobs = [*(write(item) for item in plan.writes),
-                *(patch(p) for p in plan.patches),
-                *(delete(name) for name in plan.deletes)]
+        jobs = [*map(write, plan.writes), *map(patch, plan.patches), *map(delete, plan.deletes)]
         if jobs:
             await bounded(self.ctx.settings.api_workers, jobs)
             self.log.info("results", written=len(plan.writes), patched=len(plan.patches),
                           deleted=len(plan.deletes))
 
-    def _report_untrusted(self, untrusted: Mapping[str, str]) -> None:
-        """One Warning Event on the check per result it ignores as not written by the
-        operator (reported once per operator process; the status lists them all along)."""
-        seen = self.ctx.reported_untrusted.setdefault(self.name, set())
-        fresh = {name: why for name, why in untrusted.items() if name not in seen}
-        seen.intersection_update(untrusted)
-        if not fresh:
-            return
-        seen.update(fresh)
-        listed = "; ".join(f"{name}: {why}" for name, why in sorted(fresh.items())[:5])
-        more = f" (and {len(fresh) - 5} more)" if len(fresh) > 5 else ""
-        self.log.warning("results not written by the operator are ignored",
-                         results=sorted(fresh)[:20])
-        events.on_check(self.body, reason=UNTRUSTED_REASON, warning=True, message=(
-            f"{len(fresh)} ThpNodeResults name this check but were not written by the "
-            f"operator; they are ignored (never used for remediation): {listed}{more}"))
-
-    # -- remediation -------------------------------------------------------------------
-
-    def _claimed_by_others(self) -> frozenset[str]:
-        """Nodes the other checks persisted as cordoned (status.cordonedNodes), from the
-        index and from this process's own latest writes, whichever lists more."""
-        claimed: set[str] = set()
-        for summary in self.idx.check_summaries():
-            if summary.name != self.name:
-                claimed.update(summary.cordoned)
-        for check, nodes in self.ctx.cordon_claims.items():
-            if check != self.name:
-                claimed.update(nodes)
-        return frozenset(claimed)
-
-    async def _remediate(self, plan: RemediationPlan,
-                         nodes: Mapping[str, NodeView]) -> list[str]:
-        """Persist the cordon list, then change the nodes; returns the list to report."""
-        stored = sorted(self.previous.get("cordonedNodes") or [])
-        if plan.changes and plan.cordoned_before != stored:
+    async def _nodes(self, plan: CheckPlan, step: NodeStep, done: Outcomes) -> None:
+        """Persist the cordon list (preconditioned), then change the nodes."""
+        done.cordoned = step.stored
+        if step.budget is not None:
             try:
-                response = await self._patch_status(
-                    {"cordonedNodes": plan.cordoned_before,
-                     "cordoned": len(plan.cordoned_before)}, precondition=True)
-            except ApiError as exc:
-                # A conflict means someone else wrote in between: plan again from fresh state.
+                done.budget = await self._patch_status(plan, step.budget)
+            except ApiError as exc:  # someone else wrote in between: replanned from fresh state
                 self.log.info("cordon budget not persisted; retrying", error=str(exc))
-                self.ctx.triggers.poke(self.name)
-                return stored
-            self.previous = {**self.previous, **response}
-            self.ctx.cordon_claims[self.name] = frozenset(plan.cordoned_before)
+                done.budget_failed = True
+                return
+            self.memory.cordon_claims = frozenset(step.remedy.cordoned_before)
+        versions = {n.name: n.resource_version for n in plan.observed.nodes}
 
         async def change(item: NodeChange) -> None:
             try:
                 written = await apply_node_change(self.ctx, item)
-            except (Conflict, NotFound) as exc:
-                self.log.info("node changed meanwhile; retrying", node=item.node,
-                              error=str(exc))
-                self.ctx.triggers.poke(self.name)
+            except ApiError as exc:  # changed meanwhile (409, 404: replanned) or refused
+                (self.log.info if isinstance(exc, (Conflict, NotFound)) else self.log.warning)(
+                    "node not changed", node=item.node, status=exc.status, error=str(exc))
+                done.refused.append((item, exc.status, exc.message))
                 return
-            except ApiError as exc:
-                self.log.warning("node not changed", node=item.node, error=str(exc))
-                if exc.status == 403 and item.status_patch() is not None:
-                    self._report_forbidden_condition(exc)
-                return
-            self.ctx.recent.wrote_node(node_view(written), nodes[item.node].resource_version)
-            self.notes.actions[item.node] = item.actions
+            self.ctx.recent.wrote_node(node_view(written), versions[item.node])
+            done.changes.append(item)
             self.log.info("node changed", node=item.node,
                           actions=[a.action.value for a in item.actions])
 
-        if plan.changes:
-            await bounded(self.ctx.settings.api_workers,
-                          [change(item) for item in plan.changes])
-        return plan.cordoned_after
+        await bounded(self.ctx.settings.api_workers, map(change, step.remedy.changes))
+        done.cordoned = step.remedy.cordoned_after
 
-    def _report_forbidden_condition(self, exc: ApiError) -> None:
-        """One Warning Event per operator process: the condition needs nodes/status."""
-        if self.name in self.ctx.reported_forbidden:
-            return
-        self.ctx.reported_forbidden.add(self.name)
-        events.on_check(self.body, reason="NodeConditionForbidden", warning=True, message=(
-            f"spec.remediation.condition needs patch on nodes/status, which the operator "
-            f"lacks ({exc.message}): set the chart value remediation.condition=true, or "
-            "turn condition off"))
+    async def _write_status(self, plan: CheckPlan, finish: Finish) -> None:
+        stored = await self._try(self._patch_status(plan, {"status": finish.patch}),
+                                 "status not written")
+        if stored is not None:
+            self.memory.written_status = stored or finish.status
+            self.memory.status_written_at = time.monotonic()
+            self.log.info("status", **{k: finish.status[k] for k in STATUS_LOGGED})
 
-    # -- events ------------------------------------------------------------------------
-
-    def _post_node_events(self, nodes: Mapping[str, NodeView], plan: RemediationPlan) -> None:
-        applied = self.notes.actions
-        for name in sorted(set(self.notes.verdicts) | set(applied)):
-            node = nodes.get(name)
-            if node is None:
-                continue
-            parts, warning = [], False
-            reason = ""
-            if name in self.notes.verdicts:
-                old, new, summary = self.notes.verdicts[name]
-                parts.append(f"verdict {new} (was {old or 'unchecked'}): {summary}")
-                warning = new in _WARNING_VERDICTS
-                reason = "VerdictChanged"
-            actions = applied.get(name, [])
-            if actions:
-                parts.extend(f"{a.action.value.lower()}: {a.reason}" for a in actions)
-                top = event_reason(actions, applied=True)
-                if not reason or top not in MINOR_REASONS:
-                    reason = top
-            events.on_node(node, reason=reason, warning=warning,
-                           message=f"ThpCheck {self.name}: " + "; ".join(parts))
-        if self.spec.remediation.dry_run or self.spec.paused:
-            self._post_planned_events(nodes, plan.planned)
-        self._post_disagreements(nodes)
-
-    def _post_disagreements(self, nodes: Mapping[str, NodeView]) -> None:
-        """A Warning on each node whose agent result newly contradicts its prediction, and
-        one on the check listing them: the model or the distro table is wrong there."""
-        found = self.notes.disagreements
-        for name, text in sorted(found.items()):
-            node = nodes.get(name)
-            if node is not None:
-                events.on_node(node, reason=DISAGREEMENT_REASON, warning=True, message=(
-                    f"ThpCheck {self.name}: the agent contradicts the preflight prediction: "
-                    f"{text}"))
-        if found:
-            listed = "; ".join(f"{n}: {t}" for n, t in sorted(found.items())[:3])
-            more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
-            events.on_check(self.body, reason=DISAGREEMENT_REASON, warning=True, message=(
-                f"{len(found)} nodes contradict the preflight prediction, so the model or the "
-                f"distro table is wrong for them: {listed}{more}"))
-
-    def _post_planned_events(self, nodes: Mapping[str, NodeView],
-                             planned: Sequence[PlannedAction]) -> None:
-        """Would* events, only for actions the previous status did not list already."""
-        before = {(a.get("node"), a.get("action"))
-                  for a in self.previous.get("plannedActions") or []}
-        fresh: dict[str, list[PlannedAction]] = {}
-        for action in planned:
-            if (action.node, action.action.value) not in before:
-                fresh.setdefault(action.node, []).append(action)
-        mode = "dry run" if self.spec.remediation.dry_run else "paused"
-        for name, actions in fresh.items():
-            node = nodes.get(name)
-            if node is not None:
-                events.on_node(node, reason=event_reason(actions, applied=False), message=(
-                    f"ThpCheck {self.name} ({mode}): " + "; ".join(
-                        f"would {a.action.value.lower()}: {a.reason}" for a in actions)))
-
-    # -- status ------------------------------------------------------------------------
-
-    async def _write_status(self, rollout: RolloutPlan, results: ResultPlan,
-                            remedy: RemediationPlan, cordoned: Sequence[str],
-                            selected: Sequence[NodeView], nodes: Sequence[NodeView],
-                            observed: Sequence[ResultView]) -> None:
-        daemonset = self.idx.daemonset(self.name)
-        pods = [] if self.preflight else self.idx.pods_of(self.name)
-        rolling = not self.preflight and not self.rollout_error and (
-            rollout.step is not Step.NONE or daemonset is None
-            or daemonset.template != "check" or not rolled_out(daemonset, self.runs.stuck))
-        status = build_status(StatusInputs(
-            generation=self.generation,
-            selected=[n.name for n in selected],
-            states=results.states,
-            now=self.now,
-            last_run_at=rollout.run,
-            rolling_out=rolling,
-            unschedulable=sum(1 for p in pods if p.unschedulable and not p.deleting),
-            cordoned_nodes=cordoned,
-            blocked_cordons=remedy.blocked_cordons,
-            blocked_reason=remedy.blocked_reason,
-            blocked_message=remedy.blocked_message,
-            paused=self.spec.paused,
-            dry_run=self.spec.remediation.dry_run,
-            planned=remedy.planned if (self.spec.remediation.dry_run or self.spec.paused)
-            else (),
-            previous_conditions=list(self.previous.get("conditions") or []),
-            predicted=self.preflight,
-            disagreements=len(results.disagreements),
-            failed={n: f.reason for n, f in self.runs.failures.items()},
-            blocked={n: b.reason for n, b in self.runs.blocked.items()},
-            rollout_error=self.rollout_error,
-            untrusted=results.untrusted,
-        ))
-        self._record_metrics(status, results, nodes, observed)
-        if canonical(status) in (canonical(self.live_status), canonical(self.previous)):
-            return
-        since = time.monotonic() - self.ctx.status_written_at.get(self.name, -math.inf)
-        if progress_only(self.previous, status) and since < self.ctx.settings.status_interval:
-            return  # only the counts moved: written on a later reconcile (one per interval)
-        if status["phase"] != self.previous.get("phase"):
-            events.on_check(self.body, reason=status["phase"], message=status["message"],
-                            warning=status["phase"] == "Degraded")
-        blocked = _condition(status, "RemediationBlocked")
-        if (blocked.get("reason") == CLUSTER_UNHEALTHY
-                and _condition(self.previous, "RemediationBlocked").get("reason")
-                != CLUSTER_UNHEALTHY):
-            events.on_check(self.body, reason=CLUSTER_UNHEALTHY, warning=True,
-                            message=str(blocked.get("message", "")))
-        patch = {**{k: None for k in self.live_status if k not in status}, **status}
-        try:
-            self.ctx.written_status[self.name] = await self._patch_status(patch) or status
-        except ApiError as exc:
-            self.log.warning("status not written", error=str(exc))
-            return
-        self.ctx.status_written_at[self.name] = time.monotonic()
-        self.log.info("status", phase=status["phase"], checked=status["checked"],
-                      nodes=status["nodes"], affected=status["affected"])
-
-    async def _patch_status(self, status: Mapping[str, Any], *,
-                            precondition: bool = False) -> dict[str, Any]:
-        """Patch the status (optionally only if unchanged since read); returns the stored one."""
-        version = self.live_version
-        before, after = self.ctx.status_versions.get(self.name, ("", ""))
-        if version == before and after:
-            version = after  # the watch has not delivered our last write yet
-        body: dict[str, Any] = {"status": dict(status)}
-        if precondition:
-            body["metadata"] = {"resourceVersion": version}
+    async def _patch_status(self, plan: CheckPlan, body: dict[str, Any]) -> dict[str, Any]:
         response = await self.ctx.kube.patch_check_status(self.name, body) or {}
-        self.ctx.status_versions[self.name] = (
-            self.live_version, str(response.get("metadata", {}).get("resourceVersion", "")))
-        stored: dict[str, Any] = response.get("status") or {}
-        return stored
-
-    def _record_metrics(self, status: Mapping[str, Any], results: ResultPlan,
-                        nodes: Sequence[NodeView], observed: Sequence[ResultView]) -> None:
-        by_verdict = {v.value: 0 for v in Verdict}
-        for state in results.states.values():
-            if state.verdict is not None:
-                by_verdict[state.verdict.value] += 1
-        unchecked = sum(1 for s in results.states.values() if s.verdict is None)
-        labelled = self._mitigation_readiness(nodes)
-        times = [t for t in (parse_time(r.checked_at) for r in observed) if t is not None]
-        interval = self.spec.interval
-        self.ctx.metrics.record_check(
-            self.name, by_verdict, unchecked=unchecked, mitigated=int(status["mitigated"]),
-            cordoned=int(status["cordoned"]),
-            unverified=sum(1 for ready in labelled.values() if not ready),
-            oldest_age=(self.now - min(times)).total_seconds() if times else None,
-            affected_unmitigated=sum(1 for s in results.states.values()
-                                     if s.verdict is Verdict.AFFECTED and not s.mitigated),
-            disagreements=len(results.disagreements),
-            interval=(interval.total_seconds() if interval and not self.preflight else None))
+        return self.memory.patched(plan.observed.live_version, response)
 
 
 async def apply_node_change(ctx: OperatorContext, change: NodeChange) -> Any:
@@ -575,12 +231,6 @@ async def apply_node_change(ctx: OperatorContext, change: NodeChange) -> Any:
     if status is not None and not change.condition_first:
         written = await ctx.kube.patch_node_status(change.node, status)
     return written
-
-
-def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
-    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
-
-
 
 
 async def manage_mitigation_daemonset(ctx: OperatorContext, idx: Indexes,

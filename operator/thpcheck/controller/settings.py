@@ -15,6 +15,7 @@ from typing import Any
 from thpcheck import __version__
 from thpcheck.model.paths import MITIGATION_STATE_DIR
 from thpcheck.specs.agent import WorkloadConfig
+from thpcheck.specs.checkplan import Knobs
 from thpcheck.specs.quantities import IntOrPercent, resolve
 from thpcheck.specs.remediation import ClusterLimits
 
@@ -223,6 +224,10 @@ class Settings:
                               mitigation_priority_class=self.mitigation_priority_class,
                               pull_secrets=self.pull_secrets,
                               mitigation_state_dir=self.mitigation_state_dir)
+
+    def knobs(self) -> Knobs:
+        """What a reconcile plans with (specs.checkplan)."""
+        return Knobs(self.workload(), self.status_interval, self.empty_result_grace)
 
     def limits(self, claimed: frozenset[str] = frozenset()) -> ClusterLimits:
         return ClusterLimits(self.cluster_max_cordoned, self.max_unhealthy, claimed)
