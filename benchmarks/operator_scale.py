@@ -1,6 +1,6 @@
 """How the operator scales: one ThpCheck over N kwok nodes on the real control plane.
 
-For each N: a fresh cluster (tests/cluster/harness.py) whose kube-controller-manager and
+For each N: a fresh cluster (devtools/cluster/harness.py) whose kube-controller-manager and
 kube-scheduler get a higher client QPS (their default 20 QPS, not the operator, is otherwise
 what limits a DaemonSet rollout over thousands of nodes) and whose kube-apiserver writes an
 audit log of the operator's requests only. N Ready kwok nodes (this machine's kernel and boot
@@ -28,7 +28,7 @@ and CPU seconds; the load average. Raw results go to benchmarks/out/operator-sca
     .venv/bin/python -m benchmarks.operator_scale --nodes 100,1000,5000 [--rate 100]
         [--max-concurrent 10%] [--crash-looping 2%] [--not-ready 1%] [--keep] [--profile]
 
-Needs the cluster binaries (tests/cluster/tools/build.sh). A benchmark, not a test.
+Needs the cluster binaries (devtools/cluster/tools/build.sh). A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -57,11 +57,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from tests.cluster.harness import KWOK_ANNOTATION, Cluster
-from tests.operator.cluster_kit import CHECKS_PATH, OperatorProcess, install_crds, this_machine
-from tests.operator.test_cluster_rbac import ACCOUNT, service_account_kubeconfig
-
 from benchmarks import node_shapes
+from devtools.cluster.accounts import ACCOUNT, service_account_kubeconfig
+from devtools.cluster.harness import KWOK_ANNOTATION, Cluster
+from devtools.cluster.operator import CHECKS_PATH, OperatorProcess, install_crds, this_machine
 from thpcheck.model.report import compact
 from thpcheck.specs import names
 
