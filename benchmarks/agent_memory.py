@@ -32,9 +32,8 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-from tests.host.loopfs import loop_mount
-
 from benchmarks.measure import measure
+from devtools.host.loopfs import loop_mount
 
 REPO = Path(__file__).resolve().parents[1]
 FILESYSTEMS = ("ext4", "btrfs", "xfs")

@@ -1,7 +1,7 @@
 """Node objects for the operator benchmark: kwok's thin nodes, or nodes shaped like a real
 cloud node.
 
-``thin``: the test harness's kwok node (``tests/cluster/harness.py``), about 0.75 KiB of JSON
+``thin``: the test harness's kwok node (``devtools/cluster/harness.py``), about 0.75 KiB of JSON
 before kwok and the API server add to it.
 
 ``realistic``: modelled on a GKE node (node pool of ``n2-standard-8`` machines,
@@ -29,7 +29,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from tests.cluster.harness import KWOK_ANNOTATION, LOOPBACK, node_manifest
+from devtools.cluster.harness import KWOK_ANNOTATION, LOOPBACK, node_manifest
 
 SHAPES = ("thin", "realistic")
 PROJECT = "acme-prod-2291"

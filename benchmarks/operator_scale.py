@@ -1,6 +1,6 @@
 """How the operator scales: one ThpCheck over N kwok nodes on the real control plane.
 
-For each N: a fresh cluster (tests/cluster/harness.py) whose kube-controller-manager and
+For each N: a fresh cluster (devtools/cluster/harness.py) whose kube-controller-manager and
 kube-scheduler get a higher client QPS (their default 20 QPS, not the operator, is otherwise
 what limits a DaemonSet rollout over thousands of nodes) and whose kube-apiserver writes an
 audit log of the operator's requests only. N Ready kwok nodes (this machine's kernel and boot
@@ -28,7 +28,7 @@ and CPU seconds; the load average. Raw results go to benchmarks/out/operator-sca
     .venv/bin/python -m benchmarks.operator_scale --nodes 100,1000,5000 [--rate 100]
         [--max-concurrent 10%] [--crash-looping 2%] [--not-ready 1%] [--keep] [--profile]
 
-Needs the cluster binaries (tests/cluster/tools/build.sh). A benchmark, not a test.
+Needs the cluster binaries (devtools/cluster/tools/build.sh). A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,11 +57,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from tests.cluster.harness import KWOK_ANNOTATION, Cluster
-from tests.operator.cluster_kit import CHECKS_PATH, OperatorProcess, install_crds, this_machine
-from tests.operator.test_cluster_rbac import ACCOUNT, service_account_kubeconfig
-
 from benchmarks import node_shapes
+from devtools.cluster.accounts import ACCOUNT, service_account_kubeconfig
+from devtools.cluster.harness import KWOK_ANNOTATION, Cluster
+from devtools.cluster.operator import CHECKS_PATH, OperatorProcess, install_crds, this_machine
+from devtools.proc import WaitTimeout, wait_for
 from thpcheck.model.report import compact
 from thpcheck.specs import names
 
@@ -514,43 +514,49 @@ def not_ready_events(api: Api, since: datetime) -> int:
                >= since)
 
 
+def wait_status(api: Api, done: Callable[[Mapping[str, Any]], bool],
+                timeout: float) -> tuple[float | None, dict[str, Any]]:
+    """Poll the ThpCheck's status until ``done(status)``; returns when that was seen (None on
+    a timeout) and the last status read."""
+    status: dict[str, Any] = {}
+
+    def seen() -> float | None:
+        nonlocal status
+        status = api.call("GET", f"{CHECKS_PATH}/{CHECK}").get("status") or {}
+        return time.monotonic() if done(status) else None
+
+    try:
+        at: float = wait_for(seen, timeout, "the ThpCheck's status", interval=0.25,
+                             tolerate=(RuntimeError, OSError))
+    except WaitTimeout:
+        return None, status
+    return at, status
+
+
 def wait_complete(api: Api, count: int, timeout: float) -> tuple[float | None, dict[str, Any]]:
     """Poll the ThpCheck until every node is checked and the phase is Completed."""
-    deadline = time.monotonic() + timeout
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        with contextlib.suppress(RuntimeError, OSError):
-            status = api.call("GET", f"{CHECKS_PATH}/{CHECK}").get("status") or {}
-            if status.get("checked") == count and status.get("phase") == "Completed":
-                return time.monotonic(), status
-        time.sleep(0.25)
-    return None, status
+    return wait_status(api, lambda s: s.get("checked") == count
+                       and s.get("phase") == "Completed", timeout)
 
 
 def wait_settled(api: Api, count: int, not_ready: int,
                  timeout: float) -> tuple[float | None, dict[str, Any]]:
     """Poll the ThpCheck until nothing can progress: every node that can be checked is, and
     Progressing is False (Completed, or Degraded naming what is stuck)."""
-    deadline = time.monotonic() + timeout
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        with contextlib.suppress(RuntimeError, OSError):
-            status = api.call("GET", f"{CHECKS_PATH}/{CHECK}").get("status") or {}
-            progressing = {c["type"]: c for c in status.get("conditions") or []}.get(
-                "Progressing", {})
-            if status.get("checked") == count - not_ready \
-                    and progressing.get("status") == "False":
-                return time.monotonic(), status
-        time.sleep(0.25)
-    return None, status
+    def settled(status: Mapping[str, Any]) -> bool:
+        progressing = {c["type"]: c for c in status.get("conditions") or []}.get(
+            "Progressing", {})
+        return bool(status.get("checked") == count - not_ready
+                    and progressing.get("status") == "False")
+
+    return wait_status(api, settled, timeout)
 
 
 def wait_watching(audit: Path, resource: str, since: datetime, timeout: float) -> None:
     """Until the audit log shows the operator's first watch of ``resource`` (its listing of
     them is complete: kopf and the node watch both list, then watch)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, ValueError), audit.open() as log:
+    def watched() -> bool:
+        with audit.open() as log:
             for line in log:
                 event = json.loads(line)
                 ref = event.get("objectRef") or {}
@@ -558,9 +564,15 @@ def wait_watching(audit: Path, resource: str, since: datetime, timeout: float) -
                         and event["user"]["username"] == OPERATOR_USER
                         and datetime.fromisoformat(event["requestReceivedTimestamp"]
                                                    .replace("Z", "+00:00")) >= since):
-                    return
-        time.sleep(1)
-    raise RuntimeError(f"the operator did not watch {resource} within {timeout:.0f}s")
+                    return True
+        return False
+
+    try:
+        wait_for(watched, timeout, f"a watch of {resource}", interval=1.0,
+                 tolerate=(OSError, ValueError))
+    except WaitTimeout:
+        raise RuntimeError(f"the operator did not watch {resource} within {timeout:.0f}s"
+                           ) from None
 
 
 def wait_idle(pid: int, since: float, timeout: float, window: float = 5.0,
@@ -662,12 +674,12 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
                      "maxConcurrent": args.max_concurrent}})
         selector = f"{names.CHECK_LABEL}={names.label_value(CHECK)}"
         injector = Injector(api, selector, message, args.rate, nodes, faults=faults).start()
-        deadline = time.monotonic() + args.timeout
-        while len(injector.injected) + len(injector.errors) < nodes:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(injector.injected)} of {nodes} results injected "
-                                   f"after {args.timeout:.0f}s")
-            time.sleep(0.2)
+        try:
+            wait_for(lambda: len(injector.injected) + len(injector.errors) >= nodes,
+                     args.timeout, "every result injected", interval=0.2)
+        except WaitTimeout:
+            raise RuntimeError(f"only {len(injector.injected)} of {nodes} results injected "
+                               f"after {args.timeout:.0f}s") from None
         last = max(injector.injected.values())
         first = min(injector.injected.values())
         complete, status = (wait_settled(api, nodes, not_ready, args.timeout) if faults

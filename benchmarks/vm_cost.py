@@ -1,6 +1,6 @@
 """What `thpcheck check` costs a node in the qemu kernel-matrix guests, next to repro7 (C).
 
-Boots each chosen matrix kernel once (the artifacts of `python -m tests.vm.build`, the working
+Boots each chosen matrix kernel once (the artifacts of `python -m devtools.vm.build`, the working
 tree's agent as in tests/vm) and, per filesystem, runs `repro7` (the C yardstick: the same seven
 steps), `thpcheck check --json` and `thpcheck repro`, ``--repeat`` times each, interleaved
 (C first on even rounds, the agent first on odd ones). Each run goes through
@@ -12,7 +12,7 @@ block device wrote, files left behind. The reproducer parameters are the matrix'
         [--fs ext4,btrfs,xfs] [--profile] [--before-src DIR] [--json]
 
 The arm64 kernels (``--kernels arm64-unfixed-6.12,arm64-fixed-6.12``, built by
-``tests/vm/build.sh --arch arm64``) boot in qemu-system-aarch64 with the arm64 guest base: the
+``devtools/vm/build.sh --arch arm64``) boot in qemu-system-aarch64 with the arm64 guest base: the
 agent on Debian's arm64 python3.11 next to a cross-compiled repro7.
 
 ``--before-src DIR`` (a directory holding another version's ``thpcheck`` package, e.g.
@@ -40,10 +40,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.vm.guest import FILESYSTEMS, BootResult, Kernel, Mount, Run, Step, boot
-from tests.vm.kernels import TIER_OF
-from tests.vm.matrix import FACTS, Artifacts, Plan, load_artifacts, parse_repro
-from tests.vm.rootfs import HOST_PYTHON, build_app, compile_tree, write_cpio
+from devtools.vm.guest import FILESYSTEMS, BootResult, Kernel, Mount, Run, Step, boot
+from devtools.vm.kernels import TIER_OF
+from devtools.vm.matrix import FACTS, Artifacts, Plan, load_artifacts, parse_repro
+from devtools.vm.rootfs import HOST_PYTHON, build_app, compile_tree, write_cpio
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out"

@@ -10,7 +10,7 @@ packages=(
   qemu-system-x86 busybox-static flex bison bc libelf-dev libssl-dev cpio dpkg-dev xz-utils python3.11
   debootstrap gcc make
   # arm64: cross-compiled kernels and repro7, their qemu guest, and the arm64 image's build
-  # steps under qemu-user (registered in binfmt_misc by images/build.py when needed)
+  # steps under qemu-user (registered in binfmt_misc by devtools/images/build.py when needed)
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm qemu-user-static
   # container images and the real node: podman/buildah, containerd, runc, CNI
   podman buildah containerd runc containernetworking-plugins iptables conntrack skopeo

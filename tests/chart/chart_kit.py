@@ -10,14 +10,12 @@ manages to do, the chart's RBAC allows.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.cluster.harness import Cluster, ClusterError, free_ports
-from tests.operator.cluster_kit import CHECKS_PATH, eventually
+from devtools.cluster.accounts import CHART
+from devtools.cluster.harness import Cluster, ClusterError, free_ports
+from devtools.cluster.operator import CHECKS_PATH, wait_healthy
+from devtools.proc import WaitTimeout, die_with_parent, stop_process, tail, wait_for
 from thpcheck.specs import names
 
 REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "thp-checker"
 CRD_DIR = CHART / "crds"
 ALL_VALUES = CHART / "ci" / "all-values.yaml"
 HOOK_SCRIPT = CHART / "files" / "pre-delete-cleanup.py"
@@ -41,11 +39,6 @@ HOOK_SCRIPT = CHART / "files" / "pre-delete-cleanup.py"
 NODE_LABELS = (names.VERDICT_LABEL, names.MITIGATED_LABEL, names.MITIGATE_LABEL)
 NODE_ANNOTATIONS = (names.CORDONED_BY_ANNOTATION, names.LABELLED_BY_ANNOTATION,
                     names.MITIGATE_BY_ANNOTATION)
-
-
-def documents(text: str) -> list[dict[str, Any]]:
-    """The non-empty YAML documents of a rendered manifest."""
-    return [d for d in yaml.safe_load_all(text) if d]
 
 
 def find(docs: Iterable[Mapping[str, Any]], kind: str, name: str | None = None,
@@ -109,7 +102,7 @@ class Helm:
 RELEASE = "thp-checker"
 OPERATOR_SA = "thp-checker-operator"
 CLEANUP_SA = "thp-checker-cleanup"
-# The image as images/build.py tags it; kwok never pulls it.
+# The image as devtools/images/build.py tags it; kwok never pulls it.
 IMAGE = ("--set", "image.repository=localhost/thp-checker", "--set", "image.pullPolicy=Never")
 
 
@@ -167,30 +160,6 @@ class Release:
 # -- identities ------------------------------------------------------------------------------
 
 
-def token_kubeconfig(cluster: Cluster, namespace: str, service_account: str, path: Path,
-                     seconds: int = 3600) -> Path:
-    """A kubeconfig that authenticates as ``service_account`` with a bound token from the
-    TokenRequest API: the identity the chart's pod would have."""
-    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-               "spec": {"expirationSeconds": seconds}}
-    token = cluster.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/"
-                        f"{service_account}/token", request)["status"]["token"]
-    config = {
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "test", "cluster": {
-            "server": cluster.server_url, "certificate-authority": str(cluster.pki.ca_crt)}}],
-        "users": [{"name": service_account, "user": {"token": token}}],
-        # No namespace: like the in-cluster client, kopf then posts the Events of
-        # cluster-scoped objects into `default`.
-        "contexts": [{"name": "test", "context": {"cluster": "test",
-                                                  "user": service_account}}],
-        "current-context": "test",
-    }
-    path.touch(mode=0o600)
-    path.write_text(json.dumps(config, indent=2) + "\n")
-    return path
-
-
 def can_i(cluster: Cluster, kubeconfig: Path, verb: str, resource: str,
           namespace: str | None = None, *, name: str | None = None,
           subresource: str | None = None) -> bool:
@@ -215,11 +184,6 @@ def can_i(cluster: Cluster, kubeconfig: Path, verb: str, resource: str,
 # kopf's APIForbiddenError and its "Not enough permissions" warnings. (A bare "403" would
 # also match timestamps.)
 _REFUSED = re.compile(r"forbidden|not enough permissions", re.IGNORECASE)
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: never leak an operator
 
 
 @dataclass
@@ -252,32 +216,13 @@ class ChartOperator:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "thpcheck", *self.args], env=environment,
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.log.parent,
-                preexec_fn=_die_with_parent)
-        process = self.process
-        port = self.env["THPCHECK_HEALTH_PORT"]
-
-        def healthy() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"operator exited {process.returncode}:\n{self.tail()}",
-                            pytrace=False)
-            url = f"http://127.0.0.1:{port}/healthz"
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as reply:
-                return bool(reply.status == 200)
-            return False
-
-        eventually(healthy, timeout, what="the operator's liveness endpoint")
+                preexec_fn=die_with_parent)
+        wait_healthy(self.process, int(self.env["THPCHECK_HEALTH_PORT"]), timeout, self.log)
         return self
 
     def stop(self, timeout: float = 30.0) -> int | None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return process.returncode if process else None
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait(10)
+        return stop_process(process, signal.SIGTERM, timeout)
 
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.env['THPCHECK_METRICS_PORT']}/metrics"
@@ -285,10 +230,7 @@ class ChartOperator:
             return str(response.read().decode())
 
     def tail(self, lines: int = 80) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return tail(self.log, lines)
 
     def forbidden(self) -> list[str]:
         """Log lines that report a refused API call (403)."""
@@ -339,9 +281,9 @@ def checks_deleted_at_exit(cluster: Cluster, operator: ChartOperator) -> Iterato
     finally:
         cluster.kubectl("delete", "thpchecks", "--all", "--wait=false", check=False)
         if operator.process is not None:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and all_checks(cluster):
-                time.sleep(0.5)
+            with contextlib.suppress(WaitTimeout):
+                wait_for(lambda: not all_checks(cluster), 60, "every ThpCheck gone",
+                         interval=0.5)
         operator.stop()
         for name in all_checks(cluster):
             cluster.kubectl("patch", "thpcheck", name, "--type=merge", "-p",

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from devtools.cluster.harness import Cluster, pinned_k8s_version
 from tests.chart.chart_kit import RELEASE, Helm, Release, fast_values
-from tests.cluster.harness import Cluster, pinned_k8s_version
 
 
 @pytest.fixture(scope="session")
 def helm(k8s_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    """helm v3 from the cluster tool cache (tests/cluster/tools/build.sh)."""
+    """helm v3 from the cluster tool cache (devtools/cluster/tools/build.sh)."""
     return Helm(k8s_bin_dir / "helm", tmp_path_factory.mktemp("helm-home"),
                 pinned_k8s_version())
 

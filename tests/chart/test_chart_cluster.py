@@ -19,6 +19,9 @@ from typing import Any
 
 import pytest
 
+from devtools.cluster.accounts import documents, token_kubeconfig
+from devtools.cluster.harness import Cluster
+from devtools.cluster.operator import CHECKS_PATH, RESULTS_PATH, this_machine
 from tests.chart.chart_kit import (
     ALL_VALUES,
     CLEANUP_SA,
@@ -34,22 +37,10 @@ from tests.chart.chart_kit import (
     all_checks,
     can_i,
     checks_deleted_at_exit,
-    documents,
     node_marks,
     run_hook_script,
-    token_kubeconfig,
 )
-from tests.cluster.harness import Cluster
-from tests.operator.cluster_kit import (
-    CHECKS_PATH,
-    RESULTS_PATH,
-    Kubelet,
-    eventually,
-    get_check,
-    results,
-    this_machine,
-    with_verdict,
-)
+from tests.operator.cluster_kit import Kubelet, eventually, get_check, results, with_verdict
 from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster

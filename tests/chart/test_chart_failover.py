@@ -21,21 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.chart.chart_kit import (
-    OPERATOR_SA,
-    ChartOperator,
-    Release,
-    checks_deleted_at_exit,
-    token_kubeconfig,
-)
-from tests.cluster.harness import Cluster, free_ports
+from devtools.cluster.accounts import token_kubeconfig
+from devtools.cluster.harness import Cluster, free_ports
+from devtools.cluster.operator import this_machine
+from tests.chart.chart_kit import OPERATOR_SA, ChartOperator, Release, checks_deleted_at_exit
 from tests.operator.cluster_kit import (
     Kubelet,
     change_events,
     eventually,
     node,
     results,
-    this_machine,
     with_verdict,
 )
 from tests.operator.manual_kubelet import ManualNodes, manual_nodes

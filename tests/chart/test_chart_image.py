@@ -20,20 +20,20 @@ from typing import Any
 
 import pytest
 
-from images import build
+from devtools.cluster.accounts import documents, token_kubeconfig
+from devtools.cluster.harness import Cluster
+from devtools.cluster.operator import this_machine
+from devtools.images import build
 from tests.chart.chart_kit import (
     OPERATOR_SA,
     RELEASE,
     Helm,
     Release,
     container_env,
-    documents,
     fast_values,
     find,
-    token_kubeconfig,
 )
-from tests.cluster.harness import Cluster
-from tests.operator.cluster_kit import eventually, get_check, this_machine
+from tests.operator.cluster_kit import eventually, get_check
 from tests.support.require import skip_or_fail
 
 pytestmark = [pytest.mark.cluster, pytest.mark.images]

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.chart_kit import ALL_VALUES, Helm, container_env, documents, find
+from devtools.cluster.accounts import documents
+from tests.chart.chart_kit import ALL_VALUES, Helm, container_env, find
 from tests.support.require import skip_or_fail
 from thpcheck.controller import settings
 from thpcheck.specs.agent import CHECK, CheckRef, agent_daemonset

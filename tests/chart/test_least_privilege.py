@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.chart.chart_kit import ALL_VALUES, Helm, container_env, documents, find
+from devtools.cluster.accounts import documents
+from tests.chart.chart_kit import ALL_VALUES, Helm, container_env, find
 from thpcheck.controller import settings
 from thpcheck.specs.agent import CHECK, STANDBY, CheckRef, agent_daemonset
 from thpcheck.specs.checkspec import parse_spec

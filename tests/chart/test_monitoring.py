@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from tests.chart.chart_kit import ALL_VALUES, CHART, Helm, documents, find
+from devtools.cluster.accounts import documents
+from tests.chart.chart_kit import ALL_VALUES, CHART, Helm, find
 from thpcheck.controller.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]

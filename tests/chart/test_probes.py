@@ -4,7 +4,8 @@ operator serves it on, so a rollout waits for an operator that has indexed the c
 
 from __future__ import annotations
 
-from tests.chart.chart_kit import Helm, container_env, documents, find
+from devtools.cluster.accounts import documents
+from tests.chart.chart_kit import Helm, container_env, find
 
 
 def test_the_readiness_probe_asks_the_operator_whether_it_indexed_everything(

@@ -15,16 +15,8 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from tests.chart.chart_kit import (
-    ALL_VALUES,
-    CHART,
-    CRD_DIR,
-    HOOK_SCRIPT,
-    Helm,
-    container_env,
-    documents,
-    find,
-)
+from devtools.cluster.accounts import documents
+from tests.chart.chart_kit import ALL_VALUES, CHART, CRD_DIR, HOOK_SCRIPT, Helm, container_env, find
 from thpcheck.controller import settings
 from thpcheck.specs import names
 
@@ -452,6 +444,6 @@ def test_renders_as_a_dependency_of_another_chart(helm: Helm, tmp_path: Path) ->
 
 def test_nothing_selects_an_architecture(helm: Helm) -> None:
     """The chart works unchanged on a mixed amd64/arm64 cluster: one image name (a multi-arch
-    index, images/build.py --arch amd64,arm64 --archive) and no architecture selector."""
+    index, devtools/images/build.py --arch amd64,arm64 --archive) and no architecture selector."""
     text = yaml.safe_dump_all(render(helm))
     assert "kubernetes.io/arch" not in text and "arm64" not in text and "amd64" not in text

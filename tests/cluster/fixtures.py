@@ -23,7 +23,7 @@ from typing import NoReturn
 
 import pytest
 
-from tests.cluster.harness import (
+from devtools.cluster.harness import (
     BUILD_SCRIPT,
     REPO_ROOT,
     BinariesMissing,

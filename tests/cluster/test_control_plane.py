@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import (
+from devtools.cluster.harness import (
     LOOPBACK,
     REPO_ROOT,
     SERVERS,
@@ -21,7 +21,7 @@ from tests.cluster.harness import (
     node_ready,
     read_pins,
 )
-from tests.cluster.procs import Server
+from devtools.proc import Server
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.cluster

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import REPO_ROOT, BinariesMissing, Cluster, ClusterError
+from devtools.cluster.harness import REPO_ROOT, BinariesMissing, Cluster, ClusterError
 
 TARGET = "tests/cluster/test_control_plane.py::test_kubectl_reports_pinned_server_version"
 
@@ -34,7 +34,7 @@ def test_missing_binaries_skip_with_build_hint(tmp_path: Path) -> None:
     result = _nested_pytest(tmp_path, require=False)
     assert result.returncode == 0, result.stdout
     assert "1 skipped" in result.stdout
-    assert "tests/cluster/tools/build.sh" in result.stdout
+    assert "devtools/cluster/tools/build.sh" in result.stdout
 
 
 def test_missing_binaries_fail_when_cluster_required(tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_extra_args_are_appended_per_server(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Opt-in flags go after the harness's own (so they win), only to the named server; opt-in
     environment variables go to the named server only."""
-    import tests.cluster.harness as harness
+    import devtools.cluster.harness as harness
 
     spawned: dict[str, list[str]] = {}
     environments: dict[str, dict[str, str]] = {}

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.host.loopfs import loop_mount, require_loop_devices
+from devtools.host.loopfs import loop_mount
+from tests.support.require import require_loop_devices
 
 FILESYSTEMS = ("ext4", "btrfs", "xfs")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.host.loopfs import loop_mount
 from tests.host.agent import listing, thpcheck
-from tests.host.loopfs import loop_mount
 
 pytestmark = pytest.mark.host
 

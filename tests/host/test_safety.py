@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.host.loopfs import loop_mount
 from tests.host.agent import REPO, check_json, listing, thpcheck
-from tests.host.loopfs import loop_mount, require_loop_devices
+from tests.support.require import require_loop_devices
 
 pytestmark = pytest.mark.host
 

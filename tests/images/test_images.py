@@ -1,4 +1,5 @@
-"""The project image, built here without a registry (images/build.py), run as the chart runs it.
+"""The project image, built here without a registry (devtools/images/build.py), run as the
+chart runs it.
 
 The session builds (or reuses) ``localhost/thp-checker:<version>`` from the debootstrap base and
 its oci-archive for containerd. Then: the image's user and entrypoint, the agent pod's idle main
@@ -24,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from images import build
+from devtools.host.loopfs import MKFS, loop_mount
+from devtools.images import build
 from tests.host.agent import check_json, listing
-from tests.host.loopfs import MKFS, loop_mount
 from tests.support.require import skip_or_fail
 
 pytestmark = pytest.mark.images

@@ -1,5 +1,6 @@
-"""Test kit for the operator on the real control plane: the operator as a real process, the
-kubelet's part (running the real agent and writing its termination message), polling.
+"""Test kit for the operator on the real control plane (the operator process itself is
+`devtools.cluster.operator`): the kubelet's part (running the real agent and writing its
+termination message), polling.
 
 kwok runs no containers: its pod-ready stage marks every pod Running and the check init
 container terminated with exit 0 but no message. The test then does what a kubelet would do
@@ -11,138 +12,22 @@ subresource. kwok leaves Running pods alone, so the message stays.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.cluster.harness import Cluster, free_ports
+from devtools.cluster.harness import Cluster
+from devtools.cluster.operator import CHECKS_PATH, REPO, RESULTS_PATH, OperatorProcess
+from devtools.proc import WaitTimeout, wait_for
 from tests.support.wait import eventually
 from thpcheck.model.report import compact
 from thpcheck.specs import names
-
-REPO = Path(__file__).resolve().parents[2]
-CRD_DIR = REPO / "charts" / "thp-checker" / "crds"
-AGENT_IMAGE = "thp-checker:test"
-RESULTS_PATH = f"/apis/{names.GROUP}/{names.VERSION}/{names.RESULT_PLURAL}"
-CHECKS_PATH = f"/apis/{names.GROUP}/{names.VERSION}/{names.CHECK_PLURAL}"
-
-
-def this_machine() -> dict[str, str]:
-    """nodeInfo of this machine, so the real agent's results are not stale on a kwok node."""
-    return {"kernelVersion": os.uname().release,
-            "bootID": Path("/proc/sys/kernel/random/boot_id").read_text().strip()}
-
-
-def install_crds(cluster: Cluster, directory: Path = CRD_DIR) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(directory))
-    for name in names.CRD_NAMES:
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: no leaked operators
-
-
-@dataclass
-class OperatorProcess:
-    """``python -m thpcheck operator`` against the test cluster, as a child process."""
-
-    cluster: Cluster
-    namespace: str
-    log_dir: Path
-    extra_env: Mapping[str, str] = field(default_factory=dict)
-    args: Sequence[str] = ()  # extra command-line arguments, e.g. ("--kubeconfig", FILE)
-    unset_env: Sequence[str] = ()  # variables removed from the environment, e.g. KUBECONFIG
-    process: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-
-    def __post_init__(self) -> None:
-        self.metrics_port, self.health_port = free_ports(2)
-
-    @property
-    def log(self) -> Path:
-        return self.log_dir / f"operator-{self.starts}.log"
-
-    def env(self) -> dict[str, str]:
-        env = self._env()
-        for name in self.unset_env:
-            env.pop(name, None)
-        return env
-
-    def _env(self) -> dict[str, str]:
-        return {**self.cluster.env(), "PYTHONPATH": str(REPO / "operator"),
-                "THPCHECK_NAMESPACE": self.namespace, "THPCHECK_AGENT_IMAGE": AGENT_IMAGE,
-                "THPCHECK_METRICS_PORT": str(self.metrics_port),
-                "THPCHECK_HEALTH_PORT": str(self.health_port),
-                "THPCHECK_STATUS_INTERVAL": "1", "THPCHECK_DEBOUNCE": "0.2",
-                # kwok's empty exit-0 message must not turn into an error before we inject.
-                "THPCHECK_EMPTY_RESULT_GRACE": "3600",
-                **self.extra_env}
-
-    def launch(self) -> subprocess.Popen[bytes]:
-        """Start without waiting (for start-up failures)."""
-        self.starts += 1
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "thpcheck", "operator", "--log-format", "json",
-                 *self.args],
-                env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                preexec_fn=_die_with_parent)
-        return self.process
-
-    def start(self, timeout: float = 60.0) -> OperatorProcess:
-        process = self.launch()
-
-        def healthy() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"operator exited {process.returncode}:\n{self.tail()}")
-            url = f"http://127.0.0.1:{self.health_port}/healthz"
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as reply:
-                return bool(reply.status == 200)
-            return False
-
-        eventually(healthy, timeout, what="operator liveness endpoint")
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return process.returncode if process else None
-        process.send_signal(sig)
-        try:
-            return process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait(10)
-
-    def kill(self) -> None:
-        """kill -9: no clean-up of any kind."""
-        self.stop(signal.SIGKILL)
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=5) as response:
-            return str(response.read().decode())
-
-    def tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
 
 
 @dataclass
@@ -305,9 +190,9 @@ def checks_cleaned_up(cluster: Cluster, operator: OperatorProcess,
                             check=False)
         if operator.process is None:
             operator.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and any(get_check(cluster, n) for n in created):
-            time.sleep(0.5)
+        with contextlib.suppress(WaitTimeout):
+            wait_for(lambda: not any(get_check(cluster, n) for n in created), 60,
+                     "the test's ThpChecks gone", interval=0.5)
         for name in created:  # last resort, so one failure does not poison the session
             if get_check(cluster, name):
                 cluster.kubectl("patch", "thpcheck", name, "--type=merge", "-p",

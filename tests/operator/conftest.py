@@ -7,10 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.harness import Cluster
-from tests.operator.cluster_kit import (
-    this_machine,
-)
+from devtools.cluster.harness import Cluster
+from devtools.cluster.operator import this_machine
 from tests.operator.operator_fixtures import checks, crds, kubelet, operator  # noqa: F401
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.cluster.harness import Cluster, ClusterError, node_manifest
+from devtools.cluster.harness import Cluster, ClusterError, node_manifest
 from tests.support.wait import eventually
 from thpcheck.specs import names
 

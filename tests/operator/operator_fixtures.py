@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import Cluster
-from tests.operator.cluster_kit import Kubelet, OperatorProcess, checks_cleaned_up, install_crds
+from devtools.cluster.harness import Cluster
+from devtools.cluster.operator import OperatorProcess, install_crds
+from tests.operator.cluster_kit import Kubelet, checks_cleaned_up
 
 
 @pytest.fixture(scope="session")

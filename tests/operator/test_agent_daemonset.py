@@ -239,7 +239,7 @@ def test_when_every_node_may_run_at_once_there_is_no_standby_step() -> None:
 
 
 def test_no_daemonset_selects_an_architecture() -> None:
-    """Mixed amd64/arm64 clusters: the image is one multi-arch name (images/build.py --arch
+    """Mixed amd64/arm64 clusters: the image is one multi-arch name (devtools/images/build.py --arch
     amd64,arm64 --archive), so neither DaemonSet pins nodes to an architecture."""
     for ds in (build(), build(template=STANDBY), mitigation_daemonset(CONFIG)):
         text = repr(ds)

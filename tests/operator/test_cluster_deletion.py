@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster
+from devtools.cluster.harness import Cluster
+from devtools.cluster.operator import OperatorProcess
 from tests.operator.cluster_kit import (
     Kubelet,
-    OperatorProcess,
     all_affected,
     check_events,
     eventually,

@@ -12,15 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster
-from tests.operator.cluster_kit import (
-    RESULTS_PATH,
-    Kubelet,
-    OperatorProcess,
-    eventually,
-    node,
-    results,
-)
+from devtools.cluster.harness import Cluster
+from devtools.cluster.operator import RESULTS_PATH, OperatorProcess
+from tests.operator.cluster_kit import Kubelet, eventually, node, results
 from tests.operator.test_cluster_operator import create_check, status_of
 from thpcheck.specs import names
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import Cluster
-from tests.operator.cluster_kit import CHECKS_PATH, OperatorProcess, eventually
+from devtools.cluster.harness import Cluster
+from devtools.cluster.operator import CHECKS_PATH, OperatorProcess
+from tests.operator.cluster_kit import eventually
 from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster

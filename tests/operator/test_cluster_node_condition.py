@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster
+from devtools.cluster.accounts import remove_chart_rbac, service_account_kubeconfig
+from devtools.cluster.harness import Cluster
+from devtools.cluster.operator import OperatorProcess
 from tests.operator.cluster_kit import (
     Kubelet,
-    OperatorProcess,
     check_events,
     checks_cleaned_up,
     eventually,
@@ -24,7 +25,6 @@ from tests.operator.cluster_kit import (
     node,
     with_verdict,
 )
-from tests.operator.test_cluster_rbac import remove_chart_rbac, service_account_kubeconfig
 from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster
+from devtools.cluster.harness import Cluster
 from thpcheck.controller import credentials
 from thpcheck.controller.api import Kube
 from thpcheck.controller.metrics import Metrics

@@ -9,17 +9,14 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster
+from devtools.cluster.harness import Cluster
+from devtools.cluster.operator import CHECKS_PATH, REPO, OperatorProcess, install_crds
 from tests.operator.cluster_kit import (
-    CHECKS_PATH,
     DISAGREEMENT,
-    REPO,
     Kubelet,
-    OperatorProcess,
     change_events,
     eventually,
     get_check,
-    install_crds,
     node,
     node_events,
     results,

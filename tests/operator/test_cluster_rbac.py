@@ -12,16 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.chart.chart_kit import CHART, can_i, documents, token_kubeconfig
-from tests.cluster.harness import Cluster, pinned_k8s_version
+from devtools.cluster.accounts import chart_rbac, remove_chart_rbac, service_account_kubeconfig
+from devtools.cluster.harness import Cluster
+from devtools.cluster.operator import CHECKS_PATH, OperatorProcess
+from tests.chart.chart_kit import can_i
 from tests.operator.cluster_kit import (
-    CHECKS_PATH,
     Kubelet,
-    OperatorProcess,
     checks_cleaned_up,
     eventually,
     get_check,
@@ -32,55 +31,6 @@ from tests.operator.cluster_kit import (
 from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster
-
-ACCOUNT = "thpcheck-operator"
-RBAC_TEMPLATES = ("templates/serviceaccount.yaml", "templates/rbac.yaml")
-_PATHS = {  # kind -> collection path ({ns}: the object's namespace)
-    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
-    "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-    "ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
-    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
-}
-
-
-def rbac_release(namespace: str) -> str:
-    """The release name of the chart's RBAC in ``namespace`` (its cluster-scoped names)."""
-    return f"thpcheck-{namespace}"
-
-
-def chart_rbac(cluster: Cluster, namespace: str, *values: str) -> list[dict[str, Any]]:
-    """The chart's ServiceAccount and RBAC objects for a release in ``namespace`` (helm
-    template; cluster-scoped names carry the namespace, the account is ``ACCOUNT``)."""
-    release = rbac_release(namespace)
-    shown = [arg for template in RBAC_TEMPLATES for arg in ("--show-only", template)]
-    rendered = cluster.helm("template", release, str(CHART), "--namespace", namespace,
-                            "--kube-version", pinned_k8s_version(),
-                            "--set", f"fullnameOverride={release}",
-                            "--set", f"serviceAccount.name={ACCOUNT}", *shown, *values).stdout
-    return documents(rendered)
-
-
-def service_account_kubeconfig(cluster: Cluster, namespace: str, path: Path,
-                               *values: str) -> Path:
-    """A kubeconfig with a bound token of the chart's ServiceAccount in ``namespace``,
-    holding the chart's rules (``values``: helm --set arguments) and no others; undo with
-    ``remove_chart_rbac``."""
-    for item in chart_rbac(cluster, namespace, *values):
-        where = item["metadata"].get("namespace", namespace)
-        cluster.api("POST", _PATHS[item["kind"]].format(ns=where), item)
-    return token_kubeconfig(cluster, namespace, ACCOUNT, path)
-
-
-def remove_chart_rbac(cluster: Cluster, namespace: str) -> None:
-    """Delete what ``service_account_kubeconfig`` made outside ``namespace`` (the
-    ClusterRoles and their bindings, the Events Role in the Events namespace)."""
-    selector = f"app.kubernetes.io/instance={rbac_release(namespace)}"
-    cluster.kubectl("delete", "clusterroles,clusterrolebindings", "-l", selector,
-                    "--ignore-not-found", check=False)
-    cluster.kubectl("delete", "roles,rolebindings", "--all-namespaces", "-l", selector,
-                    "--ignore-not-found", check=False)
-
 
 def test_the_account_holds_every_rule_of_the_chart(crds: Cluster, namespace: str,
                                                    tmp_path: Path) -> None:

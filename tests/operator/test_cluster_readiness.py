@@ -13,13 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import Cluster
-from tests.operator.cluster_kit import (
-    OperatorProcess,
-    install_crds,
-    node,
-    node_events,
-)
+from devtools.cluster.harness import Cluster
+from devtools.cluster.operator import OperatorProcess, install_crds
+from tests.operator.cluster_kit import node, node_events
 from tests.support.wait import eventually
 from thpcheck.specs import names
 

@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster
+from devtools.cluster.harness import Cluster
+from devtools.cluster.operator import CHECKS_PATH, OperatorProcess
 from tests.operator.cluster_kit import (
-    CHECKS_PATH,
     Kubelet,
-    OperatorProcess,
     change_events,
     eventually,
     get_check,

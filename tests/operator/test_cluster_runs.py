@@ -18,15 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster
-from tests.operator.cluster_kit import (
-    CHECKS_PATH,
-    Kubelet,
-    OperatorProcess,
-    eventually,
-    results,
-    this_machine,
-)
+from devtools.cluster.harness import Cluster
+from devtools.cluster.operator import CHECKS_PATH, OperatorProcess, this_machine
+from tests.operator.cluster_kit import Kubelet, eventually, results
 from tests.operator.manual_kubelet import ManualNodes, manual_nodes
 from tests.operator.test_cluster_operator import create_check, status_of
 

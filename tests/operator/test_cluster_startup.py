@@ -7,16 +7,15 @@ KUBECONFIG in the environment and a HOME holding no ~/.kube.
 
 from __future__ import annotations
 
-import base64
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import Cluster, free_ports
-from tests.operator.cluster_kit import REPO
+from devtools.cluster.accounts import write_token_kubeconfig
+from devtools.cluster.harness import Cluster, free_ports
+from devtools.cluster.operator import REPO
 from tests.support.wait import eventually
 from thpcheck.controller.credentials import StartupExit
 from thpcheck.specs import names
@@ -31,17 +30,6 @@ NO_NODES_RULES = [
     {"apiGroups": ["thpcheck.io"], "resources": ["thpchecks", "thpnoderesults"],
      "verbs": ["list"]},
 ]
-
-
-def token_kubeconfig(cluster: Cluster, path: Path, token: str) -> Path:
-    ca = base64.b64encode(cluster.pki.ca_crt.read_bytes()).decode()
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": cluster.server_url,
-                                               "certificate-authority-data": ca}}],
-        "users": [{"name": "u", "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
-    return path
 
 
 def thpcheck(command: str, kubeconfig: Path, home: Path, namespace: str = "default",
@@ -67,7 +55,7 @@ def one_line(result: subprocess.CompletedProcess[str], command: str) -> str:
 
 @pytest.mark.parametrize("command", ["operator", "preflight"])
 def test_rejected_credentials_exit_6(crds: Cluster, tmp_path: Path, command: str) -> None:
-    kubeconfig = token_kubeconfig(crds, tmp_path / "bad-token", "not-a-real-token")
+    kubeconfig = write_token_kubeconfig(crds, tmp_path / "bad-token", "not-a-real-token")
     result = thpcheck(command, kubeconfig, tmp_path / "home")
     assert result.returncode == StartupExit.UNAUTHORIZED, result.stderr
     line = one_line(result, command)
@@ -96,7 +84,7 @@ def test_rbac_denial_exits_7_and_names_the_request(crds: Cluster, namespace: str
                          "token", {"apiVersion": "authentication.k8s.io/v1",
                                    "kind": "TokenRequest", "spec": {"expirationSeconds": 600}}
                          )["status"]["token"]
-        kubeconfig = token_kubeconfig(crds, tmp_path / "sa", token)
+        kubeconfig = write_token_kubeconfig(crds, tmp_path / "sa", token)
 
         def refused_at_nodes() -> subprocess.CompletedProcess[str] | None:
             # The authorizer caches: wait until the binding counts (then nodes are refused).

@@ -11,16 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster
-from tests.operator.cluster_kit import (
-    Kubelet,
-    OperatorProcess,
-    eventually,
-    new_check,
-    node,
-    results,
-    with_verdict,
-)
+from devtools.cluster.harness import Cluster
+from devtools.cluster.operator import OperatorProcess
+from tests.operator.cluster_kit import Kubelet, eventually, new_check, node, results, with_verdict
 from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster

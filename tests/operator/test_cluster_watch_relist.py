@@ -19,17 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster, ClusterError
-from tests.operator.cluster_kit import (
-    RESULTS_PATH,
-    Kubelet,
-    OperatorProcess,
-    checks_cleaned_up,
-    eventually,
-    install_crds,
-    results,
-    this_machine,
-)
+from devtools.cluster.harness import Cluster, ClusterError
+from devtools.cluster.operator import RESULTS_PATH, OperatorProcess, install_crds, this_machine
+from tests.operator.cluster_kit import Kubelet, checks_cleaned_up, eventually, results
 from tests.operator.test_cluster_operator import create_check, status_of
 
 pytestmark = pytest.mark.cluster

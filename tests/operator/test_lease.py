@@ -10,7 +10,7 @@ from typing import cast
 
 import pytest
 
-from tests.cluster.harness import free_ports
+from devtools.cluster.harness import free_ports
 from thpcheck.controller.leader import Leadership, healthy_while_waiting
 from thpcheck.controller.settings import SettingsError, from_env
 from thpcheck.specs.lease import Decision, lease_record, plan_lease, release

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.harness import Cluster, ClusterError
+from devtools.cluster.harness import Cluster, ClusterError
 from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster

@@ -222,7 +222,7 @@ def _undeclared(value: object, schema: dict, where: str) -> list[str]:
 def test_every_field_a_result_carries_is_declared_in_the_crd() -> None:
     import yaml
 
-    from tests.operator.cluster_kit import CRD_DIR
+    from devtools.cluster.operator import CRD_DIR
 
     crd = yaml.safe_load((CRD_DIR / "thpnoderesults.thpcheck.io.yaml").read_text())
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.cluster.harness import Cluster, wait_until
+from devtools.cluster.harness import Cluster, wait_until
 from tests.operator.operator_fixtures import checks, crds, kubelet, operator  # noqa: F401
 from tests.preflight.fleet import Fleet, make_fleet
 

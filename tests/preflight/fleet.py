@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.harness import Cluster, ClusterError, wait_until
+from devtools.cluster.harness import Cluster, ClusterError, wait_until
 from tests.unit.test_preflight import CORPUS, Case
 from thpcheck.model.preflight import NodeInfo
 

@@ -14,7 +14,6 @@ cluster's kubeconfig (or a token kubeconfig for a ServiceAccount that may only l
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import re
@@ -22,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import Cluster, wait_until
+from devtools.cluster.accounts import token_kubeconfig
+from devtools.cluster.harness import Cluster, wait_until
 from tests.preflight.fleet import (
     EXPECT_LABEL,
     POOL_LABEL,
@@ -201,18 +201,7 @@ def test_bad_selector_is_bad_input(kubeconfig: Path, selector: str) -> None:
 def _token_kubeconfig(cluster: Cluster, namespace: str, account: str, path: Path) -> Path:
     cluster.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
                 {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account}})
-    token = cluster.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
-                        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                         "spec": {"expirationSeconds": 600}})["status"]["token"]
-    ca = base64.b64encode(cluster.pki.ca_crt.read_bytes()).decode()
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-        "clusters": [{"name": "c", "cluster": {"server": cluster.server_url,
-                                               "certificate-authority-data": ca}}],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": account}}],
-    }))
-    return path
+    return token_kubeconfig(cluster, namespace, account, path, seconds=600)
 
 
 def test_list_nodes_is_the_only_permission_needed(cluster: Cluster, namespace: str,

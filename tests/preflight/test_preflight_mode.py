@@ -20,12 +20,11 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster, ClusterError
+from devtools.cluster.harness import Cluster, ClusterError
+from devtools.cluster.operator import CHECKS_PATH, OperatorProcess
 from tests.operator.cluster_kit import (
-    CHECKS_PATH,
     DISAGREEMENT,
     Kubelet,
-    OperatorProcess,
     check_events,
     get_check,
     node,

@@ -1,10 +1,10 @@
 """Fixtures of the real-node tier (tests marked ``realnode``): a control plane from the cluster
-harness plus one real kubelet + containerd node (tests/cluster/realnode.py).
+harness plus one real kubelet + containerd node (devtools/cluster/realnode.py).
 
 Opt-in: the tier runs when ``THPCHECK_REALNODE=1`` or ``THPCHECK_REQUIRE_REALNODE=1``; with
 the latter a missing prerequisite fails instead of skipping. It builds what it needs: kubelet
-(``build.sh --with-node``, cached), the project image and its oci-archive (images/build.py,
-cached) and the pause image (from tests/realnode/pause.c, every session; well under a second).
+(``build.sh --with-node``, cached), the project image and its oci-archive (devtools/images/build.py,
+cached) and the pause image (from devtools/cluster/pause.c, every session; well under a second).
 
 Fixtures:
   realnode_kit  (session)  binaries, image archive, pause archive; skips or fails here.
@@ -27,8 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from images import build
-from tests.cluster.harness import (
+from devtools.cluster.harness import (
     CORE_BINARIES,
     NODE_BINARIES,
     BinariesMissing,
@@ -36,12 +35,13 @@ from tests.cluster.harness import (
     build_binaries,
     missing_binaries,
 )
-from tests.cluster.realnode import (
+from devtools.cluster.realnode import (
     HostState,
     RealNode,
     build_pause_archive,
     missing_prerequisites,
 )
+from devtools.images import build
 from tests.support.require import required, skip_or_fail
 
 TIER = "realnode"
@@ -49,7 +49,7 @@ ENABLE_ENV = "THPCHECK_REALNODE"
 HOW_TO_ENABLE = (f"the real-node tier is opt-in: set {ENABLE_ENV}=1 (or "
                  "THPCHECK_REQUIRE_REALNODE=1 to fail on missing prerequisites); it needs root, "
                  "containerd, runc, containernetworking-plugins, gcc, podman and debootstrap, and "
-                 "builds kubelet once (tests/cluster/tools/build.sh --with-node)")
+                 "builds kubelet once (devtools/cluster/tools/build.sh --with-node)")
 # Short: the node's unix sockets live under it (see realnode.MAX_WORKDIR).
 SHORT_TMP_ENV = "THPCHECK_REALNODE_TMP"
 

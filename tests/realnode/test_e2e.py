@@ -37,11 +37,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.harness import REPO_ROOT, Cluster, ClusterError, free_ports
-from tests.cluster.realnode import THP_KNOB, cri_log_text
-from tests.cluster.realnode import thp_knob as knob
+from devtools.cluster.harness import REPO_ROOT, Cluster, ClusterError, free_ports
+from devtools.cluster.realnode import THP_KNOB, cri_log_text
+from devtools.cluster.realnode import thp_knob as knob
+from devtools.host.loopfs import MKFS, loop_mount
 from tests.host.agent import check_json, listing
-from tests.host.loopfs import MKFS, loop_mount
 from tests.realnode.conftest import RealCluster
 from tests.support import wait
 from tests.support.require import skip_or_fail

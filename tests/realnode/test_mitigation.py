@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.realnode import thp_knob as knob
+from devtools.cluster.realnode import thp_knob as knob
 from tests.realnode.conftest import RealCluster
 from tests.realnode.test_e2e import (
     CHART,

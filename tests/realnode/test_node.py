@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster
-from tests.cluster.realnode import (
+from devtools.cluster.harness import Cluster
+from devtools.cluster.realnode import (
     PAUSE_IMAGE,
     POD_SUBNET,
     HostState,

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.harness import Cluster, ClusterError
+from devtools.cluster.harness import Cluster, ClusterError
 from tests.realnode.conftest import RealCluster
 from tests.realnode.test_e2e import (
     CHART,

@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+from devtools.host.loopfs import loop_devices_missing
+
 
 def required(tier: str) -> bool:
     return os.environ.get(f"THPCHECK_REQUIRE_{tier.upper()}") == "1"
@@ -21,3 +23,10 @@ def skip_or_fail(tier: str, reason: str) -> None:
         pytest.fail(f"{tier} tier required (THPCHECK_REQUIRE_{tier.upper()}=1) but {reason}",
                     pytrace=False)
     pytest.skip(reason)
+
+
+def require_loop_devices() -> None:
+    """Skip (or fail under CI) when loop devices cannot be used here, saying which part lacks."""
+    reason = loop_devices_missing()
+    if reason is not None:
+        skip_or_fail("host", reason)

@@ -34,3 +34,29 @@ def test_pure_modules_import_no_io(module: Path) -> None:
 def test_there_is_no_package_named_operator() -> None:
     assert not (PACKAGE.parent / "operator").exists()
     assert not (PACKAGE.parent / "__init__.py").exists()
+
+
+REPO = PACKAGE.parents[1]
+
+
+def _importers(folder: Path, prefixes: tuple[str, ...]) -> dict[str, list[str]]:
+    """Per module of ``folder`` (recursively), what it imports under one of ``prefixes``."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(folder.rglob("*.py")):
+        bad = sorted(n for n in _imports(path)
+                     if any(n == p or n.startswith(p + ".") for p in prefixes))
+        if bad:
+            found[str(path.relative_to(REPO))] = bad
+    return found
+
+
+def test_tools_and_benchmarks_import_no_tests() -> None:
+    """Tests hold tests: the development tools (cluster, VMs, images, loop mounts) and the
+    benchmarks are built on devtools/ and thpcheck, never on a test module."""
+    assert _importers(REPO / "devtools", ("tests",)) == {}
+    assert _importers(REPO / "benchmarks", ("tests",)) == {}
+
+
+def test_the_package_imports_no_devtools() -> None:
+    """What ships (the thpcheck package, in the image) never depends on development tools."""
+    assert _importers(PACKAGE, ("devtools", "tests", "benchmarks")) == {}

@@ -22,8 +22,8 @@ from benchmarks.operator_scale import (
 )
 from benchmarks.vm_cost import cost_steps, in_process_repro_s, summarise
 
-from tests.vm.guest import Run
-from tests.vm.matrix import Plan
+from devtools.vm.guest import Run
+from devtools.vm.matrix import Plan
 
 LABELS = 'component="apiserver",group="",scope="x",version="v1"'
 METRICS = "\n".join([

@@ -8,7 +8,7 @@ import json
 import pytest
 from benchmarks.node_shapes import create_path, node
 
-from tests.cluster.harness import KWOK_ANNOTATION, node_manifest
+from devtools.cluster.harness import KWOK_ANNOTATION, node_manifest
 
 INFO = {"kernelVersion": "6.12.90", "bootID": "boot-1"}
 

@@ -2,7 +2,7 @@
 
 Missing artifacts skip the tests with the command that builds them, unless the tier is required:
 THPCHECK_REQUIRE_VM=1 (CI) for the x86-64 matrix, THPCHECK_REQUIRE_VM_ARM64=1 for the arm64
-kernels (scripts/test sets it when their cache exists, see tests/vm/README.md); then they fail:
+kernels (scripts/test sets it when their cache exists, see devtools/vm/README.md); then they fail:
 the matrix is the product's proof.
 """
 
@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.guest import FILESYSTEMS, BootResult, Kernel, Step, boot
-from tests.vm.kernels import TIER_OF
-from tests.vm.matrix import Artifacts, MatrixMissing, load_artifacts
-from tests.vm.rootfs import build_app
+from devtools.vm.guest import FILESYSTEMS, BootResult, Kernel, Step, boot
+from devtools.vm.kernels import TIER_OF
+from devtools.vm.matrix import Artifacts, MatrixMissing, load_artifacts
+from devtools.vm.rootfs import build_app
 
 BUILD_HINT = {
-    "x86_64": "build them with `tests/vm/build.sh` (= `.venv/bin/python -m tests.vm.build`; "
+    "x86_64": "build them with `devtools/vm/build.sh` (= `.venv/bin/python -m devtools.vm.build`; "
               "cold: about 28 CPU-minutes, 15 min on an idle 2-core machine)",
-    "arm64": "build them with `tests/vm/build.sh --arch arm64` (four cross-compiled kernels; "
-             "see tests/vm/README.md for the time it takes)",
+    "arm64": "build them with `devtools/vm/build.sh --arch arm64` (four cross-compiled kernels; "
+             "see devtools/vm/README.md for the time it takes)",
 }
 REQUIRE = {"x86_64": "THPCHECK_REQUIRE_VM", "arm64": "THPCHECK_REQUIRE_VM_ARM64"}
 
@@ -105,7 +105,7 @@ class GuestRunner:
     def __call__(self, kernel: Kernel, steps: list[Step], *, timeout_s: float | None = None,
                  smp: int = 2, mem_mb: int = 1024,
                  disks: Mapping[str, Path] | None = None) -> BootResult:
-        """Boot `kernel` with the three test disks (or `disks`); see tests.vm.guest.boot."""
+        """Boot `kernel` with the three test disks (or `disks`); see devtools.vm.guest.boot."""
         art = self.artifacts(kernel.arch)
         if disks is None:
             disks = {fs: art.disks[fs] for fs in FILESYSTEMS}

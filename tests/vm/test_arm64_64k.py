@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.vm.guest import BootResult, Mount, Run, Step
+from devtools.vm.matrix import AGENT, FACTS, REPRO_EXIT, parse_repro, record_summary
 from tests.vm.conftest import GuestRunner
-from tests.vm.guest import BootResult, Mount, Run, Step
-from tests.vm.matrix import AGENT, FACTS, REPRO_EXIT, parse_repro, record_summary
 
 pytestmark = [pytest.mark.vm, pytest.mark.vm_arm64]
 

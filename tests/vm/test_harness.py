@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.conftest import GuestRunner
-from tests.vm.guest import Knob, Mount, Run, job_script, parse_console
-from tests.vm.kernels import (
+from devtools.vm.guest import Knob, Mount, Run, job_script, parse_console
+from devtools.vm.kernels import (
     KernelBuildError,
     copy_module,
     fix_evidence,
     missing_fragment_lines,
     module_load_order,
 )
-from tests.vm.matrix import parse_repro
+from devtools.vm.matrix import parse_repro
+from tests.vm.conftest import GuestRunner
 
 
 def _frame(name: str, rc: int, out: bytes, err: bytes = b"") -> list[str]:

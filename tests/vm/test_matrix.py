@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.conftest import GuestRunner, require_vm
-from tests.vm.guest import FILESYSTEMS, BootResult
-from tests.vm.matrix import (
+from devtools.vm.guest import FILESYSTEMS, BootResult
+from devtools.vm.matrix import (
     REPRO_EXIT,
     SCAN_SLEEP_KNOB,
     SCAN_SLEEP_OFF,
@@ -36,6 +35,7 @@ from tests.vm.matrix import (
     parse_repro,
     record_summary,
 )
+from tests.vm.conftest import GuestRunner, require_vm
 
 pytestmark = pytest.mark.vm
 

@@ -1,4 +1,5 @@
-"""Loop-mounted ext4, btrfs and xfs filesystems on this machine's own kernel, for real tests.
+"""Loop-mounted ext4, btrfs and xfs filesystems on this machine's own kernel, for the host
+tier's tests and the benchmarks.
 
 Every mount is undone in ``finally``: unmount, detach the loop device, delete the image.
 """
@@ -12,8 +13,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.require import skip_or_fail
-
 MKFS = {
     "ext4": ["mkfs.ext4", "-q", "-F"],
     "btrfs": ["mkfs.btrfs", "-q", "-f"],
@@ -25,15 +24,17 @@ def _run(*args: str) -> str:
     return subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def require_loop_devices() -> None:
-    """Skip (or fail under CI) when loop devices cannot be used here, saying which part lacks."""
+def loop_devices_missing() -> str | None:
+    """What keeps loop-mounted filesystems from working here (root, loop devices, a tool), or
+    None when nothing does."""
     if os.geteuid() != 0:
-        skip_or_fail("host", "loop-mounted filesystems need root")
+        return "loop-mounted filesystems need root"
     if not os.path.exists("/dev/loop-control"):
-        skip_or_fail("host", "this machine has no loop devices (/dev/loop-control missing)")
+        return "this machine has no loop devices (/dev/loop-control missing)"
     for tool in ("losetup", "mount", "umount", *(cmd[0] for cmd in MKFS.values())):
         if shutil.which(tool) is None:
-            skip_or_fail("host", f"{tool} is not installed (apt-get install btrfs-progs xfsprogs)")
+            return f"{tool} is not installed (apt-get install btrfs-progs xfsprogs)"
+    return None
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Build the project image here, without a container registry: ``python -m images.build``.
+"""Build the project image here, without a container registry: ``python -m devtools.images.build``.
 
 Steps (each cached under ``${THPCHECK_CACHE:-~/.cache/thp-checker}/images/``):
 
@@ -26,7 +26,7 @@ cgroupfs manager and default ulimits this machine allows; see ../shared/containe
 through ``CONTAINERS_STORAGE_CONF``/``CONTAINERS_CONF``/``CONTAINERS_REGISTRIES_CONF``: the
 machine's own containers config is never changed. Use :func:`podman` to run podman against that
 storage: it also removes what podman 4.3 leaves outside it (``STRAY_PATHS``); the exports of
-``python -m images.build --env`` do not.
+``python -m devtools.images.build --env`` do not.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 IMAGE_REPO = "localhost/thp-checker"
 BASE_IMAGE = "localhost/thpcheck-base:bookworm"
 SUITE = "bookworm"
@@ -694,7 +694,7 @@ def _arches(text: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m images.build", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.images.build", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archive", nargs="?", const="", metavar="PATH",
                         help="also save an archive for `ctr images import` (default path "

@@ -1,4 +1,4 @@
-"""Build everything the kernel matrix needs, idempotently: `python -m tests.vm.build`.
+"""Build everything the kernel matrix needs, idempotently: `python -m devtools.vm.build`.
 
 Resolves the current Debian packages per suite, downloads them (in the
 background while the first kernel builds), builds the kernels, unpacks the
@@ -22,10 +22,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tests.vm import kernels, rootfs
-from tests.vm.guest import cache_dir
-from tests.vm.matrix import MATRIX_FILES
-from tests.vm.sources import PrivateApt, SourceError, system_mirrors
+from devtools.vm import kernels, rootfs
+from devtools.vm.guest import cache_dir
+from devtools.vm.matrix import MATRIX_FILES
+from devtools.vm.sources import PrivateApt, SourceError, system_mirrors
 
 
 def resolve(apt: PrivateApt, spec: kernels.KernelSpec) -> tuple[str, str]:

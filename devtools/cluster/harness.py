@@ -1,8 +1,9 @@
 """A real Kubernetes control plane for tests: etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler and kwok (fake nodes), all bound to 127.0.0.1 on free ports.
 
-Used by the pytest fixtures (`tests/cluster/fixtures.py`) and by `scripts/cluster up|down`.
-The binaries come from `tests/cluster/tools/build.sh` (built from Kubernetes' Go modules into
+Used by the pytest fixtures (`tests/cluster/fixtures.py`), by `scripts/cluster up|down` and by
+the benchmarks.
+The binaries come from `devtools/cluster/tools/build.sh` (built from Kubernetes' Go modules into
 a cache outside the repo). Everything the cluster writes stays under its work dir.
 
     with Cluster(workdir, nodes=3) as c:
@@ -13,7 +14,6 @@ a cache outside the repo). Everything the cluster writes stays under its work di
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import json
 import os
@@ -22,14 +22,13 @@ import shutil
 import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.cluster.pki import Pki, issue_client_cert, write_pki
-from tests.cluster.procs import Server, spawn, stop_all
+from devtools.cluster.pki import Pki, issue_client_cert, write_pki
+from devtools.proc import Server, ServerDied, WaitTimeout, spawn, stop_all, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_DIR = Path(__file__).resolve().parent / "tools"
@@ -133,20 +132,16 @@ def free_ports(count: int) -> list[int]:
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str,
                servers: Sequence[Server] = (), interval: float = 0.25) -> None:
-    """Poll `check` until true; fail early, with its log, if a watched server dies."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for server in servers:
-            if not server.alive():
-                raise ClusterError(server.describe_failure(f"died while waiting for {what}"))
-        with contextlib.suppress(OSError, ValueError, ClusterError, http.client.HTTPException):
-            if check():
-                return
-        if time.monotonic() > deadline:
-            last = servers[-1] if servers else None
-            msg = f"timed out after {timeout:.0f}s waiting for {what}"
-            raise ClusterError(last.describe_failure(msg) if last else msg)
-        time.sleep(interval)
+    """Poll `check` until true; fail early, with its log, if a watched server dies. Errors of
+    a server still starting count as not yet; every failure is a ClusterError."""
+    try:
+        wait_for(check, timeout, what, interval=interval, servers=servers,
+                 tolerate=(OSError, ValueError, ClusterError, http.client.HTTPException))
+    except ServerDied as exc:
+        raise ClusterError(str(exc)) from None
+    except WaitTimeout:
+        msg = f"timed out after {timeout:.0f}s waiting for {what}"
+        raise ClusterError(servers[-1].describe_failure(msg) if servers else msg) from None
 
 
 def _https_ok(port: int, path: str) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tests.vm.guest import FILESYSTEMS, Kernel, Knob, Mount, Record, Run, Step, cache_dir
+from devtools.vm.guest import FILESYSTEMS, Kernel, Knob, Mount, Record, Run, Step, cache_dir
 
 Outcome = Literal["reproduced", "not_reproduced", "collapse_unsupported"]
 REPRO_EXIT: dict[Outcome, int] = {"reproduced": 1, "not_reproduced": 0,
@@ -34,7 +34,7 @@ class MatrixMissing(RuntimeError):
 
 @dataclass(frozen=True)
 class Artifacts:
-    """What `python -m tests.vm.build [--arch arm64]` recorded in the tier's matrix file."""
+    """What `python -m devtools.vm.build [--arch arm64]` recorded in the tier's matrix file."""
 
     kernels: dict[str, Kernel]
     base_cpio: Path

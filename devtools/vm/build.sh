@@ -5,4 +5,4 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 python="${PYTHON:-$repo/.venv/bin/python}"
 cd "$repo"
-exec "$python" -m tests.vm.build "$@"
+exec "$python" -m devtools.vm.build "$@"

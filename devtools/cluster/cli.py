@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tests.cluster.harness import (
+from devtools.cluster.harness import (
     REPO_ROOT,
     STATE_FILE,
     BinariesMissing,
@@ -76,7 +76,7 @@ def cmd_up(workdir: Path, nodes: int, build: bool) -> int:
         missing = missing_binaries(bin_dir)
         if missing:
             raise BinariesMissing(f"missing in {bin_dir}: {', '.join(missing)}; "
-                                  "run without --no-build or tests/cluster/tools/build.sh")
+                                  "run without --no-build or devtools/cluster/tools/build.sh")
     _clean(workdir, keep_logs=False)
     cluster = Cluster(workdir, bin_dir=bin_dir, nodes=nodes, detach=True).start()
     pids = ", ".join(f"{s.name}={s.pid}" for s in cluster.servers)

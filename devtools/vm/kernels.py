@@ -439,7 +439,7 @@ def unpack_debian_image(spec: KernelSpec, deb: Path, version: str, package: str,
     (overlay / "boot").mkdir()
     (overlay / "boot" / f"config-{release}").write_text(config)
     dest.mkdir(parents=True, exist_ok=True)
-    from tests.vm.rootfs import write_cpio  # local import: rootfs imports this module too
+    from devtools.vm.rootfs import write_cpio  # local import: rootfs imports this module too
 
     write_cpio(overlay, dest / "overlay.cpio")
     shutil.copy2(vmlinuz, dest / "bzImage")

@@ -7,7 +7,7 @@
  *   - SIGCHLD: reap every exited child, as PID 1 of a pod with a shared PID namespace must;
  *   - otherwise sleep in pause(), waking only for signals.
  *
- * Built by tests/cluster/realnode.py with: gcc -Os -Wall -Werror -static -o pause pause.c
+ * Built by devtools/cluster/realnode.py with: gcc -Os -Wall -Werror -static -o pause pause.c
  */
 #define _POSIX_C_SOURCE 200809L
 

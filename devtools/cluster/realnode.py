@@ -16,7 +16,7 @@ Everything stays on this machine and off the network:
   talks to the apiserver on 127.0.0.1 with a static `system:node:<name>` client certificate.
 - A private containerd: root, state, sockets, runc root and netns mounts under the work dir;
   CRI streaming server on 127.0.0.1; `sandbox_image` is a pause image built here from
-  tests/realnode/pause.c; images come from `ctr images import`, never from a registry.
+  devtools/cluster/pause.c; images come from `ctr images import`, never from a registry.
 - CNI: bridge + host-local on a private bridge without an address (`isGateway: false`),
   no masquerade, no portmap: no iptables rule, no route, and pods reach nothing but
   themselves. The conflist lives in the work dir (/etc/cni is not read); the plugins are
@@ -67,19 +67,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tests.cluster.harness import (
+from devtools.cluster.harness import (
     LOOPBACK,
-    REPO_ROOT,
     Cluster,
     ClusterError,
     free_ports,
     node_ready,
     wait_until,
 )
-from tests.cluster.procs import Server, spawn
+from devtools.proc import Server, spawn
 
-REALNODE_DIR = REPO_ROOT / "tests" / "realnode"
-PAUSE_SOURCE = REALNODE_DIR / "pause.c"
+PAUSE_SOURCE = Path(__file__).resolve().parent / "pause.c"
 PAUSE_IMAGE = "localhost/thpcheck-pause:1"  # containerd's CRI sandbox_image
 CFLAGS = ("-Os", "-Wall", "-Werror", "-static")
 CNI_BIN_DIR = Path("/usr/lib/cni")
@@ -369,7 +367,7 @@ def _tar_member(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644)
 
 
 def build_pause_archive(directory: Path, image: str = PAUSE_IMAGE) -> Path:
-    """Compile tests/realnode/pause.c (static) and wrap it as a one-layer OCI image archive.
+    """Compile devtools/cluster/pause.c (static) and wrap it as a one-layer OCI image archive.
 
     Deterministic: the same source and compiler give the same image digest.
     """
@@ -388,7 +386,7 @@ def build_pause_archive(directory: Path, image: str = PAUSE_IMAGE) -> Path:
         "architecture": _go_arch(), "os": "linux",
         "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
         "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
-        "history": [{"created_by": f"gcc {' '.join(CFLAGS)} tests/realnode/pause.c"}],
+        "history": [{"created_by": f"gcc {' '.join(CFLAGS)} devtools/cluster/pause.c"}],
     }
     config_desc = {"mediaType": "application/vnd.oci.image.config.v1+json",
                    **_blob(blobs, json.dumps(config, sort_keys=True).encode())}

@@ -1,6 +1,12 @@
-"""Start, identify and stop the cluster's server processes.
+"""Processes of the development tools: start, identify, wait for and stop them.
 
-Each server runs in its own session (setsid), so it has its own process group that can be
+The one copy of the helpers that the cluster harness, the operator process of the tests and
+benchmarks, the real node and the tests' polling share: `die_with_parent` (no leaked child when
+the caller is killed), `stop_process` (TERM, then KILL), `tail` (a log's last lines for error
+messages), `wait_for` (poll until a check holds, failing early when a watched server dies) and
+`Server`/`spawn`/`stop_all` for long-running servers.
+
+Each cluster server runs in its own session (setsid), so it has its own process group that can be
 signalled as a whole, and so a detached cluster (`scripts/cluster up`) survives the shell that
 started it. A process is identified by (pid, start time) so a later `down` from a fresh shell
 never signals an unrelated process that happens to reuse the pid.
@@ -14,7 +20,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +28,25 @@ from typing import Any
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the parent dies, so a killed pytest leaks no servers."""
+class WaitError(RuntimeError):
+    """A wait ended without its condition: it timed out, or a watched server died."""
+
+
+class WaitTimeout(WaitError):
+    """The condition did not hold in time; ``last`` is the check's last (falsy) result."""
+
+    def __init__(self, message: str, last: Any = None) -> None:
+        super().__init__(message)
+        self.last = last
+
+
+class ServerDied(WaitError):
+    """A watched server exited while waiting; the message ends with its log's tail."""
+
+
+def die_with_parent() -> None:
+    """In the child (``preexec_fn``): get SIGKILL when the parent dies, so a killed pytest or
+    benchmark leaks no servers or operators."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
@@ -48,6 +71,49 @@ def tail(path: Path, lines: int = 40) -> str:
     except FileNotFoundError:
         return f"(no log at {path})"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_process(process: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM,
+                 timeout: float = 30.0) -> int | None:
+    """Send ``sig`` to a child, wait up to ``timeout`` s, then SIGKILL it; its exit code (None
+    when there was no process)."""
+    if process is None or process.poll() is not None:
+        return process.returncode if process else None
+    process.send_signal(sig)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(10)
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str = "condition", *,
+             interval: float = 0.25, tolerate: tuple[type[Exception], ...] = (),
+             servers: Sequence[Server] = (), diagnose: Callable[[], str] | None = None) -> Any:
+    """Return ``check()``'s first truthy result, polling every ``interval`` s.
+
+    Exceptions of the ``tolerate`` types (a server restarting) count as a falsy result. Raises
+    ServerDied (with its log) as soon as one of ``servers`` is gone, and WaitTimeout after
+    ``timeout`` s with the last result and, if given, what ``diagnose()`` says (pod logs)."""
+    deadline = time.monotonic() + timeout
+    result: Any = None
+    while True:
+        for server in servers:
+            if not server.alive():
+                raise ServerDied(server.describe_failure(f"died while waiting for {what}"))
+        try:
+            result = check()
+        except tolerate as exc:
+            result = f"error: {exc}"
+        else:
+            if result:
+                return result
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    extra = f"\n{diagnose()}" if diagnose else ""
+    raise WaitTimeout(f"{what} not met within {timeout:.0f}s; last result: {result!r}{extra}",
+                      result)
 
 
 @dataclass
@@ -132,7 +198,7 @@ def spawn(name: str, argv: Sequence[str], log: Path, env: Mapping[str, str], cwd
         popen = subprocess.Popen(
             list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             env=dict(env), cwd=cwd, start_new_session=True,
-            preexec_fn=None if detach else _die_with_parent,
+            preexec_fn=None if detach else die_with_parent,
         )
     return Server(name=name, argv=list(argv), log=log, pid=popen.pid,
                   start_time=proc_start_time(popen.pid), popen=popen)
