@@ -131,6 +131,43 @@ Security context of the operator's and the clean-up hook's containers: non-root 
 uid 65532), read-only root filesystem, no capabilities, no privilege escalation, RuntimeDefault
 seccomp.
 */}}
+{{/*
+The operator's environment: one entry per row of its settings table
+(operator/thpcheck/controller/settings.py TABLE), variable -> value, and nothing else; the
+Deployment renders its env list from this one dict (tests/chart/test_render.py compares the
+rendered names with the table both ways). A new setting: one line here.
+*/}}
+{{- define "thp-checker.operatorEnv" -}}
+{{- $tuning := .Values.operator.tuning -}}
+{{- $env := dict
+  "THPCHECK_NAMESPACE" (include "thp-checker.namespace" .)
+  "THPCHECK_AGENT_IMAGE" (include "thp-checker.agentImage" .)
+  "THPCHECK_AGENT_PULL_POLICY" (include "thp-checker.agentPullPolicy" .)
+  "THPCHECK_AGENT_PULL_SECRETS" (include "thp-checker.pullSecretNames" .)
+  "THPCHECK_PRIORITY_CLASS" (include "thp-checker.agentPriorityClass" .)
+  "THPCHECK_MITIGATION_PRIORITY_CLASS" .Values.agent.mitigationPriorityClassName
+  "THPCHECK_MITIGATION_STATE_DIR" .Values.agent.mitigationStateDir
+  "THPCHECK_METRICS_PORT" .Values.metrics.port
+  "THPCHECK_HEALTH_PORT" .Values.operator.healthPort
+  "THPCHECK_STATUS_INTERVAL" $tuning.statusInterval
+  "THPCHECK_DEBOUNCE" $tuning.debounce
+  "THPCHECK_EMPTY_RESULT_GRACE" $tuning.emptyResultGrace
+  "THPCHECK_API_WORKERS" $tuning.apiWorkers
+  "THPCHECK_WATCH_SERVER_TIMEOUT" $tuning.watchServerTimeout
+  "THPCHECK_WATCH_CLIENT_TIMEOUT" $tuning.watchClientTimeout
+  "THPCHECK_CLEANUP_BACKOFF_MAX" $tuning.cleanupBackoffMax
+  "THPCHECK_LEADER_ELECTION" .Values.operator.leaderElection.enabled
+  "THPCHECK_LEASE_NAME" (include "thp-checker.operatorName" .)
+  "THPCHECK_LEASE_DURATION" .Values.operator.leaderElection.leaseDurationSeconds
+  "THPCHECK_CLUSTER_MAX_CORDONED" .Values.remediation.clusterMaxCordoned
+  "THPCHECK_MAX_UNHEALTHY" .Values.remediation.maxUnhealthy
+-}}
+{{- range $name, $value := $env }}
+- name: {{ $name }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+
 {{- define "thp-checker.podSecurityContext" -}}
 runAsNonRoot: true
 runAsUser: 65532
