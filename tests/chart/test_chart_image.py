@@ -1,7 +1,8 @@
 """The chart's two API clients in the real image, with the chart's runtime settings: the
 operator container (its args, env, uid 65532, read-only root filesystem without any writable
 volume, no capabilities, no new privileges) and the pre-delete hook's ``thpcheck
-uninstall-cleanup`` (the image's entrypoint with the Job's args), each authenticated with its ServiceAccount's token, against the chart's test cluster.
+uninstall-cleanup`` (the image's entrypoint with the Job's args), each authenticated with its
+ServiceAccount's token, against the chart's test cluster.
 
 kwok never runs containers, so podman runs them here in the host's network namespace (the API
 server listens on 127.0.0.1 only).
