@@ -135,10 +135,11 @@ seccomp.
 The operator's environment: one entry per row of its settings table
 (operator/thpcheck/controller/settings.py TABLE), variable -> value, and nothing else; the
 Deployment renders its env list from this one dict (tests/chart/test_render.py compares the
-rendered names with the table both ways). A new setting: one line here.
+rendered names with the table both ways, for every value set). Each operator.tuning key is the
+variable of the same name (statusInterval: THPCHECK_STATUS_INTERVAL), so a new tuning setting
+needs no line here; any other setting: one line below.
 */}}
 {{- define "thp-checker.operatorEnv" -}}
-{{- $tuning := .Values.operator.tuning -}}
 {{- $env := dict
   "THPCHECK_NAMESPACE" (include "thp-checker.namespace" .)
   "THPCHECK_AGENT_IMAGE" (include "thp-checker.agentImage" .)
@@ -149,19 +150,15 @@ rendered names with the table both ways). A new setting: one line here.
   "THPCHECK_MITIGATION_STATE_DIR" .Values.agent.mitigationStateDir
   "THPCHECK_METRICS_PORT" .Values.metrics.port
   "THPCHECK_HEALTH_PORT" .Values.operator.healthPort
-  "THPCHECK_STATUS_INTERVAL" $tuning.statusInterval
-  "THPCHECK_DEBOUNCE" $tuning.debounce
-  "THPCHECK_EMPTY_RESULT_GRACE" $tuning.emptyResultGrace
-  "THPCHECK_API_WORKERS" $tuning.apiWorkers
-  "THPCHECK_WATCH_SERVER_TIMEOUT" $tuning.watchServerTimeout
-  "THPCHECK_WATCH_CLIENT_TIMEOUT" $tuning.watchClientTimeout
-  "THPCHECK_CLEANUP_BACKOFF_MAX" $tuning.cleanupBackoffMax
   "THPCHECK_LEADER_ELECTION" .Values.operator.leaderElection.enabled
   "THPCHECK_LEASE_NAME" (include "thp-checker.operatorName" .)
   "THPCHECK_LEASE_DURATION" .Values.operator.leaderElection.leaseDurationSeconds
   "THPCHECK_CLUSTER_MAX_CORDONED" .Values.remediation.clusterMaxCordoned
   "THPCHECK_MAX_UNHEALTHY" .Values.remediation.maxUnhealthy
 -}}
+{{- range $key, $value := .Values.operator.tuning }}
+{{- $_ := set $env (printf "THPCHECK_%s" (snakecase $key | upper)) $value }}
+{{- end }}
 {{- range $name, $value := $env }}
 - name: {{ $name }}
   value: {{ $value | toString | quote }}
