@@ -16,12 +16,14 @@ import asyncio
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from thpcheck.cli.args import KUBECONFIG_HELP, add_common_options
-from thpcheck.controller.api import ApiError, Kube, NotFound
-from thpcheck.controller.credentials import StartupError, one_line
 from thpcheck.specs import names, uninstall
 from thpcheck.specs.views import daemonset_view, mitigation_pod_view, node_view
+
+if TYPE_CHECKING:  # the Kubernetes client is imported only when the command runs
+    from thpcheck.controller.api import Kube
 
 NAME = "uninstall-cleanup"
 TIMEOUT_ENV = "THPCHECK_CLEANUP_TIMEOUT"
@@ -68,6 +70,9 @@ def _say(text: str, error: bool = False) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from thpcheck.controller.api import ApiError, Kube
+    from thpcheck.controller.credentials import StartupError, one_line
+
     try:
         kube = Kube.connect(args.kubeconfig)
     except StartupError as exc:
@@ -85,6 +90,8 @@ def main(args: argparse.Namespace) -> int:
 async def clean_up(kube: Kube, namespace: str, limit: float) -> int:
     """The three steps (``thpcheck.specs.uninstall``), giving up after ``limit`` seconds;
     the exit code."""
+    from thpcheck.controller.api import NotFound
+
     deadline = time.monotonic() + limit
     try:
         checks: list[str] | None = sorted(await kube.check_names())
