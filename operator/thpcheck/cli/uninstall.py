@@ -90,19 +90,15 @@ def main(args: argparse.Namespace) -> int:
 async def clean_up(kube: Kube, namespace: str, limit: float) -> int:
     """The three steps (``thpcheck.specs.uninstall``), giving up after ``limit`` seconds;
     the exit code."""
-    from thpcheck.controller.api import NotFound
-
     deadline = time.monotonic() + limit
-    try:
-        checks: list[str] | None = sorted(await kube.check_names())
-    except NotFound:
-        checks = None
+    checks = await _checks(kube)
+    if checks is None:
         _say(uninstall.no_crd())
     for name in checks or []:
         if await kube.delete_check(name):
             _say(uninstall.deleting(name))
     while checks is not None:
-        left = sorted(await kube.check_names())
+        left = await _checks(kube) or []
         if not left:
             _say(uninstall.checks_gone(len(checks)))
             break
@@ -119,6 +115,16 @@ async def clean_up(kube: Kube, namespace: str, limit: float) -> int:
             _say(decided.message, decided.error)
             return decided.exit
         await asyncio.sleep(POLL)
+
+
+async def _checks(kube: Kube) -> list[str] | None:
+    """The ThpChecks' names; None when the CRD is not installed."""
+    from thpcheck.controller.api import NotFound
+
+    try:
+        return sorted(await kube.check_names())
+    except NotFound:
+        return None
 
 
 async def observe(kube: Kube, namespace: str) -> uninstall.Observed:
