@@ -33,7 +33,8 @@ from thpcheck.specs import names
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = CHART / "crds"
 ALL_VALUES = CHART / "ci" / "all-values.yaml"
-HOOK_SCRIPT = CHART / "files" / "pre-delete-cleanup.py"
+# The pre-delete hook Job's args to the image's entrypoint (thpcheck): what the tests run.
+HOOK_ARGS = ("uninstall-cleanup",)
 
 # What the operator may leave on a node (docs/operator-design.md, "Names and keys").
 NODE_LABELS = (names.VERDICT_LABEL, names.MITIGATED_LABEL, names.MITIGATE_LABEL)
@@ -241,14 +242,14 @@ class ChartOperator:
         return [line for line in text.splitlines() if _REFUSED.search(line)]
 
 
-def run_hook_script(kubeconfig: Path, namespace: str,
-                    timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    """The pre-delete hook's program (the file the Job runs with ``python -c``), with the
-    kubeconfig's identity and the Job's environment."""
+def run_hook(kubeconfig: Path, namespace: str,
+             timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """The pre-delete hook's command (``thpcheck`` with the Job's args), with the kubeconfig's
+    identity and the Job's environment."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "KUBECONFIG": str(kubeconfig),
            "THPCHECK_CLEANUP_TIMEOUT": str(int(timeout)), "THPCHECK_NAMESPACE": namespace,
-           "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([sys.executable, "-c", HOOK_SCRIPT.read_text()], env=env,
+           "PYTHONPATH": str(REPO / "operator"), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([sys.executable, "-m", "thpcheck", *HOOK_ARGS], env=env,
                           capture_output=True, text=True, timeout=timeout + 60, check=False)
 
 

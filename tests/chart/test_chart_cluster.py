@@ -38,7 +38,7 @@ from tests.chart.chart_kit import (
     can_i,
     checks_deleted_at_exit,
     node_marks,
-    run_hook_script,
+    run_hook,
 )
 from tests.operator.cluster_kit import Kubelet, eventually, get_check, results, with_verdict
 from thpcheck.specs import names
@@ -383,7 +383,7 @@ def test_uninstall_leaves_nothing_behind(chart_cluster: Cluster, release: Releas
         # An admin's own mitigation label: the uninstall would lift a mitigation it cannot
         # confirm, so the hook fails at once naming the node (once the ThpCheck are gone).
         cluster.kubectl("label", "node", a2, f"{names.MITIGATE_LABEL}=true")
-        hook = run_hook_script(hook_token, namespace)
+        hook = run_hook(hook_token, namespace)
         assert hook.returncode == 1, hook.stdout + hook.stderr
         assert "deleting ThpCheck default" in hook.stdout
         assert f"deleting ThpCheck mitigate-{test_id}" in hook.stdout
@@ -403,7 +403,7 @@ def test_uninstall_leaves_nothing_behind(chart_cluster: Cluster, release: Releas
         cluster.api("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {
             "name": dead, "labels": {"kubernetes.io/os": "linux"}}})  # kwok does not run it
         try:
-            hook = run_hook_script(hook_token, namespace, timeout=20)
+            hook = run_hook(hook_token, namespace, timeout=20)
             assert hook.returncode == 1, hook.stdout + hook.stderr
             assert f"nodes still carrying marks of a ThpCheck: {a0} (ghost)" in hook.stderr
             assert "khugepaged restore not confirmed" in hook.stderr
@@ -413,7 +413,7 @@ def test_uninstall_leaves_nothing_behind(chart_cluster: Cluster, release: Releas
         # The operator back: its orphan sweep undoes the ghost's mark, it deletes the
         # mitigation DaemonSet (no node labelled), and the hook confirms the restore.
         operator.start()
-        hook = run_hook_script(hook_token, namespace)
+        hook = run_hook(hook_token, namespace)
         assert hook.returncode == 0, hook.stdout + hook.stderr
         assert "khugepaged restore confirmed on all" in hook.stdout or (
             "no mitigation record left to confirm" in hook.stdout)

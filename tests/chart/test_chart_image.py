@@ -1,7 +1,8 @@
 """The chart's two API clients in the real image, with the chart's runtime settings: the
 operator container (its args, env, uid 65532, read-only root filesystem without any writable
-volume, no capabilities, no new privileges) and the pre-delete hook's ``python -c`` program,
-each authenticated with its ServiceAccount's token, against the chart's test cluster.
+volume, no capabilities, no new privileges) and the pre-delete hook's ``thpcheck
+uninstall-cleanup`` (the image's entrypoint with the Job's args), each authenticated with its
+ServiceAccount's token, against the chart's test cluster.
 
 kwok never runs containers, so podman runs them here in the host's network namespace (the API
 server listens on 127.0.0.1 only).
@@ -144,7 +145,7 @@ def test_operator_and_hook_run_in_the_image_as_the_chart_runs_them(
             assert json.loads(reply.read())["indexed"]["nodes"] >= 1
         cluster.kubectl("get", "daemonset", "thpcheck-default", "-n", namespace)
 
-        # The hook's program with its ServiceAccount and rules (the rendered hook objects
+        # The hook's command with its ServiceAccount and rules (the rendered hook objects
         # without the Job), in the image with the Job's settings, while the operator runs.
         hook_docs = documents(helm.template(
             *release.values, "--show-only", "templates/cleanup-hook.yaml",
@@ -160,8 +161,7 @@ def test_operator_and_hook_run_in_the_image_as_the_chart_runs_them(
         outcome = build.podman(
             "run", "--rm", *security_args(hook), *mounted_kubeconfig(hook_token, cluster,
                                                                     tmp_path),
-            *env_args(env), "--entrypoint", hook["command"][0], hook["image"],
-            *hook["command"][1:], check=False, timeout=180)
+            *env_args(env), hook["image"], *hook["args"], check=False, timeout=180)
         assert outcome.returncode == 0, outcome.stdout + outcome.stderr
         assert "deleting ThpCheck default" in outcome.stdout
         assert get_check(cluster, "default") is None

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from devtools.cluster.accounts import documents
-from tests.chart.chart_kit import ALL_VALUES, CHART, CRD_DIR, HOOK_SCRIPT, Helm, container_env, find
+from tests.chart.chart_kit import ALL_VALUES, CHART, CRD_DIR, HOOK_ARGS, Helm, container_env, find
 from thpcheck.controller import settings
 from thpcheck.specs import names
 
@@ -141,17 +141,27 @@ def test_operator_deployment_is_locked_down(helm: Helm) -> None:
     assert container["image"] == settings.DEFAULT_IMAGE
 
 
-def test_operator_env_is_exactly_what_the_operator_reads(helm: Helm) -> None:
-    """Every THPCHECK_* variable the chart sets is a row of the operator's settings table
-    (thpcheck.controller.settings.TABLE, which from_env reads row by row), and every row is set
-    by the chart; each rendered value parses."""
+@pytest.mark.parametrize("values", [*sorted(VALUE_SETS), "no-leader-election"])
+def test_operator_env_is_exactly_what_the_operator_reads(helm: Helm, values: str) -> None:
+    """Whatever the values, the chart's operator env (one dict, "thp-checker.operatorEnv")
+    sets every row of the operator's settings table (thpcheck.controller.settings.TABLE,
+    which from_env reads row by row), each once, and no other THPCHECK_ variable; the
+    rendered values parse."""
     read = {row.env for row in settings.TABLE}
-    for values in ("defaults", "all-values"):
-        env = container_env(find(render(helm, values), "Deployment"))
-        ours = {k for k in env if k.startswith("THPCHECK_")}
-        assert ours == read, (sorted(ours - read), sorted(read - ours))
-        parsed = settings.from_env(env)
-        assert parsed.namespace == "thp-checker"
+    docs = (render(helm, "defaults", "--set", "operator.leaderElection.enabled=false")
+            if values == "no-leader-election" else render(helm, values))
+    deployment = find(docs, "Deployment")
+    env = container_env(deployment)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    ours = [e["name"] for e in container["env"] if e["name"].startswith("THPCHECK_")]
+    assert set(ours) == read, (sorted(set(ours) - read), sorted(read - set(ours)))
+    assert len(ours) == len(read)  # each once
+    parsed = settings.from_env(env)
+    assert parsed.namespace == "thp-checker"
+    assert parsed.leader_election is (values != "no-leader-election")
+
+
+def test_operator_env_values(helm: Helm) -> None:
     env = container_env(find(render(helm, "all-values"), "Deployment"))
     assert env["THPCHECK_AGENT_IMAGE"] == (
         "registry.example.com/thp-checker-agent@sha256:fedcba9876543210fedcba9876543210"
@@ -311,18 +321,22 @@ def test_cleanup_hook(helm: Helm) -> None:
         assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
     weights = {d["kind"]: int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for d in hooks}
     assert weights["ServiceAccount"] < weights["ClusterRoleBinding"] < weights["Job"]
+    # The contract's names (the DaemonSets the operator creates), granted by name only.
+    both = ",".join(sorted((names.MITIGATION_DAEMONSET, names.RESTORE_DAEMONSET)))
     assert sorted(_rules(docs, "thp-checker-cleanup")) == [
         ("*", "", "nodes", "list"),
-        ("*", "thpcheck.io", "thpchecks", "delete"), ("*", "thpcheck.io", "thpchecks", "list"),
+        ("*", names.GROUP, names.CHECK_PLURAL, "delete"),
+        ("*", names.GROUP, names.CHECK_PLURAL, "list"),
         ("thp-checker", "", "pods", "list"),
-        ("thp-checker", "apps", "daemonsets[thpcheck-mitigation,thpcheck-mitigation-restore]",
-         "get"),
-        ("thp-checker", "apps", "daemonsets[thpcheck-mitigation-restore]", "delete")]
+        ("thp-checker", "apps", f"daemonsets[{both}]", "get"),
+        ("thp-checker", "apps", f"daemonsets[{names.RESTORE_DAEMONSET}]", "delete")]
     job = find(hooks, "Job")
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    # The Job runs exactly the file the tests run (tests/chart/test_chart_cluster.py).
-    assert container["command"] == ["python", "-c", HOOK_SCRIPT.read_text()]
+    # The image's entrypoint with the subcommand the tests run (test_chart_cluster.py): no
+    # program of the chart's own.
+    assert "command" not in container and container["args"] == list(HOOK_ARGS)
+    assert not list((CHART / "files").glob("*.py"))
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert pod["restartPolicy"] == "Never" and job["spec"]["ttlSecondsAfterFinished"] > 0

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from devtools.cluster.harness import Cluster
-from thpcheck.controller import credentials
 from thpcheck.controller.api import Kube
 from thpcheck.controller.metrics import Metrics
 from thpcheck.controller.nodewatch import NodeWatch
@@ -64,8 +63,7 @@ def api_nodes(cluster: Cluster) -> set[str]:
 def test_the_node_view_follows_changes_and_converges_after_410(
         make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster(nodes=2)
-    configuration, _ = credentials.configuration(str(cluster.kubeconfig))
-    kube = Kube.connect(configuration, Metrics(), 4)
+    kube = Kube.connect(str(cluster.kubeconfig), Metrics(), 4)
     transport = Pausable(kube)
     watch = NodeWatch(transport, server_timeout=60, client_timeout=90)
 

@@ -60,3 +60,34 @@ def test_tools_and_benchmarks_import_no_tests() -> None:
 def test_the_package_imports_no_devtools() -> None:
     """What ships (the thpcheck package, in the image) never depends on development tools."""
     assert _importers(PACKAGE, ("devtools", "tests", "benchmarks")) == {}
+
+
+# The official client's ways to load credentials and to build a client from them.
+CREDENTIAL_LOADERS = {"load_kube_config", "load_incluster_config", "load_config",
+                      "load_kube_config_from_dict", "new_client_from_config",
+                      "new_client_from_config_dict"}
+CHART = REPO / "charts" / "thp-checker"
+
+
+def _called(path: Path) -> set[str]:
+    """The names called in ``path`` (``a.b.f()`` and ``f()`` both give ``f``)."""
+    called: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Attribute):
+                called.add(node.func.attr)
+            elif isinstance(node.func, ast.Name):
+                called.add(node.func.id)
+    return called
+
+
+def test_one_module_loads_credentials_and_one_builds_the_client() -> None:
+    """Every command talks to Kubernetes through controller/api.py's Kube, whose credentials
+    come from controller/credentials.py in the one documented order; the chart runs a
+    thpcheck subcommand, no program of its own."""
+    modules = {str(p.relative_to(PACKAGE)): _called(p) for p in PACKAGE.rglob("*.py")}
+    assert sorted(m for m, called in modules.items() if called & CREDENTIAL_LOADERS) == [
+        "controller/credentials.py"]
+    assert sorted(m for m, called in modules.items() if "ApiClient" in called) == [
+        "controller/api.py"]
+    assert not sorted(CHART.rglob("*.py"))

@@ -131,6 +131,40 @@ Security context of the operator's and the clean-up hook's containers: non-root 
 uid 65532), read-only root filesystem, no capabilities, no privilege escalation, RuntimeDefault
 seccomp.
 */}}
+{{/*
+The operator's environment: one entry per row of its settings table
+(operator/thpcheck/controller/settings.py TABLE), variable -> value, and nothing else; the
+Deployment renders its env list from this one dict (tests/chart/test_render.py compares the
+rendered names with the table both ways, for every value set). Each operator.tuning key is the
+variable of the same name (statusInterval: THPCHECK_STATUS_INTERVAL), so a new tuning setting
+needs no line here; any other setting: one line below.
+*/}}
+{{- define "thp-checker.operatorEnv" -}}
+{{- $env := dict
+  "THPCHECK_NAMESPACE" (include "thp-checker.namespace" .)
+  "THPCHECK_AGENT_IMAGE" (include "thp-checker.agentImage" .)
+  "THPCHECK_AGENT_PULL_POLICY" (include "thp-checker.agentPullPolicy" .)
+  "THPCHECK_AGENT_PULL_SECRETS" (include "thp-checker.pullSecretNames" .)
+  "THPCHECK_PRIORITY_CLASS" (include "thp-checker.agentPriorityClass" .)
+  "THPCHECK_MITIGATION_PRIORITY_CLASS" .Values.agent.mitigationPriorityClassName
+  "THPCHECK_MITIGATION_STATE_DIR" .Values.agent.mitigationStateDir
+  "THPCHECK_METRICS_PORT" .Values.metrics.port
+  "THPCHECK_HEALTH_PORT" .Values.operator.healthPort
+  "THPCHECK_LEADER_ELECTION" .Values.operator.leaderElection.enabled
+  "THPCHECK_LEASE_NAME" (include "thp-checker.operatorName" .)
+  "THPCHECK_LEASE_DURATION" .Values.operator.leaderElection.leaseDurationSeconds
+  "THPCHECK_CLUSTER_MAX_CORDONED" .Values.remediation.clusterMaxCordoned
+  "THPCHECK_MAX_UNHEALTHY" .Values.remediation.maxUnhealthy
+-}}
+{{- range $key, $value := .Values.operator.tuning }}
+{{- $_ := set $env (printf "THPCHECK_%s" (snakecase $key | upper)) $value }}
+{{- end }}
+{{- range $name, $value := $env }}
+- name: {{ $name }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+
 {{- define "thp-checker.podSecurityContext" -}}
 runAsNonRoot: true
 runAsUser: 65532

@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mitigate": ("thpcheck.cli.mitigate", "stop khugepaged until stopped, then restore it "
                  "(the mitigation DaemonSet)"),
     "operator": ("thpcheck.cli.operator", "run the Kubernetes operator"),
+    "uninstall-cleanup": ("thpcheck.cli.uninstall", "delete every ThpCheck and confirm that "
+                          "nothing is left on the nodes (the chart's pre-delete hook)"),
 }
 
 

@@ -2,8 +2,9 @@
 
 Reads ``status.nodeInfo`` (kernel release, OS image, architecture) of the nodes matching a
 label selector and predicts each from the model (``thpcheck.model.preflight``). Needs only
-``list`` on nodes. The Kubernetes client is imported here, lazily, so the other subcommands
-(``check`` runs in every agent pod) never pay for it. ``--nodes-file`` reads the same nodes
+``list`` on nodes. The Kubernetes client (``thpcheck.controller.api``, the package's one, with
+its one credential order) is imported here, lazily, so the other subcommands (``check`` runs
+in every agent pod) never pay for it. ``--nodes-file`` reads the same nodes
 from saved ``kubectl get nodes`` output instead, with no cluster at all.
 """
 
@@ -28,9 +29,6 @@ from thpcheck.model.preflight import (
 )
 from thpcheck.model.timestamps import format_time
 from thpcheck.model.verdict import CheckExit
-
-PAGE_SIZE = 500
-REQUEST_TIMEOUT = (10, 60)  # connect, read (seconds)
 
 
 class PreflightError(Exception):
@@ -66,46 +64,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def list_nodes(kubeconfig: str | None, selector: str | None) -> list[NodeInfo]:
     """The nodes matching ``selector`` (all pages), as the prediction's input."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
-
     from thpcheck.controller import credentials
+    from thpcheck.controller.api import NODES_PATH, ApiError, Kube
 
-    configuration, _ = credentials.configuration(kubeconfig)
-    configuration.retries = 1  # fail fast on a wrong server address
-    api_client = client.ApiClient(configuration)
-    host = configuration.host
-    api = client.CoreV1Api(api_client)
-    items: list[dict[str, Any]] = []
-    token: str | None = None
+    kube = Kube.connect(kubeconfig, retries=1)  # fail fast on a wrong server address
     try:
-        while True:
-            kwargs: dict[str, Any] = {"limit": PAGE_SIZE, "_preload_content": False,
-                                      "_request_timeout": REQUEST_TIMEOUT}
-            if selector:
-                kwargs["label_selector"] = selector
-            if token:
-                kwargs["_continue"] = token
-            response: Any = api.list_node(**kwargs)  # a urllib3 response: no preload
-            page = json.loads(response.data)
-            items.extend(page.get("items") or [])
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                break
-    except ApiException as exc:
+        items = kube.list_sync(NODES_PATH, {"labelSelector": selector} if selector else None)
+    except ApiError as exc:
         if exc.status == 400 and selector:
             raise PreflightError(f"--selector {selector!r}: "
-                                 f"{credentials.api_message(exc.body)}") from exc
-        if exc.status in (401, 403):
-            raise credentials.http_failure(exc.status, exc.body, host, "list nodes") from exc
-        raise PreflightError(f"listing nodes at {host} failed (HTTP {exc.status}): "
-                             f"{credentials.api_message(exc.body)}",
+                                 f"{credentials.api_message(exc.detail)}") from exc
+        if exc.status in (0, 401, 403):
+            raise kube.startup_error(exc, "list nodes") from exc
+        raise PreflightError(f"listing nodes at {kube.server} failed (HTTP {exc.status}): "
+                             f"{credentials.api_message(exc.detail)}",
                              CheckExit.INCONCLUSIVE) from exc
-    except (HTTPError, OSError) as exc:
-        raise credentials.unreachable(host, exc) from exc
     finally:
-        api_client.close()  # type: ignore[no-untyped-call]
+        kube.close()
     return [node_info(item) for item in items]
 
 

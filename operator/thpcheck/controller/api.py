@@ -1,9 +1,17 @@
 """Kubernetes API calls: a thin, path-based JSON client on the official client's transport.
 
+The one Kubernetes client of the package: ``thpcheck operator``, ``thpcheck preflight`` and
+``thpcheck uninstall-cleanup`` (the chart's pre-delete hook) all connect with
+``Kube.connect``, which takes its credentials from ``thpcheck.controller.credentials`` in the
+one documented order (``--kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``, the in-cluster
+service account); nothing else in the package builds an API client or loads a kubeconfig
+(tests/unit/test_architecture.py holds that).
+
 The official client does the authentication (kubeconfig, in-cluster token, exec plugins);
 requests and responses stay plain dicts, skipping its model classes, which cost more CPU
 than the calls themselves at thousands of nodes. Blocking calls run in a bounded thread
-pool; every write is counted and every failure is counted by verb (Prometheus).
+pool; with ``Metrics`` (the operator), every write is counted and every failure is counted by
+verb (Prometheus).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from urllib.parse import quote, urlencode
 import kubernetes
 import urllib3
 
+from thpcheck.controller import credentials
 from thpcheck.controller.credentials import transport_error
 from thpcheck.controller.metrics import Metrics
 from thpcheck.specs import names
@@ -28,7 +37,8 @@ STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 JSON = "application/json"
 REQUEST_TIMEOUT = (10.0, 60.0)  # connect, read
-EVENTS_PAGE = 500  # Events per page of a list
+LIST_PAGE = 500  # items per page of a list
+NODES_PATH = "/api/v1/nodes"
 
 
 class ApiError(RuntimeError):
@@ -86,20 +96,37 @@ def _daemonset_path(namespace: str, name: str = "") -> str:
 
 
 class Kube:
-    """The operator's API calls, each a coroutine."""
+    """The API calls of every command, each a coroutine (``request_sync``: blocking)."""
 
-    def __init__(self, client: kubernetes.client.ApiClient, metrics: Metrics,
-                 workers: int = 16) -> None:
+    def __init__(self, client: kubernetes.client.ApiClient, metrics: Metrics | None = None,
+                 workers: int = 16, source: credentials.Source | None = None) -> None:
         self.client = client
         self.metrics = metrics
+        self.source = source  # where the credentials came from (for messages, kopf's login)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-api")
 
     @classmethod
-    def connect(cls, configuration: kubernetes.client.Configuration, metrics: Metrics,
-                workers: int = 16) -> Kube:
-        """A client on ``configuration`` (from ``thpcheck.controller.credentials``)."""
+    def connect(cls, kubeconfig: str | None, metrics: Metrics | None = None, workers: int = 16,
+                retries: int | None = None) -> Kube:
+        """A client with the credentials of the documented order (``kubeconfig``: the
+        ``--kubeconfig`` flag, if given); StartupError when none is usable. ``retries``: of
+        a failed connection (urllib3's default when None; 1 fails fast on a wrong address)."""
+        configuration, source = credentials.configuration(kubeconfig)
         configuration.connection_pool_maxsize = max(workers, 4)
-        return cls(kubernetes.client.ApiClient(configuration), metrics, workers)
+        if retries is not None:
+            configuration.retries = retries
+        return cls(kubernetes.client.ApiClient(configuration), metrics, workers, source)
+
+    def startup_error(self, exc: ApiError, doing: str) -> credentials.StartupError:
+        """The one-line StartupError for a failed request made while ``doing`` (e.g. "list
+        nodes"): the server unreachable, or its HTTP answer."""
+        if exc.status == 0:
+            return credentials.unreachable(self.server, exc.detail)
+        return credentials.http_failure(exc.status, exc.detail, self.server, doing)
+
+    def _count(self, counter: str, **labels: str) -> None:
+        if self.metrics is not None:
+            getattr(self.metrics, counter).labels(**labels).inc()
 
     @property
     def server(self) -> str:
@@ -120,17 +147,17 @@ class Kube:
         method, url, headers, payload, _ = self.client.param_serialize(
             verb, url_path, header_params=headers, body=body, auth_settings=["BearerToken"])
         if verb != "GET":
-            self.metrics.api_writes.labels(verb=verb, resource=resource).inc()
+            self._count("api_writes", verb=verb, resource=resource)
         try:
             response = self.client.call_api(method, url, headers, payload,
                                             _request_timeout=REQUEST_TIMEOUT)
             data = response.read()  # type: ignore[no-untyped-call]
             response.response.release_conn()
         except (kubernetes.client.ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
-            self.metrics.api_errors.labels(verb=verb).inc()
+            self._count("api_errors", verb=verb)
             raise ApiError(verb, path, 0, type(exc).__name__, transport_error(exc)) from exc
         if response.status >= 400:
-            self.metrics.api_errors.labels(verb=verb).inc()
+            self._count("api_errors", verb=verb)
             detail = _status_message(data)
             kind = (NotFound if response.status == 404 else
                     Conflict if response.status == 409 else ApiError)
@@ -149,12 +176,12 @@ class Kube:
             response = self.client.call_api(method, url, headers, payload,
                                             _request_timeout=(REQUEST_TIMEOUT[0], read_timeout))
         except (kubernetes.client.ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
-            self.metrics.api_errors.labels(verb="WATCH").inc()
+            self._count("api_errors", verb="WATCH")
             raise ApiError("WATCH", path, 0, type(exc).__name__, transport_error(exc)) from exc
         raw: urllib3.BaseHTTPResponse = response.response
         try:
             if response.status >= 400:
-                self.metrics.api_errors.labels(verb="WATCH").inc()
+                self._count("api_errors", verb="WATCH")
                 detail = raw.read().decode(errors="replace")
                 raise ApiError("WATCH", path, response.status, response.reason or "", detail)
             try:
@@ -165,6 +192,19 @@ class Kube:
         finally:
             raw.close()
 
+    def list_sync(self, path: str, query: Mapping[str, str] | None = None,
+                  page: int = LIST_PAGE) -> list[dict[str, Any]]:
+        """Every item of a list (filtered by ``query``'s selectors), in pages of ``page``."""
+        query = {**(query or {}), "limit": str(page)}
+        items: list[dict[str, Any]] = []
+        while True:
+            found = self.request_sync("GET", path, query=query) or {}
+            items.extend(found.get("items") or [])
+            token = (found.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            query = {**query, "continue": str(token)}
+
     async def request(self, verb: str, path: str, body: Any = None,
                       content_type: str = JSON, query: Mapping[str, str] | None = None,
                       resource: str = "") -> Any:
@@ -173,6 +213,11 @@ class Kube:
             self.pool, lambda: self.request_sync(verb, path, body, content_type, query,
                                                  resource))
 
+    async def list_all(self, path: str, query: Mapping[str, str] | None = None,
+                   page: int = LIST_PAGE) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, lambda: self.list_sync(path, query, page))
+
     # -- ThpCheck ----------------------------------------------------------------------
 
     async def patch_check_status(self, name: str, patch: Mapping[str, Any]) -> Any:
@@ -180,9 +225,18 @@ class Kube:
                                   resource="thpchecks/status")
 
     async def check_names(self) -> set[str]:
-        """The names of every ThpCheck the API holds now (deleting ones too)."""
+        """The names of every ThpCheck the API holds now (deleting ones too); NotFound when
+        the CRD is not installed."""
         listed = await self.request("GET", _checks_path(), resource="thpchecks")
         return {item["metadata"]["name"] for item in listed.get("items") or ()}
+
+    async def delete_check(self, name: str) -> bool:
+        """Delete the ThpCheck (its finalizer then runs); False when it was already gone."""
+        try:
+            await self.request("DELETE", _check_path(name), resource="thpchecks")
+        except NotFound:
+            return False
+        return True
 
     # -- ThpNodeResult -----------------------------------------------------------------
 
@@ -245,6 +299,14 @@ class Kube:
         return await self.request("PATCH", _daemonset_path(meta["namespace"], meta["name"]),
                                   operations, JSON_PATCH, resource="daemonsets")
 
+    async def get_daemonset(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The DaemonSet, or None when it does not exist."""
+        try:
+            found: dict[str, Any] = await self.request("GET", _daemonset_path(namespace, name))
+        except NotFound:
+            return None
+        return found
+
     async def delete_daemonset(self, namespace: str, name: str) -> None:
         with contextlib.suppress(NotFound):
             await self.request("DELETE", _daemonset_path(namespace, name),
@@ -259,17 +321,18 @@ class Kube:
 
     async def list_events(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         """The Events in ``namespace`` matching the field ``selector`` (filtered by the API
-        server), in pages of ``EVENTS_PAGE``."""
-        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/events"
-        query = {"fieldSelector": selector, "limit": str(EVENTS_PAGE)}
-        items: list[dict[str, Any]] = []
-        while True:
-            found = await self.request("GET", path, query=query) or {}
-            items.extend(found.get("items") or [])
-            token = (found.get("metadata") or {}).get("continue")
-            if not token:
-                return items
-            query = {**query, "continue": str(token)}
+        server), in pages."""
+        return await self.list_all(f"/api/v1/namespaces/{quote(namespace, safe='')}/events",
+                               {"fieldSelector": selector})
+
+    # -- Nodes and pods (read) -----------------------------------------------------------
+
+    async def list_nodes(self, selector: str = "") -> list[dict[str, Any]]:
+        return await self.list_all(NODES_PATH, {"labelSelector": selector} if selector else None)
+
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return await self.list_all(f"/api/v1/namespaces/{quote(namespace, safe='')}/pods",
+                               {"labelSelector": selector})
 
     # -- start-up ----------------------------------------------------------------------
 

@@ -38,12 +38,11 @@ from typing import Any, Protocol
 
 import structlog
 
-from thpcheck.controller.api import ApiError
+from thpcheck.controller.api import NODES_PATH, ApiError
 from thpcheck.specs.views import NodeView, node_view, same_node
 
 log = structlog.get_logger("thpcheck.operator")
 
-NODES_PATH = "/api/v1/nodes"
 PAGE_SIZE = 100  # realistic nodes: a 2.5 MiB page, about 8 MiB while parsed
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # seconds after 1, 2, ... failures
 

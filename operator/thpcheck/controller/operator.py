@@ -25,7 +25,7 @@ from thpcheck.controller import (
     kopf_relist,
     kopf_startup,
 )
-from thpcheck.controller.api import ApiError, Kube
+from thpcheck.controller.api import NODES_PATH, ApiError, Kube
 from thpcheck.controller.context import MEMO_KEY, OperatorContext
 from thpcheck.controller.leader import Leadership, healthy_while_waiting
 from thpcheck.controller.metrics import Metrics
@@ -156,7 +156,7 @@ def startup_probes(namespace: str) -> list[tuple[str, str]]:
     return [
         ("list thpchecks", f"/apis/{names.GROUP}/{names.VERSION}/{names.CHECK_PLURAL}"),
         ("list thpnoderesults", f"/apis/{names.GROUP}/{names.VERSION}/{names.RESULT_PLURAL}"),
-        ("list nodes", "/api/v1/nodes"),
+        ("list nodes", NODES_PATH),
         (f"list pods in namespace {namespace}", f"/api/v1/namespaces/{namespace}/pods"),
         (f"list daemonsets in namespace {namespace}",
          f"/apis/apps/v1/namespaces/{namespace}/daemonsets"),
@@ -175,9 +175,7 @@ def verify_startup(kube: Kube, settings: Settings) -> None:
     except crds.CrdProblem as exc:
         raise credentials.StartupError(str(exc), credentials.StartupExit.CRDS) from exc
     except ApiError as exc:
-        if exc.status == 0:
-            raise credentials.unreachable(kube.server, exc.detail) from exc
-        raise credentials.http_failure(exc.status, exc.detail, kube.server, doing) from exc
+        raise kube.startup_error(exc, doing) from exc
 
 
 def run(settings: Settings, kubeconfig: str | None = None) -> int:
@@ -186,10 +184,11 @@ def run(settings: Settings, kubeconfig: str | None = None) -> int:
     DaemonSets in the operator's namespace."""
     metrics = Metrics()
     try:
-        configuration, source = credentials.configuration(kubeconfig)
+        kube = Kube.connect(kubeconfig, metrics, settings.api_workers)
     except credentials.StartupError as exc:
         return _cannot_start(exc)
-    kube = Kube.connect(configuration, metrics, settings.api_workers)
+    source = kube.source
+    assert source is not None  # Kube.connect records it
     try:
         verify_startup(kube, settings)
     except credentials.StartupError as exc:

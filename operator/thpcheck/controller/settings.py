@@ -126,9 +126,10 @@ def _int_or_percent(name: str, raw: str, row: Setting) -> IntOrPercent:
 
 _S = "THPCHECK_"
 # The settings table, in Settings' field order. A new setting: a row here and its typed field
-# in Settings (tests/operator/test_crds_and_settings.py checks they agree), the chart's env
-# entry (tests/chart/test_render.py checks the rendered names are exactly these), and the
-# generated docs table (docs/operator-design.md, checked by the same unit test).
+# in Settings (tests/operator/test_crds_and_settings.py checks they agree), its line in the
+# chart's one env dict ("thp-checker.operatorEnv" in templates/_helpers.tpl, with its value;
+# tests/chart/test_render.py checks the rendered names are exactly these, for every value
+# set), and the generated docs table (docs/operator-design.md, checked by the same unit test).
 TABLE: tuple[Setting, ...] = (
     Setting("namespace", _S + "NAMESPACE", _text, None,
             "where the agent and mitigation DaemonSets live",

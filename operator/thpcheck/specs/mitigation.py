@@ -172,10 +172,14 @@ def restore_daemonset(config: WorkloadConfig) -> dict[str, Any]:
                       {"maxUnavailable": "10%"})
 
 
+def runs_restore(node: NodeView) -> bool:
+    """The restore DaemonSet should run on ``node``: Linux, not labelled for mitigation."""
+    return node.labels.get(OS_LABEL) == "linux" and node.labels.get(names.MITIGATE_LABEL) != "true"
+
+
 def restore_nodes(nodes: Iterable[NodeView]) -> int:
     """How many nodes the restore DaemonSet should run on."""
-    return sum(1 for n in nodes if n.labels.get(OS_LABEL) == "linux"
-               and n.labels.get(names.MITIGATE_LABEL) != "true")
+    return sum(1 for n in nodes if runs_restore(n))
 
 
 def restore_confirmed(view: DaemonSetView, nodes: Iterable[NodeView]) -> bool:
