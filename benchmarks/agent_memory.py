@@ -1,6 +1,6 @@
 """The agent's peak memory for a default run, as its pod's memory cgroup counts it (run as
 root, cgroup v1 or v2): what the agent DaemonSet's memory request and limit are sized from
-(``thpcheck.specs.agent.agent_memory_bytes``).
+(``thpcheck.contract.agent.agent_memory_bytes``).
 
 Per filesystem (loop-mounted ext4, btrfs, xfs) one ``thpcheck check --json PATH`` with the
 default reproducer (64 MiB base, 200 x 16 KiB appends) in a fresh memory cgroup:

@@ -62,8 +62,8 @@ from devtools.cluster.accounts import ACCOUNT, service_account_kubeconfig
 from devtools.cluster.harness import KWOK_ANNOTATION, Cluster
 from devtools.cluster.operator import CHECKS_PATH, OperatorProcess, install_crds, this_machine
 from devtools.proc import WaitTimeout, wait_for
+from thpcheck.contract import names
 from thpcheck.model.report import compact
-from thpcheck.specs import names
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from devtools.cluster.harness import Cluster, free_ports
 from devtools.proc import die_with_parent, stop_process, tail, wait_for
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "charts" / "thp-checker" / "crds"

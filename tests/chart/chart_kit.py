@@ -28,7 +28,7 @@ from devtools.cluster.accounts import CHART
 from devtools.cluster.harness import Cluster, ClusterError, free_ports
 from devtools.cluster.operator import CHECKS_PATH, wait_healthy
 from devtools.proc import WaitTimeout, die_with_parent, stop_process, tail, wait_for
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = CHART / "crds"

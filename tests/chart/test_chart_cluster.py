@@ -41,7 +41,7 @@ from tests.chart.chart_kit import (
     run_hook,
 )
 from tests.operator.cluster_kit import Kubelet, eventually, get_check, results, with_verdict
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 pytestmark = pytest.mark.cluster
 

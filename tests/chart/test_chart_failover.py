@@ -34,7 +34,7 @@ from tests.operator.cluster_kit import (
     with_verdict,
 )
 from tests.operator.manual_kubelet import ManualNodes, manual_nodes
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 pytestmark = pytest.mark.cluster
 

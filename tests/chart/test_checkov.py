@@ -21,10 +21,11 @@ import yaml
 from devtools.cluster.accounts import documents
 from tests.chart.chart_kit import ALL_VALUES, Helm, container_env, find
 from tests.support.require import skip_or_fail
+from thpcheck.contract.agent import CHECK, agent_daemonset
+from thpcheck.contract.checkspec import parse_spec
+from thpcheck.contract.mitigation import mitigation_daemonset, restore_daemonset
+from thpcheck.contract.refs import CheckRef
 from thpcheck.controller import settings
-from thpcheck.specs.agent import CHECK, CheckRef, agent_daemonset
-from thpcheck.specs.checkspec import parse_spec
-from thpcheck.specs.mitigation import mitigation_daemonset, restore_daemonset
 
 SKIPS = Path(__file__).with_name("checkov-skips.yaml")
 CHECKOV_ENV = "THPCHECK_CHECKOV"

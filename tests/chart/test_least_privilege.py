@@ -1,7 +1,7 @@
 """Least privilege in the rendered chart (offline): the NetworkPolicies select every pod the
 chart and the operator create, images pinned by digest reach the node pods.
 
-The node pods are built with the operator's own builders (specs/agent.py, specs/mitigation.py)
+The node pods are built with the operator's own builders (contract/agent.py, contract/mitigation.py)
 from the settings the rendered Deployment gives the operator, so a label changed on either
 side fails here."""
 
@@ -14,10 +14,11 @@ import pytest
 
 from devtools.cluster.accounts import documents
 from tests.chart.chart_kit import ALL_VALUES, Helm, container_env, find
+from thpcheck.contract.agent import CHECK, STANDBY, agent_daemonset
+from thpcheck.contract.checkspec import parse_spec
+from thpcheck.contract.mitigation import mitigation_daemonset, restore_daemonset
+from thpcheck.contract.refs import CheckRef
 from thpcheck.controller import settings
-from thpcheck.specs.agent import CHECK, STANDBY, CheckRef, agent_daemonset
-from thpcheck.specs.checkspec import parse_spec
-from thpcheck.specs.mitigation import mitigation_daemonset, restore_daemonset
 
 NAMESPACE = "thp-checker"
 DIGEST = "sha256:" + "0123456789abcdef" * 4

@@ -17,8 +17,8 @@ import yaml
 
 from devtools.cluster.accounts import documents
 from tests.chart.chart_kit import ALL_VALUES, CHART, CRD_DIR, HOOK_ARGS, Helm, container_env, find
+from thpcheck.contract import names
 from thpcheck.controller import settings
-from thpcheck.specs import names
 
 VALUE_SETS = {
     "defaults": (),

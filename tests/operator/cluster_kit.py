@@ -26,8 +26,8 @@ from devtools.cluster.harness import Cluster
 from devtools.cluster.operator import CHECKS_PATH, REPO, RESULTS_PATH, OperatorProcess
 from devtools.proc import WaitTimeout, wait_for
 from tests.support.wait import eventually
+from thpcheck.contract import names
 from thpcheck.model.report import compact
-from thpcheck.specs import names
 
 
 @dataclass

@@ -6,10 +6,10 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from thpcheck.contract import names
+from thpcheck.contract.termination import parse_termination
+from thpcheck.contract.views import AgentPodView, CheckRun, NodeView, ResultView
 from thpcheck.model.report import compact
-from thpcheck.specs import names
-from thpcheck.specs.termination import parse_termination
-from thpcheck.specs.views import AgentPodView, CheckRun, NodeView, ResultView
 
 KERNEL = "6.12.90"
 BOOT = "boot-1"
@@ -47,7 +47,7 @@ def node(name: str, *, labels: Mapping[str, str] | None = None,
          annotations: Mapping[str, str] | None = None, unschedulable: bool = False,
          kernel: str = KERNEL, boot_id: str = BOOT, taints: Sequence[Mapping[str, str]] = (),
          uid: str = "") -> NodeView:
-    from thpcheck.specs.views import node_view
+    from thpcheck.contract.views import node_view
 
     return node_view({
         "metadata": {"name": name, "uid": uid or f"uid-{name}", "resourceVersion": "7",

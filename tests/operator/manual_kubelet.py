@@ -32,7 +32,7 @@ from typing import Any
 
 from devtools.cluster.harness import Cluster, ClusterError, node_manifest
 from tests.support.wait import eventually
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
 MERGE = "application/merge-patch+json"

@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
-from thpcheck.specs import names
-from thpcheck.specs.agent import CHECK, STANDBY, CheckRef, WorkloadConfig, agent_daemonset
-from thpcheck.specs.checkspec import parse_spec
-from thpcheck.specs.mitigation import mitigation_daemonset, restore_daemonset
-from thpcheck.specs.rollout import Step, plan_rollout, run_token
-from thpcheck.specs.views import daemonset_view
+from thpcheck.contract import names
+from thpcheck.contract.agent import CHECK, STANDBY, WorkloadConfig, agent_daemonset
+from thpcheck.contract.checkspec import parse_spec
+from thpcheck.contract.mitigation import mitigation_daemonset, restore_daemonset
+from thpcheck.contract.refs import CheckRef
+from thpcheck.contract.views import daemonset_view
+from thpcheck.planning.rollout import Step, plan_rollout, run_token
 
 CHECK_REF = CheckRef("weekly", "uid-1")
 CONFIG = WorkloadConfig(namespace="thp-checker", image="thp-checker:test",

@@ -11,10 +11,13 @@ from typing import Any
 import pytest
 
 from tests.operator.factories import agent_pod, message, node
+from thpcheck.contract import names
+from thpcheck.contract.agent import WorkloadConfig
+from thpcheck.contract.checkspec import CheckSpec, parse_spec
+from thpcheck.contract.refs import CheckRef
+from thpcheck.contract.views import DaemonSetView, NodeView, ResultView, result_view
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs import names
-from thpcheck.specs.agent import CheckRef, WorkloadConfig
-from thpcheck.specs.checkplan import (
+from thpcheck.planning.checkplan import (
     REJECTION_RETRY,
     CheckMemory,
     CheckPlan,
@@ -32,10 +35,8 @@ from thpcheck.specs.checkplan import (
     plan_check,
     plan_nodes,
 )
-from thpcheck.specs.checkspec import CheckSpec, parse_spec
-from thpcheck.specs.remediation import ClusterLimits
-from thpcheck.specs.rollout import Step
-from thpcheck.specs.views import DaemonSetView, NodeView, ResultView, result_view
+from thpcheck.planning.remediation import ClusterLimits
+from thpcheck.planning.rollout import Step
 
 CHECK = CheckRef("weekly", "uid-check")
 NOW = datetime(2026, 11, 28, 16, 1, tzinfo=UTC)

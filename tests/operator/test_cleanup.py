@@ -6,15 +6,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tests.operator.factories import node
-from thpcheck.specs import names
-from thpcheck.specs.cleanup import (
-    CLEANUP_BLOCKED,
-    backoff,
-    blocked_conditions,
-    blocked_message,
-)
-from thpcheck.specs.remediation import Action, marked_by, plan_orphans
-from thpcheck.specs.views import NodeView
+from thpcheck.contract import names
+from thpcheck.contract.views import NodeView
+from thpcheck.planning.cleanup import CLEANUP_BLOCKED, backoff, blocked_conditions, blocked_message
+from thpcheck.planning.remediation import Action, marked_by, plan_orphans
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 

@@ -22,7 +22,7 @@ from tests.operator.cluster_kit import (
     new_check,
     node,
 )
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 pytestmark = pytest.mark.cluster
 

@@ -29,7 +29,7 @@ from tests.operator.cluster_kit import (
     node,
     node_events,
 )
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 pytestmark = pytest.mark.cluster
 

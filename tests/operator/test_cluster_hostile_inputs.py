@@ -16,7 +16,7 @@ from devtools.cluster.harness import Cluster
 from devtools.cluster.operator import RESULTS_PATH, OperatorProcess
 from tests.operator.cluster_kit import Kubelet, eventually, node, results
 from tests.operator.test_cluster_operator import create_check, status_of
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 pytestmark = pytest.mark.cluster
 

@@ -15,7 +15,7 @@ import pytest
 from devtools.cluster.harness import Cluster
 from devtools.cluster.operator import CHECKS_PATH, OperatorProcess
 from tests.operator.cluster_kit import eventually
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 pytestmark = pytest.mark.cluster
 

@@ -25,7 +25,7 @@ from tests.operator.cluster_kit import (
     node,
     with_verdict,
 )
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 pytestmark = pytest.mark.cluster
 MERGE = "application/merge-patch+json"

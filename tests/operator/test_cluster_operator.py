@@ -23,8 +23,8 @@ from tests.operator.cluster_kit import (
     with_verdict,
 )
 from tests.unit.test_paths import REFUSED
+from thpcheck.contract import names
 from thpcheck.controller.credentials import StartupExit
-from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster
 # The start of each path rule's message: the API server must say which rule refused.

@@ -28,7 +28,7 @@ from tests.operator.cluster_kit import (
     results,
     with_verdict,
 )
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 pytestmark = pytest.mark.cluster
 

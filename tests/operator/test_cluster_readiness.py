@@ -17,7 +17,7 @@ from devtools.cluster.harness import Cluster
 from devtools.cluster.operator import OperatorProcess, install_crds
 from tests.operator.cluster_kit import node, node_events
 from tests.support.wait import eventually
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 pytestmark = pytest.mark.cluster
 NODES = 40

@@ -17,8 +17,8 @@ from devtools.cluster.accounts import write_token_kubeconfig
 from devtools.cluster.harness import Cluster, free_ports
 from devtools.cluster.operator import REPO
 from tests.support.wait import eventually
+from thpcheck.contract import names
 from thpcheck.controller.credentials import StartupExit
-from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster
 

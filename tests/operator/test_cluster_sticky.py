@@ -14,7 +14,7 @@ import pytest
 from devtools.cluster.harness import Cluster
 from devtools.cluster.operator import OperatorProcess
 from tests.operator.cluster_kit import Kubelet, eventually, new_check, node, results, with_verdict
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 pytestmark = pytest.mark.cluster
 

@@ -6,19 +6,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tests.operator.factories import node
+from thpcheck.contract import names
+from thpcheck.contract.checkspec import Remediation, parse_spec
+from thpcheck.contract.proof import Proof
+from thpcheck.contract.views import NodeView, node_view
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs import names
-from thpcheck.specs.checkspec import Remediation, parse_spec
-from thpcheck.specs.proof import Proof
-from thpcheck.specs.remediation import (
+from thpcheck.planning.remediation import (
     Action,
     RemediationPlan,
     plan_cleanup,
     plan_orphans,
     plan_remediation,
 )
-from thpcheck.specs.results import NodeState
-from thpcheck.specs.views import NodeView, node_view
+from thpcheck.planning.states import NodeState
 
 CHECK = "weekly"
 NOW = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
@@ -212,7 +212,7 @@ def test_the_taint_is_lifted_on_the_same_rules_as_the_cordon() -> None:
 
 
 def test_a_taint_of_another_check_is_not_ours_and_counts_in_the_cluster_budget() -> None:
-    from thpcheck.specs.remediation import ClusterLimits
+    from thpcheck.planning.remediation import ClusterLimits
 
     other = tainted("n0", by="other")
     plan = plan_remediation(CHECK, TAINT, paused=False, selected=[other, node("n1")],

@@ -8,11 +8,12 @@ from dataclasses import replace
 import pytest
 
 from tests.operator.factories import node
+from thpcheck.contract import names
+from thpcheck.contract.checkspec import Remediation
+from thpcheck.contract.views import NodeView, node_view
 from thpcheck.controller.settings import SettingsError, from_env
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs import names
-from thpcheck.specs.checkspec import Remediation
-from thpcheck.specs.remediation import (
+from thpcheck.planning.remediation import (
     CLUSTER_BUDGET_EXHAUSTED,
     CLUSTER_UNHEALTHY,
     ClusterLimits,
@@ -20,9 +21,8 @@ from thpcheck.specs.remediation import (
     plan_remediation,
     unhealthy,
 )
-from thpcheck.specs.results import NodeState
-from thpcheck.specs.status import StatusInputs, build_status
-from thpcheck.specs.views import NodeView, node_view
+from thpcheck.planning.states import NodeState
+from thpcheck.planning.status import StatusInputs, build_status
 
 CORDON = Remediation(label=False, cordon=True, max_cordoned=1)
 LIMITS = ClusterLimits()  # the defaults: one cordon in the cluster, 10% unhealthy

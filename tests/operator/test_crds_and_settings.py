@@ -13,11 +13,11 @@ import kopf
 import pytest
 import yaml
 
+from thpcheck.contract import names
+from thpcheck.contract.checkspec import CheckSpec, parse_spec
 from thpcheck.controller import crds, credentials, operator
 from thpcheck.controller import settings as settings_module
 from thpcheck.controller.settings import SettingsError, from_env
-from thpcheck.specs import names
-from thpcheck.specs.checkspec import CheckSpec, parse_spec
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "charts" / "thp-checker" / "crds"
 SOURCE = credentials.Source("a test kubeconfig", "/nonexistent")

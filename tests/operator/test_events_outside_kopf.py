@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from thpcheck.contract import names
+from thpcheck.contract.views import NodeView
 from thpcheck.controller import events
-from thpcheck.specs import names
-from thpcheck.specs.views import NodeView
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,9 @@ from typing import Any, cast
 
 import pytest
 
+from thpcheck.contract.agent import CHECK, STANDBY
+from thpcheck.contract.refs import CheckRef
+from thpcheck.contract.views import NodeView, agent_pod_view
 from thpcheck.controller.api import Kube
 from thpcheck.controller.context import OperatorContext
 from thpcheck.controller.indexes import Indexes
@@ -18,8 +21,7 @@ from thpcheck.controller.metrics import Metrics
 from thpcheck.controller.reconciler import CheckReconciler
 from thpcheck.controller.settings import Settings
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs.agent import CHECK, STANDBY, CheckRef
-from thpcheck.specs.hostpaths import (
+from thpcheck.planning.hostpaths import (
     EVENTS_REREAD,
     FAILED_MOUNT,
     FAILED_MOUNT_SELECTOR,
@@ -30,9 +32,8 @@ from thpcheck.specs.hostpaths import (
     stuck_pods,
     with_mount_failures,
 )
-from thpcheck.specs.results import plan_results
-from thpcheck.specs.runs import plan_runs
-from thpcheck.specs.views import NodeView, agent_pod_view
+from thpcheck.planning.results import plan_results
+from thpcheck.planning.runs import plan_runs
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 CREATED = (NOW - timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%SZ")

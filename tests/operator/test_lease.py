@@ -13,7 +13,7 @@ import pytest
 from devtools.cluster.harness import free_ports
 from thpcheck.controller.leader import Leadership, healthy_while_waiting
 from thpcheck.controller.settings import SettingsError, from_env
-from thpcheck.specs.lease import Decision, lease_record, plan_lease, release
+from thpcheck.planning.lease import Decision, lease_record, plan_lease, release
 
 NOW = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
 WHERE = {"name": "thpcheck-operator", "namespace": "thp-checker"}

@@ -17,20 +17,21 @@ import pytest
 from benchmarks.node_shapes import realistic_node
 
 from tests.operator.factories import agent_pod, message, result
+from thpcheck.contract import names
+from thpcheck.contract.checkspec import Remediation, parse_spec
+from thpcheck.contract.refs import CheckRef
+from thpcheck.contract.views import NodeView, node_view
 from thpcheck.controller import events
 from thpcheck.controller.api import ApiError
 from thpcheck.controller.nodewatch import PAGE_SIZE, NodeViews, NodeWatch, lean_view
 from thpcheck.controller.recent import RecentWrites
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs import names
-from thpcheck.specs.agent import CheckRef
-from thpcheck.specs.checkspec import Remediation, parse_spec
-from thpcheck.specs.prediction import node_record, predict_view
-from thpcheck.specs.remediation import plan_cleanup, plan_remediation
-from thpcheck.specs.results import NodeState, plan_predicted_results, plan_results
-from thpcheck.specs.runs import plan_runs
-from thpcheck.specs.selection import selected_nodes
-from thpcheck.specs.views import NodeView, node_view
+from thpcheck.planning.prediction import node_record, predict_view
+from thpcheck.planning.remediation import plan_cleanup, plan_remediation
+from thpcheck.planning.results import plan_predicted_results, plan_results
+from thpcheck.planning.runs import plan_runs
+from thpcheck.planning.selection import selected_nodes
+from thpcheck.planning.states import NodeState
 
 CHECK = "weekly"
 NOW = datetime(2026, 11, 28, 16, 0, tzinfo=UTC)

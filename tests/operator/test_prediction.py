@@ -10,18 +10,19 @@ from typing import Any
 import pytest
 
 from tests.operator.factories import agent_pod, message, result
+from thpcheck.contract import names
+from thpcheck.contract.refs import CheckRef
+from thpcheck.contract.views import NodeView, node_view, result_view
+from thpcheck.contract.views import ResultView as View
 from thpcheck.controller.indexes import index_check
 from thpcheck.controller.metrics import Metrics
 from thpcheck.model.preflight import NodeInfo, predict_node
 from thpcheck.model.result import AgentResult, PathOutcome
 from thpcheck.model.verdict import Verdict, worst
-from thpcheck.specs import names
-from thpcheck.specs.agent import CheckRef
-from thpcheck.specs.prediction import disagreement, predict_view, prediction_record
-from thpcheck.specs.results import NodeState, plan_predicted_results, plan_results
-from thpcheck.specs.status import StatusInputs, build_status
-from thpcheck.specs.views import NodeView, node_view, result_view
-from thpcheck.specs.views import ResultView as View
+from thpcheck.planning.prediction import disagreement, predict_view, prediction_record
+from thpcheck.planning.results import plan_predicted_results, plan_results
+from thpcheck.planning.states import NodeState
+from thpcheck.planning.status import StatusInputs, build_status
 
 CHECK = CheckRef("fleet", "uid-check")
 NOW = datetime(2026, 11, 28, 16, 1, tzinfo=UTC)

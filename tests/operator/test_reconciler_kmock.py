@@ -15,6 +15,9 @@ import pytest
 import pytest_asyncio
 
 from tests.operator.factories import agent_pod, message, node
+from thpcheck.contract import names
+from thpcheck.contract.refs import CheckRef
+from thpcheck.contract.views import ResultView, result_view
 from thpcheck.controller import events
 from thpcheck.controller.api import Kube
 from thpcheck.controller.context import OperatorContext
@@ -22,10 +25,7 @@ from thpcheck.controller.indexes import Indexes
 from thpcheck.controller.metrics import Metrics
 from thpcheck.controller.reconciler import CheckReconciler
 from thpcheck.controller.settings import Settings
-from thpcheck.specs import names
-from thpcheck.specs.agent import CheckRef
-from thpcheck.specs.results import plan_results
-from thpcheck.specs.views import ResultView, result_view
+from thpcheck.planning.results import plan_results
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.kmock(cls=kmock.RawHandler)]
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 import pytest
 
 from tests.operator.factories import node
+from thpcheck.contract import names
+from thpcheck.contract.checkspec import Remediation
+from thpcheck.contract.quantities import budget, concurrency, parse_duration, resolve
+from thpcheck.contract.views import NodeView
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs import names
-from thpcheck.specs.checkspec import Remediation
-from thpcheck.specs.quantities import budget, concurrency, parse_duration, resolve
-from thpcheck.specs.remediation import (
+from thpcheck.planning.remediation import (
     Action,
     RemediationPlan,
     event_reason,
     plan_cleanup,
     plan_remediation,
 )
-from thpcheck.specs.results import NodeState
-from thpcheck.specs.views import NodeView
+from thpcheck.planning.states import NodeState
 
 CHECK = "weekly"
 CORDON = Remediation(label=True, cordon=True, max_cordoned=2)

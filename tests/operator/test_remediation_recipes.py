@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from devtools.cluster.harness import Cluster, ClusterError
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from tests.operator.factories import node
-from thpcheck.specs import names
-from thpcheck.specs.agent import WorkloadConfig
-from thpcheck.specs.mitigation import (
-    restore_confirmed,
-    restore_daemonset,
-    restore_nodes,
-    wanted_daemonsets,
-)
-from thpcheck.specs.views import DaemonSetView, NodeView, daemonset_view
+from thpcheck.contract import names
+from thpcheck.contract.agent import WorkloadConfig
+from thpcheck.contract.mitigation import restore_daemonset
+from thpcheck.contract.views import DaemonSetView, NodeView, daemonset_view
+from thpcheck.planning.mitigation import restore_confirmed, restore_nodes, wanted_daemonsets
 
 CONFIG = WorkloadConfig(namespace="thp-checker", image="thp-checker:test")
 LINUX = {"kubernetes.io/os": "linux"}

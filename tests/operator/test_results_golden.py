@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from tests.operator.factories import agent_pod, node
+from thpcheck.contract.refs import CheckRef
 from thpcheck.model.preflight import NodeInfo, predict_node
 from thpcheck.model.report import compact
-from thpcheck.specs.agent import CheckRef
-from thpcheck.specs.prediction import prediction_record
-from thpcheck.specs.results import plan_predicted_results, plan_results
+from thpcheck.planning.prediction import prediction_record
+from thpcheck.planning.results import plan_predicted_results, plan_results
 
 CHECK = CheckRef("weekly", "uid-check")
 NOW = datetime(2026, 11, 28, 16, 1, tzinfo=UTC)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from tests.operator.factories import agent_pod, message, node, result
+from thpcheck.contract import names
+from thpcheck.contract.proof import Proof
+from thpcheck.contract.refs import CheckRef
+from thpcheck.contract.views import agent_pod_view, result_view
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs import names
-from thpcheck.specs.agent import CheckRef
-from thpcheck.specs.proof import Proof
-from thpcheck.specs.results import NodeState, ResultPlan, plan_results
-from thpcheck.specs.status import StatusInputs, build_status, counts, progress_only
-from thpcheck.specs.views import agent_pod_view, result_view
+from thpcheck.planning.results import ResultPlan, plan_results
+from thpcheck.planning.states import NodeState
+from thpcheck.planning.status import StatusInputs, build_status, counts, progress_only
 
 CHECK = CheckRef("weekly", "uid-check")
 NOW = datetime(2026, 11, 28, 16, 1, tzinfo=UTC)

@@ -9,13 +9,21 @@ from typing import Any
 import pytest
 
 from tests.operator.factories import message, node, result
+from thpcheck.contract import names
+from thpcheck.contract.agent import WorkloadConfig
+from thpcheck.contract.checkspec import parse_spec
+from thpcheck.contract.refs import CheckRef
+from thpcheck.contract.views import (
+    AgentPodView,
+    DaemonSetView,
+    agent_pod_view,
+    node_view,
+    result_view,
+)
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs import names
-from thpcheck.specs.agent import CheckRef, WorkloadConfig
-from thpcheck.specs.checkspec import parse_spec
-from thpcheck.specs.results import plan_results
-from thpcheck.specs.rollout import Step, plan_rollout
-from thpcheck.specs.runs import (
+from thpcheck.planning.results import plan_results
+from thpcheck.planning.rollout import Step, plan_rollout
+from thpcheck.planning.runs import (
     DEADLINE_EXCEEDED,
     NODE_NOT_READY,
     UNSCHEDULABLE,
@@ -24,14 +32,7 @@ from thpcheck.specs.runs import (
     plan_runs,
     run_deadline,
 )
-from thpcheck.specs.status import StatusInputs, build_status
-from thpcheck.specs.views import (
-    AgentPodView,
-    DaemonSetView,
-    agent_pod_view,
-    node_view,
-    result_view,
-)
+from thpcheck.planning.status import StatusInputs, build_status
 
 CHECK = CheckRef("weekly", "uid-check")
 RUN = "2026-11-28T16:00:00Z"
@@ -283,7 +284,7 @@ def test_stuck_standby_pods_do_not_hold_back_the_start_of_the_run() -> None:
 
 
 def status_of(**kw: Any) -> dict[str, Any]:
-    from thpcheck.specs.results import NodeState
+    from thpcheck.planning.states import NodeState
 
     selected = kw.pop("selected", ["n1", "n2", "n3"])
     verdicts = kw.pop("verdicts", {})

@@ -1,4 +1,4 @@
-"""Sticky protection (specs.proof): a node proven affected keeps its labels, cordon and
+"""Sticky protection (planning.proof): a node proven affected keeps its labels, cordon and
 mitigation on that kernel whatever a later run that cannot tell says; only a completed
 not-affected run on the same kernel, a deciding result from a new kernel, deselection,
 exclusion, remediation turned off, or the ThpCheck's deletion lift them."""
@@ -10,14 +10,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.operator.factories import BOOT, KERNEL, agent_pod, message, node, result
+from thpcheck.contract import names
+from thpcheck.contract.checkspec import Remediation
+from thpcheck.contract.proof import Proof
+from thpcheck.contract.refs import CheckRef
+from thpcheck.contract.views import NodeView, ResultView, result_view
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs import names
-from thpcheck.specs.agent import CheckRef
-from thpcheck.specs.checkspec import Remediation
-from thpcheck.specs.proof import Proof, Run, standing_proof
-from thpcheck.specs.remediation import Action, plan_cleanup, plan_remediation
-from thpcheck.specs.results import ResultPlan, plan_results
-from thpcheck.specs.views import NodeView, ResultView, result_view
+from thpcheck.planning.proof import Run, standing_proof
+from thpcheck.planning.remediation import Action, plan_cleanup, plan_remediation
+from thpcheck.planning.results import ResultPlan, plan_results
 
 CHECK = CheckRef("weekly", "uid-check")  # the factories' owner uid
 NOW = datetime(2026, 11, 28, 17, 0, tzinfo=UTC)

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from tests.operator.factories import message, report_document
+from thpcheck.contract.termination import MESSAGE_LIMIT, parse_termination
 from thpcheck.model.report import TERMINATION_LIMIT, compact
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs.termination import MESSAGE_LIMIT, parse_termination
 
 
 def test_a_real_compact_result_round_trips() -> None:

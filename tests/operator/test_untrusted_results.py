@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 
 from tests.operator.factories import agent_pod, message, node
+from thpcheck.contract import names
+from thpcheck.contract.checkspec import parse_spec
+from thpcheck.contract.refs import CheckRef
+from thpcheck.contract.views import result_view
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs import names
-from thpcheck.specs.agent import CheckRef
-from thpcheck.specs.checkspec import parse_spec
-from thpcheck.specs.remediation import plan_remediation
-from thpcheck.specs.results import plan_predicted_results, plan_results
-from thpcheck.specs.views import result_view
+from thpcheck.planning.remediation import plan_remediation
+from thpcheck.planning.results import plan_predicted_results, plan_results
 
 CHECK = CheckRef("weekly", "uid-check")
 NOW = datetime(2026, 11, 28, 16, 1, tzinfo=UTC)

@@ -42,9 +42,9 @@ from tests.preflight.fleet import (
 )
 from tests.support.wait import eventually
 from tests.unit.test_preflight import CORPUS
+from thpcheck.contract import names
 from thpcheck.model.preflight import NodeInfo, predict_node
 from thpcheck.model.verdict import CheckExit
-from thpcheck.specs import names
 
 pytestmark = pytest.mark.cluster
 

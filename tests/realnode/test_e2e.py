@@ -45,7 +45,7 @@ from tests.host.agent import check_json, listing
 from tests.realnode.conftest import RealCluster
 from tests.support import wait
 from tests.support.require import skip_or_fail
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 pytestmark = pytest.mark.realnode
 

@@ -48,7 +48,7 @@ from tests.realnode.test_e2e import (
     pods,
     ready,
 )
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 pytestmark = pytest.mark.realnode
 CHECK = "mitigate-only"

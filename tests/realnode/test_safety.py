@@ -38,7 +38,7 @@ from tests.realnode.test_e2e import (
     kubectl_get,
     loop_btrfs,
 )
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 pytestmark = pytest.mark.realnode
 

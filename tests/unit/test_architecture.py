@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "thpcheck"
-PURE = ("model", "specs")
+PURE = ("model", "contract", "planning")
 FORBIDDEN = ("thpcheck.host", "thpcheck.controller", "thpcheck.cli", "ctypes", "subprocess",
              "socket", "kopf", "kubernetes", "os", "fcntl", "signal")
 
@@ -29,6 +29,33 @@ def test_pure_modules_import_no_io(module: Path) -> None:
     bad = {name for name in _imports(module)
            if any(name == f or name.startswith(f + ".") for f in FORBIDDEN)}
     assert not bad, f"{module.name} imports {sorted(bad)}"
+
+
+# Which of the package's folders each folder may import: the layers, bottom up. The contract
+# (names, views, builders) knows nothing of planning; planners read the contract and never
+# the controller that applies their plans; the agent's host code needs no Kubernetes at all.
+LAYERS: dict[str, set[str]] = {
+    "model": {"model"},
+    "contract": {"model", "contract"},
+    "planning": {"model", "contract", "planning"},
+    "host": {"model", "host", "logs"},
+    "controller": {"model", "contract", "planning", "controller", "logs"},
+    "cli": {"model", "contract", "planning", "host", "controller", "cli", "logs"},
+}
+
+
+def test_every_folder_has_a_layer() -> None:
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert folders == set(LAYERS), "add the new folder to LAYERS (and to docs/architecture.md)"
+
+
+@pytest.mark.parametrize("module", sorted(p for d in LAYERS for p in (PACKAGE / d).rglob("*.py")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_modules_import_only_their_layer_and_below(module: Path) -> None:
+    layer = module.relative_to(PACKAGE).parts[0]
+    folders = {name.split(".")[1] for name in _imports(module) if name.startswith("thpcheck.")}
+    above = sorted(folders - LAYERS[layer])
+    assert not above, f"{layer}/{module.name} imports {above}"
 
 
 def test_there_is_no_package_named_operator() -> None:

@@ -112,7 +112,7 @@ def test_faults_are_spread_disjoint_and_sized() -> None:
 
 
 def test_the_injected_fault_states_read_as_the_operator_expects() -> None:
-    from thpcheck.specs.views import agent_pod_view
+    from thpcheck.contract.views import agent_pod_view
 
     pod = {"metadata": {"name": "p", "namespace": "n", "uid": "u",
                         "creationTimestamp": "2026-12-04T10:00:00Z",

@@ -1,4 +1,4 @@
-"""The uninstall clean-up's decisions (``thpcheck.specs.uninstall``), from plain node, DaemonSet
+"""The uninstall clean-up's decisions (``thpcheck.planning.uninstall``), from plain node, DaemonSet
 and pod bodies: what is left, when the restore DaemonSet is deleted, the exit and the words.
 The same steps against a real API server, as the hook's ServiceAccount:
 tests/chart/test_chart_cluster.py::test_uninstall_leaves_nothing_behind."""
@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from thpcheck.specs import names
-from thpcheck.specs.uninstall import (
+from thpcheck.contract import names
+from thpcheck.contract.views import daemonset_view, mitigation_pod_view, node_view
+from thpcheck.planning.uninstall import (
     Leftovers,
     Observed,
     Verdict,
@@ -17,7 +18,6 @@ from thpcheck.specs.uninstall import (
     listed,
     verdict,
 )
-from thpcheck.specs.views import daemonset_view, mitigation_pod_view, node_view
 
 NS = "thp-checker"
 

@@ -1,6 +1,6 @@
 """``thpcheck uninstall-cleanup``: the chart's pre-delete hook. Deletes every ThpCheck, waits
 until the operator has undone their changes and let them go, and confirms that no node keeps
-a mark or a mitigation record (the steps and every decision: ``thpcheck.specs.uninstall``).
+a mark or a mitigation record (the steps and every decision: ``thpcheck.planning.uninstall``).
 
 It talks to the API through the package's one client (``thpcheck.controller.api.Kube``, the
 credentials in the documented order; in the hook Job, the Job's ServiceAccount). Needs list and
@@ -19,8 +19,9 @@ import time
 from typing import TYPE_CHECKING
 
 from thpcheck.cli.args import KUBECONFIG_HELP, add_common_options
-from thpcheck.specs import names, uninstall
-from thpcheck.specs.views import daemonset_view, mitigation_pod_view, node_view
+from thpcheck.contract import names
+from thpcheck.contract.views import daemonset_view, mitigation_pod_view, node_view
+from thpcheck.planning import uninstall
 
 if TYPE_CHECKING:  # the Kubernetes client is imported only when the command runs
     from thpcheck.controller.api import Kube
@@ -88,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def clean_up(kube: Kube, namespace: str, limit: float) -> int:
-    """The three steps (``thpcheck.specs.uninstall``), giving up after ``limit`` seconds;
+    """The three steps (``thpcheck.planning.uninstall``), giving up after ``limit`` seconds;
     the exit code."""
     deadline = time.monotonic() + limit
     checks = await _checks(kube)

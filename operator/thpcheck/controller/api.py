@@ -27,10 +27,10 @@ from urllib.parse import quote, urlencode
 import kubernetes
 import urllib3
 
+from thpcheck.contract import names
 from thpcheck.controller import credentials
 from thpcheck.controller.credentials import transport_error
 from thpcheck.controller.metrics import Metrics
-from thpcheck.specs import names
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"

@@ -17,8 +17,8 @@ from thpcheck.controller.metrics import Metrics
 from thpcheck.controller.nodewatch import NodeWatch
 from thpcheck.controller.recent import RecentWrites
 from thpcheck.controller.settings import Settings
-from thpcheck.specs.checkplan import CheckMemory
-from thpcheck.specs.hostpaths import MountEvents
+from thpcheck.planning.checkplan import CheckMemory
+from thpcheck.planning.hostpaths import MountEvents
 
 
 class Triggers:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 FIX = "kubectl apply --server-side -f charts/thp-checker/crds/"
 

@@ -18,9 +18,9 @@ from typing import Any, cast
 import kopf
 import structlog
 
-from thpcheck.specs import names
-from thpcheck.specs.checkplan import Event
-from thpcheck.specs.views import NodeView
+from thpcheck.contract import names
+from thpcheck.contract.views import NodeView
+from thpcheck.planning.checkplan import Event
 
 MESSAGE_LIMIT = 1000
 
@@ -99,7 +99,7 @@ def on_check(body: Mapping[str, Any], *, reason: str, message: str,
 
 
 def post(body: Mapping[str, Any], planned: Iterable[Event], bound: Any = log) -> None:
-    """Post planned Events (specs.checkplan.Event) on the check ``body`` or their node; a
+    """Post planned Events (planning.checkplan.Event) on the check ``body`` or their node; a
     Warning on the check is logged too."""
     for event in planned:
         if event.node is not None:

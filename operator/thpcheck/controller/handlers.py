@@ -16,6 +16,8 @@ from typing import Any
 import kopf
 import structlog
 
+from thpcheck.contract import names
+from thpcheck.contract.views import NodeView, annotated_check, node_view
 from thpcheck.controller import events
 from thpcheck.controller.api import ApiError
 from thpcheck.controller.context import OperatorContext, context_of
@@ -27,15 +29,8 @@ from thpcheck.controller.reconciler import (
     manage_mitigation_daemonset,
 )
 from thpcheck.controller.watched import handled_listings
-from thpcheck.specs import names
-from thpcheck.specs.cleanup import (
-    CLEANUP_BLOCKED,
-    backoff,
-    blocked_conditions,
-    blocked_message,
-)
-from thpcheck.specs.remediation import NodeChange, event_reason, plan_cleanup, plan_orphans
-from thpcheck.specs.views import NodeView, annotated_check, node_view
+from thpcheck.planning.cleanup import CLEANUP_BLOCKED, backoff, blocked_conditions, blocked_message
+from thpcheck.planning.remediation import NodeChange, event_reason, plan_cleanup, plan_orphans
 
 log = structlog.get_logger("thpcheck.operator")
 # How often, until kopf's first event, the API is asked whether kopf has anything to handle.
@@ -296,7 +291,7 @@ async def clean_up_check(name: str, body: kopf.Body, memo: kopf.Memo, retry: int
     """Undo every label, annotation, cordon and mitigation label the check made; delete its
     DaemonSet and results. The finalizer stays until every node is clean: while a node
     refuses, a Warning Event and the CleanupBlocked condition name it and the API error, and
-    the next attempt follows a backoff (specs.cleanup). There is no last attempt."""
+    the next attempt follows a backoff (planning.cleanup). There is no last attempt."""
     ctx = context_of(memo)
     idx = Indexes.of(kwargs, ctx.nodes.views)
     async with ctx.lock(name):

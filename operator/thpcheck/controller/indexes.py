@@ -1,6 +1,6 @@
 """In-memory indexes of the objects the operator reads, kept current by watches.
 
-``kopf.index`` handlers store small views (``thpcheck.specs.views``), not bodies, and write
+``kopf.index`` handlers store small views (``thpcheck.contract.views``), not bodies, and write
 nothing to the objects (unlike ``kopf.on.create``/``update``, which would annotate every Pod).
 kopf fills every index from the initial listing before any other handler runs, so a restarted
 operator plans from complete state. Nodes are not a kopf resource: the operator's own watch
@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import kopf
 
-from thpcheck.specs.checkspec import Mode, parse_spec
-from thpcheck.specs.views import (
+from thpcheck.contract.checkspec import Mode, parse_spec
+from thpcheck.contract.views import (
     AgentPodView,
     DaemonSetView,
     MitigationPodView,

@@ -9,7 +9,7 @@ of its own, so a busy event loop does not cost it the Lease; if it cannot renew 
 once (exit code 3): the Deployment restarts it as a standby. A leader stopped by SIGTERM
 releases the Lease, so a standby takes over without waiting for it to expire.
 
-Decisions are ``specs.lease.plan_lease``'s; this module only reads and writes the Lease.
+Decisions are ``planning.lease.plan_lease``'s; this module only reads and writes the Lease.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import structlog
 
 from thpcheck.controller.api import ApiError, Conflict, Kube, NotFound
 from thpcheck.controller.metrics import Metrics
-from thpcheck.specs.lease import Decision, LeaseRecord, lease_record, plan_lease, release
+from thpcheck.planning.lease import Decision, LeaseRecord, lease_record, plan_lease, release
 
 log = structlog.get_logger("thpcheck.operator")
 LOST_LEADERSHIP = 3  # the exit code of a leader that lost its Lease

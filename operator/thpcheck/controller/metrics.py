@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs.results import ResultWrite
-from thpcheck.specs.runs import Outcome
+from thpcheck.planning.results import ResultWrite
+from thpcheck.planning.runs import Outcome
 
 RUN_OUTCOMES = tuple(o.value for o in Outcome)
 

@@ -5,7 +5,7 @@ body (and a worker, a queue and a barrier toggle per node) until every one is in
 while running it parses each event into a body it keeps until that node's worker idles out.
 A real cloud node is 20-40 KiB of JSON (images, managedFields, conditions), 60-120 KiB as
 Python objects: at 5,000 such nodes kopf's start-up alone held about 400 MiB. The operator
-needs a few hundred bytes of each (``thpcheck.specs.views.NodeView``).
+needs a few hundred bytes of each (``thpcheck.contract.views.NodeView``).
 
 So nodes are not a kopf resource. This watch lists them in pages of ``PAGE_SIZE`` and turns
 each into its view as the page is parsed (a page of realistic nodes is a few MiB, freed
@@ -38,8 +38,8 @@ from typing import Any, Protocol
 
 import structlog
 
+from thpcheck.contract.views import NodeView, node_view, same_node
 from thpcheck.controller.api import NODES_PATH, ApiError
-from thpcheck.specs.views import NodeView, node_view, same_node
 
 log = structlog.get_logger("thpcheck.operator")
 

@@ -1,4 +1,4 @@
-"""The reads of a reconcile, made before any write: what ``specs.checkplan`` plans from.
+"""The reads of a reconcile, made before any write: what ``planning.checkplan`` plans from.
 
 The indexes (kept by watches) with this process's latest writes laid over them, the
 FailedMount Events of agent pods stuck on a missing host path (one listing per namespace,
@@ -14,14 +14,15 @@ from typing import Any
 
 import structlog
 
+from thpcheck.contract import names
+from thpcheck.contract.checkspec import CheckSpec, Mode
+from thpcheck.contract.refs import CheckRef
+from thpcheck.contract.views import AgentPodView
 from thpcheck.controller.api import ApiError
 from thpcheck.controller.context import OperatorContext
 from thpcheck.controller.indexes import Indexes
-from thpcheck.specs import names
-from thpcheck.specs.agent import CheckRef
-from thpcheck.specs.checkplan import Observed
-from thpcheck.specs.checkspec import CheckSpec, Mode
-from thpcheck.specs.hostpaths import (
+from thpcheck.planning.checkplan import Observed
+from thpcheck.planning.hostpaths import (
     FAILED_MOUNT_SELECTOR,
     MountEvents,
     events_due,
@@ -30,8 +31,7 @@ from thpcheck.specs.hostpaths import (
     stuck_pods,
     with_mount_failures,
 )
-from thpcheck.specs.remediation import ClusterLimits
-from thpcheck.specs.views import AgentPodView
+from thpcheck.planning.remediation import ClusterLimits
 
 log = structlog.get_logger("thpcheck.operator")
 
@@ -70,7 +70,7 @@ async def observe_mount_failures(ctx: OperatorContext, pods: list[AgentPodView],
                                  now: datetime) -> list[AgentPodView]:
     """Check pods stuck Pending on their node: the kubelet's FailedMount Events name a
     missing path, which becomes the pod's trouble and the run planner's error result
-    (``specs.hostpaths``). One field-selected list per namespace, shared by all checks,
+    (``planning.hostpaths``). One field-selected list per namespace, shared by all checks,
     when ``events_due`` says so (not one per pod)."""
     stuck = stuck_pods(pods, now)
     failures: dict[str, list[str]] = {}

@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 import structlog
 
+from thpcheck.contract import names
 from thpcheck.controller import (
     crds,
     credentials,
@@ -37,7 +38,6 @@ from thpcheck.controller.watched import (
     OUR_DAEMONSETS,
     RESULTS,
 )
-from thpcheck.specs import names
 
 log = structlog.get_logger("thpcheck.operator")
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from thpcheck.specs.views import NodeView, ResultView
+from thpcheck.contract.views import NodeView, ResultView
 
 TTL = 60.0  # never trust a remembered write longer than this
 V = TypeVar("V", NodeView, ResultView)

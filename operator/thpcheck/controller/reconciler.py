@@ -1,9 +1,9 @@
-"""One reconcile of one ThpCheck: observe, plan (pure: ``specs.checkplan``), apply.
+"""One reconcile of one ThpCheck: observe, plan (pure: ``planning.checkplan``), apply.
 
 ``CheckReconciler`` reads everything first (the indexes, this process's latest writes, the
 FailedMount Events of stuck pods), asks the planners, applies their writes with bounded
 concurrency and the conflict policy, and records the outcomes in the check's memory
-(``specs.checkplan.CheckMemory``). Order: the agent DaemonSet's rollout, the node results,
+(``planning.checkplan.CheckMemory``). Order: the agent DaemonSet's rollout, the node results,
 remediation (persisting the cordon budget before any cordon), the shared mitigation DaemonSet,
 Events, then the status. Each step is idempotent, so a reconcile cut short by a crash or a
 conflict is finished by the next one, and a reconcile with nothing to do writes nothing.
@@ -25,13 +25,16 @@ from typing import Any, TypeVar
 import kopf
 import structlog
 
+from thpcheck.contract import names
+from thpcheck.contract.checkspec import parse_spec
+from thpcheck.contract.mitigation import mitigation_daemonset, restore_daemonset
+from thpcheck.contract.views import AgentPodView, DaemonSetView, node_view, result_view
 from thpcheck.controller import events
 from thpcheck.controller.api import ApiError, Conflict, NotFound
 from thpcheck.controller.context import OperatorContext
 from thpcheck.controller.indexes import Indexes
 from thpcheck.controller.observe import cluster_limits, observe_check, observe_mount_failures
-from thpcheck.specs import names
-from thpcheck.specs.checkplan import (
+from thpcheck.planning.checkplan import (
     CheckPlan,
     DaemonSetAction,
     DaemonSetStep,
@@ -44,11 +47,9 @@ from thpcheck.specs.checkplan import (
     plan_nodes,
     refusal,
 )
-from thpcheck.specs.checkspec import parse_spec
-from thpcheck.specs.mitigation import mitigation_daemonset, restore_daemonset, wanted_daemonsets
-from thpcheck.specs.remediation import NodeChange
-from thpcheck.specs.results import ResultPatch, ResultPlan, ResultWrite
-from thpcheck.specs.views import AgentPodView, DaemonSetView, node_view, result_view
+from thpcheck.planning.mitigation import wanted_daemonsets
+from thpcheck.planning.remediation import NodeChange
+from thpcheck.planning.results import ResultPatch, ResultPlan, ResultWrite
 
 log = structlog.get_logger("thpcheck.operator")
 T = TypeVar("T")
@@ -237,7 +238,7 @@ async def manage_mitigation_daemonset(ctx: OperatorContext, idx: Indexes,
                                       unlabelled: Collection[str] = frozenset()) -> None:
     """Keep the shared mitigation DaemonSet while any check mitigates or any node is still
     labelled for it, and the restore DaemonSet with it and until it has confirmed the restore
-    everywhere (specs.mitigation.wanted_daemonsets); delete each when it is not wanted.
+    everywhere (contract.mitigation.wanted_daemonsets); delete each when it is not wanted.
     ``unlabelled``: nodes whose label was just removed (the index may not show it yet)."""
     async with ctx.mitigation_lock:
         nodes = [replace(n, labels={k: v for k, v in n.labels.items()

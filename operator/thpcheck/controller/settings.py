@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from thpcheck import __version__
+from thpcheck.contract.agent import WorkloadConfig
+from thpcheck.contract.quantities import IntOrPercent, resolve
 from thpcheck.model.paths import MITIGATION_STATE_DIR
-from thpcheck.specs.agent import WorkloadConfig
-from thpcheck.specs.checkplan import Knobs
-from thpcheck.specs.quantities import IntOrPercent, resolve
-from thpcheck.specs.remediation import ClusterLimits
+from thpcheck.planning.checkplan import Knobs
+from thpcheck.planning.remediation import ClusterLimits
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 DEFAULT_NAMESPACE = "thp-checker"
@@ -227,7 +227,7 @@ class Settings:
                               mitigation_state_dir=self.mitigation_state_dir)
 
     def knobs(self) -> Knobs:
-        """What a reconcile plans with (specs.checkplan)."""
+        """What a reconcile plans with (planning.checkplan)."""
         return Knobs(self.workload(), self.status_interval, self.empty_result_grace)
 
     def limits(self, claimed: frozenset[str] = frozenset()) -> ClusterLimits:

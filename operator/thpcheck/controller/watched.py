@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from thpcheck.specs import names
+from thpcheck.contract import names
 
 CHECKS = (names.GROUP, names.VERSION, names.CHECK_PLURAL)
 RESULTS = (names.GROUP, names.VERSION, names.RESULT_PLURAL)

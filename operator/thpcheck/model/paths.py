@@ -32,7 +32,7 @@ IMAGE_DIRS = (
     "/var/lib/k0s/containerd",
     "/var/snap/microk8s/common/var/lib/containerd",
 )
-# The khugepaged mitigation's host state directory (specs/mitigation.py): its own, so no
+# The khugepaged mitigation's host state directory (contract/mitigation.py): its own, so no
 # scratch path may be in it (the mitigation refuses a directory holding anything else, and
 # would then not stop khugepaged). THPCHECK_MITIGATION_STATE_DIR may move it elsewhere; the
 # chart then refuses a default check whose paths overlap it.

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
 # The reproducer's defaults, the one definition: ``thpcheck repro``/``check`` options, the
-# ThpCheck spec's defaults (specs.checkspec) and the agent (host.repro) import these; the CRD's
+# ThpCheck spec's defaults (contract.checkspec) and the agent (host.repro) import these; the CRD's
 # schema defaults are checked against them (tests/operator/test_crds_and_settings.py).
 DEFAULT_ITERATIONS = 200
 DEFAULT_BASE_SIZE = 64 << 20  # 64 MiB

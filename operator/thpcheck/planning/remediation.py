@@ -35,13 +35,13 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from thpcheck.contract import names
+from thpcheck.contract.checkspec import Remediation
+from thpcheck.contract.quantities import IntOrPercent, budget
+from thpcheck.contract.views import NodeView, Taint
 from thpcheck.model.timestamps import format_time
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs import names
-from thpcheck.specs.checkspec import Remediation
-from thpcheck.specs.quantities import IntOrPercent, budget
-from thpcheck.specs.results import NodeState
-from thpcheck.specs.views import NodeView, Taint
+from thpcheck.planning.states import NodeState
 
 
 class Action(StrEnum):

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from thpcheck.specs.checkspec import CheckSpec
-from thpcheck.specs.views import NodeView, Taint
+from thpcheck.contract.checkspec import CheckSpec
+from thpcheck.contract.views import NodeView, Taint
 
 # The DaemonSet controller adds these tolerations to every DaemonSet pod.
 DAEMONSET_TOLERATED = frozenset({

@@ -39,12 +39,12 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from thpcheck.contract.views import NodeView
 from thpcheck.model.preflight import NodeInfo, NodePrediction, predict_node
 from thpcheck.model.result import AgentResult, PathOutcome
 from thpcheck.model.rules import PURGE_REMOVED
 from thpcheck.model.text import clip
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs.views import NodeView
 
 # Not-affected rules decided by what nodeInfo does not show: a path's filesystem or mount
 # (G5, G14), the kernel's page size (G19, and RT2: 64K pages, a refused PMD-sized file collapse).

@@ -16,8 +16,8 @@ from typing import Any
 
 from thpcheck.model.timestamps import format_time
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs.remediation import PlannedAction
-from thpcheck.specs.results import NodeState
+from thpcheck.planning.remediation import PlannedAction
+from thpcheck.planning.states import NodeState
 
 PLANNED_LIMIT = 500
 NAMED_LIMIT = 5  # nodes (or results) a condition message names, with their reasons
@@ -65,13 +65,13 @@ class StatusInputs:
     previous_conditions: Sequence[Mapping[str, Any]] = field(default_factory=list)
     predicted: bool = False  # mode: preflight (results are predictions, no agent runs)
     disagreements: int = 0  # selected nodes whose agent result contradicts the prediction
-    # Runs that ended without the agent's result (node -> reason, specs.runs.Failure), and
-    # nodes whose run cannot progress now (node -> reason, specs.runs.Blocked).
+    # Runs that ended without the agent's result (node -> reason, planning.runs.Failure), and
+    # nodes whose run cannot progress now (node -> reason, planning.runs.Blocked).
     failed: Mapping[str, str] = field(default_factory=dict)
     blocked: Mapping[str, str] = field(default_factory=dict)
     rollout_error: str = ""  # the API server refused the agent DaemonSet (its message)
     untrusted: Mapping[str, str] = field(default_factory=dict)  # result name -> why ignored
-    # What holds the blocked cordons back (specs.remediation: BudgetExhausted,
+    # What holds the blocked cordons back (planning.remediation: BudgetExhausted,
     # ClusterBudgetExhausted, ClusterUnhealthy) and the sentence saying so.
     blocked_reason: str = ""
     blocked_message: str = ""

@@ -12,9 +12,9 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
+from thpcheck.contract.quantities import IntOrPercent, parse_duration
 from thpcheck.model.headroom import Headroom
 from thpcheck.model.repro import DEFAULT_APPEND_SIZE, DEFAULT_BASE_SIZE, DEFAULT_ITERATIONS
-from thpcheck.specs.quantities import IntOrPercent, parse_duration
 
 DEFAULT_PATHS = ("/var/lib/thpcheck",)
 TOLERATE_EVERYTHING: tuple[Mapping[str, Any], ...] = ({"operator": "Exists"},)
@@ -59,7 +59,7 @@ class CheckSpec:
     max_concurrent: IntOrPercent = "10%"
     remediation: Remediation = field(default_factory=Remediation)
     paused: bool = False
-    run_deadline: timedelta | None = None  # None: derived from the reproducer (specs.runs)
+    run_deadline: timedelta | None = None  # None: derived from the reproducer (planning.runs)
 
 
 def _int_or_percent(value: Any, default: IntOrPercent) -> IntOrPercent:

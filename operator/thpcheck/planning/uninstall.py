@@ -24,10 +24,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from thpcheck.specs import names
-from thpcheck.specs.mitigation import restore_confirmed, restore_nodes, runs_restore
-from thpcheck.specs.remediation import marked_by
-from thpcheck.specs.views import DaemonSetView, MitigationPodView, NodeView
+from thpcheck.contract import names
+from thpcheck.contract.mitigation import runs_restore
+from thpcheck.contract.views import DaemonSetView, MitigationPodView, NodeView
+from thpcheck.planning.mitigation import restore_confirmed, restore_nodes
+from thpcheck.planning.remediation import marked_by
 
 NAMED = 10  # nodes named per problem
 HELP = "See docs/helm.md, 'Uninstall'."

@@ -11,11 +11,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from thpcheck.contract import names
+from thpcheck.contract.proof import Proof, parse_proof
+from thpcheck.contract.termination import parse_termination
 from thpcheck.model.result import AgentResult, error_result
 from thpcheck.model.text import one_line
-from thpcheck.specs import names
-from thpcheck.specs.proof import Proof, parse_proof
-from thpcheck.specs.termination import parse_termination
 
 # Waiting reasons of a container that will not start without someone fixing something: a run
 # stuck in one of them ends at once, as an ``error`` result naming the reason.
@@ -143,7 +143,7 @@ class ResultView:
     predicted: bool = False  # written from the preflight prediction (mode: preflight)
     owner_uid: str = ""  # uid of its controller ownerReference to the ThpCheck status.check
     mismatch: str = ""  # its name, labels or annotations are not what the operator writes
-    proof: Proof | None = None  # status.proof: affected proven on a kernel (specs.proof)
+    proof: Proof | None = None  # status.proof: affected proven on a kernel (planning.proof)
     filesystems: tuple[str, ...] = ()  # filesystems_of(status.paths)
 
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from thpcheck.contract.agent import CHECK
+from thpcheck.contract.checkspec import CheckSpec
+from thpcheck.contract.views import AgentPodView, DaemonSetView, NodeView
 from thpcheck.model.timestamps import parse_time
-from thpcheck.specs.agent import CHECK
-from thpcheck.specs.checkspec import CheckSpec
-from thpcheck.specs.views import AgentPodView, DaemonSetView, NodeView
 
 # The default deadline: pod start-up and image pull, then per scratch path the base file's
 # writing (a minute per 64 MiB) and two seconds per reproducer iteration, never below 15 min.

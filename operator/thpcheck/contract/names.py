@@ -67,7 +67,7 @@ AGENT_ROLE = "agent"
 MITIGATION_ROLE = "mitigation"
 MITIGATION_DAEMONSET = "thpcheck-mitigation"
 # Restores khugepaged on every node not labelled for mitigation where a record is left (a
-# mitigation pod killed before it could restore); see specs/mitigation.py.
+# mitigation pod killed before it could restore); see contract/mitigation.py.
 RESTORE_DAEMONSET = "thpcheck-mitigation-restore"
 RESTORE_COMPONENT = "mitigation-restore"  # app.kubernetes.io/component of its pods
 

@@ -7,7 +7,7 @@ pod, and the preflight prediction recorded beside it) differs, or patched when o
 ``mitigated``/``stale`` changed. In ``mode: preflight`` the prediction is the whole result
 (``plan_predicted_results``), rewritten when the node's kernel or OS image changes.
 
-A standing proof (``specs.proof``) is recorded beside the latest run as ``status.proof``: the
+A standing proof (``planning.proof``) is recorded beside the latest run as ``status.proof``: the
 node's state, and the ``thpcheck.io/verdict`` labels, carry the proof's ``affected`` while it
 stands, whatever the latest run says.
 """
@@ -20,17 +20,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from thpcheck import __version__
-from thpcheck.model.preflight import NodePrediction
-from thpcheck.model.result import VERDICTS, AgentResult, error_result
-from thpcheck.model.text import clip_bytes
-from thpcheck.model.timestamps import format_time, parse_time
-from thpcheck.model.verdict import Verdict
-from thpcheck.specs import names
-from thpcheck.specs.agent import CHECK, CheckRef, hash_of
-from thpcheck.specs.prediction import disagreement, node_record, predict_view
-from thpcheck.specs.proof import Proof, Run, effective_verdict, recorded_proof, standing_proof
-from thpcheck.specs.runs import Failure, Outcome
-from thpcheck.specs.views import (
+from thpcheck.contract import names
+from thpcheck.contract.agent import CHECK
+from thpcheck.contract.proof import Proof
+from thpcheck.contract.refs import CheckRef, hash_of
+from thpcheck.contract.views import (
     OOM_KILLED,
     AgentPodView,
     CheckRun,
@@ -38,21 +32,17 @@ from thpcheck.specs.views import (
     ResultView,
     filesystems_of,
 )
+from thpcheck.model.preflight import NodePrediction
+from thpcheck.model.result import VERDICTS, AgentResult, error_result
+from thpcheck.model.text import clip_bytes
+from thpcheck.model.timestamps import format_time, parse_time
+from thpcheck.model.verdict import Verdict
+from thpcheck.planning.prediction import disagreement, node_record, predict_view
+from thpcheck.planning.proof import Run, effective_verdict, recorded_proof, standing_proof
+from thpcheck.planning.runs import Failure, Outcome
+from thpcheck.planning.states import NodeState
 
 MESSAGE_LIMIT = 1024
-
-
-@dataclass(frozen=True)
-class NodeState:
-    """A selected node's effective state after this reconcile's writes."""
-
-    node: str
-    verdict: Verdict | None  # None: no result yet; affected while a proof stands
-    mitigated: bool = False
-    stale: bool = False
-    latest: Verdict | None = None  # the latest run's verdict, when the proof overrides it
-    proof: Proof | None = None  # the standing proof (specs.proof)
-    filesystems: tuple[str, ...] = ()  # of the latest result (views.filesystems_of)
 
 
 @dataclass(frozen=True)
@@ -68,9 +58,9 @@ class ResultWrite:
     duration_seconds: float | None
     before: str = ""  # the observed result's resourceVersion ("" when creating)
     new_run: bool = True  # an agent run this result had not recorded yet (or a prediction)
-    disagreement: str = ""  # the agent contradicts the prediction (see specs.prediction)
+    disagreement: str = ""  # the agent contradicts the prediction (see planning.prediction)
     previous_disagreement: str = ""
-    outcome: str = ""  # how the run ended (specs.runs.Outcome); "" for predictions
+    outcome: str = ""  # how the run ended (planning.runs.Outcome); "" for predictions
 
 
 @dataclass(frozen=True)
@@ -154,7 +144,7 @@ def result_labels(check: CheckRef, node: str, verdict: Verdict) -> dict[str, str
 def result_body(check: CheckRef, node: NodeView, content: Mapping[str, Any], *,
                 mitigated: bool, stale: bool) -> dict[str, Any]:
     """A whole ThpNodeResult, owned by the ThpCheck (controller) and the Node. Its verdict
-    label is the standing proof's while there is one (``specs.proof``)."""
+    label is the standing proof's while there is one (``planning.proof``)."""
     verdict = Verdict((content.get("proof") or content)["verdict"])
     labels = result_labels(check, node.name, verdict)
     owners = [check.owner_reference()]
@@ -241,7 +231,7 @@ def failure_result(failure: Failure) -> AgentResult:
 
 
 def stored_proof(existing: ResultView | None) -> Proof | None:
-    """The proof a stored result records (``specs.proof.recorded_proof``)."""
+    """The proof a stored result records (``planning.proof.recorded_proof``)."""
     if existing is None:
         return None
     return recorded_proof(existing.proof, existing.verdict, predicted=existing.predicted,
@@ -290,7 +280,7 @@ def plan_results(check: CheckRef, selected: Sequence[NodeView],
 
     ``mitigated_by_pod`` maps nodes labelled for mitigation to their mitigation pod's
     readiness; other nodes take ``mitigated`` from the agent's own report. ``failures`` are
-    current runs that ended without the agent's result (``specs.runs.plan_runs``): each
+    current runs that ended without the agent's result (``planning.runs.plan_runs``): each
     becomes an ``error`` result naming the reason, written once per attempt. Results of nodes
     no longer selected, or deleted, are deleted: the garbage collector cannot do it while
     the ThpCheck exists, because it only collects an object once *all* its owners are gone.

@@ -1,4 +1,4 @@
-"""The two cluster-wide mitigation DaemonSets, and when each should exist.
+"""The two cluster-wide mitigation DaemonSets' bodies (when each should exist: planning.mitigation).
 
 ``thpcheck-mitigation`` (nodeSelector ``thpcheck.io/mitigate=true``) stops khugepaged: its
 unprivileged pod runs ``thpcheck mitigate`` (record the current ``scan_sleep_millisecs`` in a
@@ -29,17 +29,12 @@ state directory (root's: the mitigation's files are its owner's, no capability n
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from thpcheck.specs import names
-from thpcheck.specs.agent import (
-    HOST_ROOT,
-    WorkloadConfig,
-    hash_of,
-    restricted_security_context,
-)
-from thpcheck.specs.views import DaemonSetView, NodeView
+from thpcheck.contract import names
+from thpcheck.contract.agent import HOST_ROOT, WorkloadConfig, restricted_security_context
+from thpcheck.contract.refs import hash_of
+from thpcheck.contract.views import NodeView
 
 THP_SYSFS = "/sys/kernel/mm/transparent_hugepage"
 STATE_FILE_NAME = "mitigation.state"
@@ -177,28 +172,3 @@ def runs_restore(node: NodeView) -> bool:
     return node.labels.get(OS_LABEL) == "linux" and node.labels.get(names.MITIGATE_LABEL) != "true"
 
 
-def restore_nodes(nodes: Iterable[NodeView]) -> int:
-    """How many nodes the restore DaemonSet should run on."""
-    return sum(1 for n in nodes if runs_restore(n))
-
-
-def restore_confirmed(view: DaemonSetView, nodes: Iterable[NodeView]) -> bool:
-    """Every pod of the restore DaemonSet runs its current template, and as many are Ready
-    as there are nodes it should run on: no record is left anywhere it runs. (Counted
-    against the nodes, not the DaemonSet's desired count: that still counts a deleted node
-    until its pod is garbage-collected, and counts nothing before its first sync.)"""
-    return (view.observed_generation >= view.generation and view.updated >= view.desired
-            and view.ready >= restore_nodes(nodes))
-
-
-def wanted_daemonsets(*, mitigating: bool, labelled: bool, mitigation: DaemonSetView | None,
-                      restore: DaemonSetView | None,
-                      nodes: Iterable[NodeView]) -> tuple[bool, bool]:
-    """(mitigation DaemonSet wanted, restore DaemonSet wanted).
-
-    The mitigation DaemonSet while a check mitigates or a node is labelled for it. The
-    restore DaemonSet with it, and after it until the restore is confirmed everywhere (a
-    fresh restore DaemonSet is confirmed only once its status counts every node)."""
-    apply = mitigating or labelled
-    keep_restore = restore is not None and not restore_confirmed(restore, nodes)
-    return apply, apply or mitigation is not None or keep_restore

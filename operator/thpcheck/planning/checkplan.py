@@ -26,12 +26,14 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from thpcheck.contract import names
+from thpcheck.contract.agent import CHECK, WorkloadConfig
+from thpcheck.contract.checkspec import CheckSpec, Mode, Remediation
+from thpcheck.contract.refs import CheckRef
+from thpcheck.contract.views import AgentPodView, DaemonSetView, NodeView, ResultView
 from thpcheck.model.timestamps import parse_time
 from thpcheck.model.verdict import Verdict
-from thpcheck.specs import names
-from thpcheck.specs.agent import CHECK, CheckRef, WorkloadConfig
-from thpcheck.specs.checkspec import CheckSpec, Mode, Remediation
-from thpcheck.specs.remediation import (
+from thpcheck.planning.remediation import (
     CLUSTER_UNHEALTHY,
     MINOR_REASONS,
     ClusterLimits,
@@ -41,17 +43,11 @@ from thpcheck.specs.remediation import (
     event_reason,
     plan_remediation,
 )
-from thpcheck.specs.results import (
-    ResultPlan,
-    ResultWrite,
-    plan_predicted_results,
-    plan_results,
-)
-from thpcheck.specs.rollout import RolloutPlan, Step, plan_rollout, rolled_out
-from thpcheck.specs.runs import RunPlan, plan_runs, run_deadline
-from thpcheck.specs.selection import selected_nodes
-from thpcheck.specs.status import StatusInputs, build_status, progress_only
-from thpcheck.specs.views import AgentPodView, DaemonSetView, NodeView, ResultView
+from thpcheck.planning.results import ResultPlan, ResultWrite, plan_predicted_results, plan_results
+from thpcheck.planning.rollout import RolloutPlan, Step, plan_rollout, rolled_out
+from thpcheck.planning.runs import RunPlan, plan_runs, run_deadline
+from thpcheck.planning.selection import selected_nodes
+from thpcheck.planning.status import StatusInputs, build_status, progress_only
 
 RUN_STARTED = "RunStarted"
 UNTRUSTED_REASON = "UntrustedResult"
@@ -103,7 +99,7 @@ class CheckMemory:
     version_before: str = ""
     version_after: str = ""
     # When the status was last written (monotonic): progress-only changes wait for the
-    # status interval (specs.status.progress_only).
+    # status interval (planning.status.progress_only).
     status_written_at: float = -math.inf
     rejection: Rejection | None = None
     # Results not written by the operator that an UntrustedResult Event has named already.

@@ -2,7 +2,7 @@
 the status condition that names what still blocks it.
 
 The finalizer stays until every label, annotation, cordon and mitigation label the check made
-is gone (``specs.remediation.plan_cleanup``). While a node refuses (an admission policy, a
+is gone (``planning.remediation.plan_cleanup``). While a node refuses (an admission policy, a
 webhook, RBAC, the API server away), each attempt posts a Warning Event and sets the
 ``CleanupBlocked`` condition naming the nodes and the API errors; the next attempt follows
 after a backoff that doubles up to a cap. There is no last attempt.
@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from thpcheck.specs.status import condition
+from thpcheck.planning.status import condition
 
 CLEANUP_BLOCKED = "CleanupBlocked"
 FIRST_DELAY = 5.0

@@ -20,29 +20,13 @@ survives restarts; ``standing_proof`` says which proof stands after a run, and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
+from thpcheck.contract.proof import Proof
 from thpcheck.model.verdict import Verdict
 
 # On another kernel, these verdicts decide what the node is now (error and unknown do not).
 DECIDING = frozenset({Verdict.AFFECTED, Verdict.NOT_AFFECTED, Verdict.SUSCEPTIBLE})
-
-
-@dataclass(frozen=True)
-class Proof:
-    """``affected`` proven at ``proven_at`` on ``kernel_release`` booted as ``boot_id``."""
-
-    proven_at: str
-    kernel_release: str
-    boot_id: str
-    verdict: Verdict = Verdict.AFFECTED
-
-    def to_status(self) -> dict[str, str]:
-        record = {"verdict": self.verdict.value, "provenAt": self.proven_at,
-                  "kernelRelease": self.kernel_release, "bootID": self.boot_id}
-        return {k: v for k, v in record.items() if v}
 
 
 @dataclass(frozen=True)
@@ -54,15 +38,6 @@ class Run:
     boot_id: str
     at: str
     predicted: bool = False  # a prediction from nodeInfo: never a proof, never lifts one
-
-
-def parse_proof(raw: Any) -> Proof | None:
-    """``status.proof`` of a ThpNodeResult, None when absent or not an affected proof."""
-    if not isinstance(raw, Mapping) or raw.get("verdict") != Verdict.AFFECTED.value:
-        return None
-    return Proof(proven_at=str(raw.get("provenAt") or ""),
-                 kernel_release=str(raw.get("kernelRelease") or ""),
-                 boot_id=str(raw.get("bootID") or ""))
 
 
 def recorded_proof(proof: Proof | None, verdict: str | None, *, predicted: bool,

@@ -7,7 +7,7 @@ DaemonSet as it is. When ``maxConcurrent`` covers every selected node anyway, th
 step would only cost two extra pod operations per node: the DaemonSet starts on the check
 template.
 
-Stuck nodes (``specs.runs``: NotReady, or a pod that failed, cannot start or cannot be
+Stuck nodes (``planning.runs``: NotReady, or a pod that failed, cannot start or cannot be
 scheduled) hold a rollout slot for ever, as the DaemonSet controller counts their pods
 unavailable. ``maxUnavailable`` is then ``maxConcurrent`` (resolved) plus the stuck count:
 the update strategy is not part of the pod template, so changing it replaces no pod, and
@@ -22,12 +22,13 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from thpcheck.contract import names
+from thpcheck.contract.agent import CHECK, STANDBY, WorkloadConfig, agent_daemonset
+from thpcheck.contract.checkspec import CheckSpec
+from thpcheck.contract.quantities import concurrency
+from thpcheck.contract.refs import CheckRef
+from thpcheck.contract.views import DaemonSetView
 from thpcheck.model.timestamps import RFC3339, format_time
-from thpcheck.specs import names
-from thpcheck.specs.agent import CHECK, STANDBY, CheckRef, WorkloadConfig, agent_daemonset
-from thpcheck.specs.checkspec import CheckSpec
-from thpcheck.specs.quantities import concurrency
-from thpcheck.specs.views import DaemonSetView
 
 
 class Step(StrEnum):

@@ -1,11 +1,11 @@
 """Check pods the kubelet cannot start because a scratch path is missing on their node.
 
-User paths are hostPath volumes of type ``Directory`` (``specs.agent.scratch_volume_type``):
+User paths are hostPath volumes of type ``Directory`` (``contract.agent.scratch_volume_type``):
 a path missing on a node is never created there; the kubelet refuses the volume instead, and
 retries until the directory appears. The pod stays ``Pending`` on its node and the only
 record of why is the kubelet's ``FailedMount`` Event (pod status has no message for it). The
 operator reads those Events for such pods and marks the pod's trouble ``FailedMount``, naming
-the path: the run planner (``specs.runs``) then ends the run with an ``error`` result and
+the path: the run planner (``planning.runs``) then ends the run with an ``error`` result and
 frees the rollout slot the waiting pod holds, as for any container that cannot start.
 
 The Events are read with one field-selected list per namespace (``FAILED_MOUNT_SELECTOR``),
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from thpcheck.contract.agent import CHECK
+from thpcheck.contract.views import AgentPodView, Trouble
 from thpcheck.model.timestamps import parse_time
-from thpcheck.specs.agent import CHECK
-from thpcheck.specs.views import AgentPodView, Trouble
 
 FAILED_MOUNT = "FailedMount"
 # The kubelet's FailedMount Events about pods: what one list of a namespace's Events selects.

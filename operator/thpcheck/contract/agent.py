@@ -8,14 +8,14 @@ starts on standby so that the first run rolls through the nodes like every later
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from thpcheck.contract import names
+from thpcheck.contract.checkspec import DEFAULT_PATHS, CheckSpec
+from thpcheck.contract.refs import CheckRef, hash_of
 from thpcheck.model.paths import MITIGATION_STATE_DIR
-from thpcheck.specs import names
-from thpcheck.specs.checkspec import DEFAULT_PATHS, CheckSpec
 
 STANDBY = "standby"
 CHECK = "check"
@@ -52,24 +52,6 @@ class WorkloadConfig:
     pull_secrets: tuple[str, ...] = ()
     mitigation_state_dir: str = MITIGATION_STATE_DIR
     extra_labels: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CheckRef:
-    """The ThpCheck an object belongs to (for names, labels and ownerReferences)."""
-
-    name: str
-    uid: str
-
-    def owner_reference(self, controller: bool = True) -> dict[str, Any]:
-        return {"apiVersion": names.API_VERSION, "kind": names.CHECK_KIND, "name": self.name,
-                "uid": self.uid, "controller": controller, "blockOwnerDeletion": False}
-
-
-def hash_of(obj: Any) -> str:
-    """A stable digest of a JSON-able object (dict key order does not matter)."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
-    return names.digest(text, length=16)
 
 
 def restricted_security_context() -> dict[str, Any]:
