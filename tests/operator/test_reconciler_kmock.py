@@ -4,13 +4,14 @@ answers of the writes it is about; the other writes succeed, echoing what was se
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import kmock
-import kubernetes
 import pytest
 import pytest_asyncio
 
@@ -59,12 +60,18 @@ def replaced(request: Any) -> Any:
 
 
 @pytest_asyncio.fixture
-async def ctx(kmock: kmock.RawHandler) -> AsyncIterator[OperatorContext]:
-    configuration = kubernetes.client.Configuration()
-    configuration.host = str(kmock.url).rstrip("/")
+async def ctx(kmock: kmock.RawHandler, tmp_path: Path) -> AsyncIterator[OperatorContext]:
+    """The operator's context with its real client, connected as the operator connects (a
+    kubeconfig naming the mock server)."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
+        "users": [{"name": "kmock", "user": {}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}]}))
     metrics = Metrics()
     context = OperatorContext(settings=Settings(namespace="thp-checker"),
-                              kube=Kube.connect(configuration, metrics, workers=4),
+                              kube=Kube.connect(str(kubeconfig), metrics, workers=4),
                               metrics=metrics)
     yield context
     context.kube.close()

@@ -16,6 +16,7 @@ from thpcheck.contract.proof import Proof, parse_proof
 from thpcheck.contract.termination import parse_termination
 from thpcheck.model.result import AgentResult, error_result
 from thpcheck.model.text import one_line
+from thpcheck.model.wire import wire_key
 
 # Waiting reasons of a container that will not start without someone fixing something: a run
 # stuck in one of them ends at once, as an ``error`` result naming the reason.
@@ -400,6 +401,8 @@ def _result_mismatch(meta: Mapping[str, Any], status: Mapping[str, Any]) -> str:
 
 
 def result_view(body: Mapping[str, Any]) -> ResultView:
+    """The fields the agent's result gives a ThpNodeResult are read by their one key mapping
+    (``model.wire``); the rest are the operator's own (``planning.results``)."""
     meta = _meta(body)
     status = body.get("status") or {}
     return ResultView(
@@ -410,9 +413,9 @@ def result_view(body: Mapping[str, Any]) -> ResultView:
         verdict=status.get("verdict"),
         mitigated=bool(status.get("mitigated", False)),
         stale=bool(status.get("stale", False)),
-        kernel_release=status.get("kernelRelease", "") or "",
-        boot_id=status.get("bootID", "") or "",
-        checked_at=status.get("checkedAt", "") or "",
+        kernel_release=status.get(wire_key("kernel_release"), "") or "",
+        boot_id=status.get(wire_key("boot_id"), "") or "",
+        checked_at=status.get(wire_key("checked_at"), "") or "",
         resource_version=meta.get("resourceVersion", ""),
         run=_run_of(status.get("pod")),
         disagreement=_disagreement_of(status.get("prediction")),

@@ -195,15 +195,12 @@ class Kube:
     def list_sync(self, path: str, query: Mapping[str, str] | None = None,
                   page: int = LIST_PAGE) -> list[dict[str, Any]]:
         """Every item of a list (filtered by ``query``'s selectors), in pages of ``page``."""
-        query = {**(query or {}), "limit": str(page)}
         items: list[dict[str, Any]] = []
-        while True:
-            found = self.request_sync("GET", path, query=query) or {}
-            items.extend(found.get("items") or [])
-            token = (found.get("metadata") or {}).get("continue")
-            if not token:
-                return items
-            query = {**query, "continue": str(token)}
+        following: dict[str, str] | None = {**(query or {}), "limit": str(page)}
+        while following is not None:
+            following = _next_page(self.request_sync("GET", path, query=following), following,
+                                   items)
+        return items
 
     async def request(self, verb: str, path: str, body: Any = None,
                       content_type: str = JSON, query: Mapping[str, str] | None = None,
@@ -214,9 +211,14 @@ class Kube:
                                                  resource))
 
     async def list_all(self, path: str, query: Mapping[str, str] | None = None,
-                   page: int = LIST_PAGE) -> list[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, lambda: self.list_sync(path, query, page))
+                       page: int = LIST_PAGE, resource: str = "") -> list[dict[str, Any]]:
+        """``list_sync`` for the event loop: each page is one ``request`` (counted, retried)."""
+        items: list[dict[str, Any]] = []
+        following: dict[str, str] | None = {**(query or {}), "limit": str(page)}
+        while following is not None:
+            found = await self.request("GET", path, query=following, resource=resource)
+            following = _next_page(found, following, items)
+        return items
 
     # -- ThpCheck ----------------------------------------------------------------------
 
@@ -323,7 +325,7 @@ class Kube:
         """The Events in ``namespace`` matching the field ``selector`` (filtered by the API
         server), in pages."""
         return await self.list_all(f"/api/v1/namespaces/{quote(namespace, safe='')}/events",
-                               {"fieldSelector": selector})
+                                   {"fieldSelector": selector})
 
     # -- Nodes and pods (read) -----------------------------------------------------------
 
@@ -332,7 +334,7 @@ class Kube:
 
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         return await self.list_all(f"/api/v1/namespaces/{quote(namespace, safe='')}/pods",
-                               {"labelSelector": selector})
+                                   {"labelSelector": selector})
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -343,3 +345,12 @@ class Kube:
                 "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
         except NotFound:
             return None
+
+
+def _next_page(found: Any, query: dict[str, str], items: list[dict[str, Any]]
+               ) -> dict[str, str] | None:
+    """Add a list page's items; the query for the next page, or None after the last."""
+    page = found or {}
+    items.extend(page.get("items") or [])
+    token = (page.get("metadata") or {}).get("continue")
+    return {**query, "continue": str(token)} if token else None
