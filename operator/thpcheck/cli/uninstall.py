@@ -138,5 +138,5 @@ async def observe(kube: Kube, namespace: str) -> uninstall.Observed:
     pods = (await kube.list_pods(namespace, uninstall.RESTORE_PODS) if restore is not None
             else [])
     return uninstall.Observed(nodes, namespace, mitigation is not None,
-                    daemonset_view(restore) if restore is not None else None,
-                    [mitigation_pod_view(p) for p in pods])
+                              daemonset_view(restore) if restore is not None else None,
+                              [mitigation_pod_view(p) for p in pods])

@@ -204,7 +204,7 @@ def node_view(body: Mapping[str, Any], share: Callable[[str], str] = _same) -> N
 
 
 def _node_condition(status: Mapping[str, Any]) -> NodeCondition | None:
-    found = _condition(status, names.NODE_CONDITION)
+    found = condition_of(status, names.NODE_CONDITION)
     if not found:
         return None
     return NodeCondition(str(found.get("status") or ""), str(found.get("reason") or ""),
@@ -283,12 +283,13 @@ def _trouble(entry: Mapping[str, Any] | None) -> Trouble | None:
     return None
 
 
-def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+def condition_of(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    """The condition of ``type_`` in an object's ``status.conditions`` ({} when absent)."""
     return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
 
 
 def _unschedulable(status: Mapping[str, Any]) -> bool:
-    scheduled = _condition(status, "PodScheduled")
+    scheduled = condition_of(status, "PodScheduled")
     return scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
 
 
@@ -300,7 +301,7 @@ def _started_at(meta: Mapping[str, Any], status: Mapping[str, Any],
     running = ((entry or {}).get("state") or {}).get("running") or {}
     if running.get("startedAt"):
         return str(running["startedAt"])
-    initialized = _condition(status, "Initialized")
+    initialized = condition_of(status, "Initialized")
     if initialized.get("status") == "False" and initialized.get("lastTransitionTime"):
         return max(str(initialized["lastTransitionTime"]), str(meta.get("creationTimestamp") or ""))
     return str(meta.get("creationTimestamp") or "")
@@ -352,7 +353,7 @@ def agent_pod_view(body: Mapping[str, Any]) -> AgentPodView:
         created_at=str(meta.get("creationTimestamp") or ""),
         started_at=_started_at(meta, status, check),
         trouble=trouble,
-        scheduling_message=(one_line(_condition(status, "PodScheduled").get("message") or "",
+        scheduling_message=(one_line(condition_of(status, "PodScheduled").get("message") or "",
                                      QUOTE_LIMIT)
                             if unschedulable else ""),
         pending=bool((body.get("spec") or {}).get("nodeName"))

@@ -187,7 +187,7 @@ class CheckReconciler:
                 done.budget_failed = True
                 return
             self.memory.cordon_claims = frozenset(step.remedy.cordoned_before)
-        versions = {n.name: n.resource_version for n in plan.observed.nodes}
+        nodes = plan.observed.by_name
 
         async def change(item: NodeChange) -> None:
             try:
@@ -197,7 +197,7 @@ class CheckReconciler:
                     "node not changed", node=item.node, status=exc.status, error=str(exc))
                 done.refused.append((item, exc.status, exc.message))
                 return
-            self.ctx.recent.wrote_node(node_view(written), versions[item.node])
+            self.ctx.recent.wrote_node(node_view(written), nodes[item.node].resource_version)
             done.changes.append(item)
             self.log.info("node changed", node=item.node,
                           actions=[a.action.value for a in item.actions])

@@ -24,13 +24,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from thpcheck.contract import names
 from thpcheck.contract.agent import CHECK, WorkloadConfig
 from thpcheck.contract.checkspec import CheckSpec, Mode, Remediation
 from thpcheck.contract.refs import CheckRef
-from thpcheck.contract.views import AgentPodView, DaemonSetView, NodeView, ResultView
+from thpcheck.contract.views import (
+    AgentPodView,
+    DaemonSetView,
+    NodeView,
+    ResultView,
+    condition_of,
+)
 from thpcheck.model.timestamps import parse_time
 from thpcheck.model.verdict import Verdict
 from thpcheck.planning.remediation import (
@@ -147,6 +154,11 @@ class Observed:
     results: Sequence[ResultView] = ()  # the check's results, with this process's writes
     mitigation_ready: Mapping[str, bool] = field(default_factory=dict)  # labelled nodes
     clock: float = 0.0  # monotonic seconds (the DaemonSet rejection back-off)
+
+    @cached_property
+    def by_name(self) -> Mapping[str, NodeView]:
+        """``nodes`` by name, built once per reconcile."""
+        return {n.name: n for n in self.nodes}
 
 
 class DaemonSetAction(StrEnum):
@@ -432,7 +444,7 @@ def _forbidden_event(done: Outcomes, memory: CheckMemory) -> Event | None:
 def _node_events(plan: CheckPlan, done: Outcomes) -> list[Event]:
     """One Event per node whose verdict changed or that was changed, named after its most
     important change (a verdict change outranks minor actions)."""
-    nodes = {n.name: n for n in plan.observed.nodes}
+    nodes = plan.observed.by_name
     verdicts = {w.node: (w.previous_verdict, w.verdict.value, w.body["status"].get("message", ""))
                 for w in done.results if w.previous_verdict != w.verdict.value}
     applied = {c.node: c.actions for c in done.changes}
@@ -461,7 +473,7 @@ def _node_events(plan: CheckPlan, done: Outcomes) -> list[Event]:
 def _planned_events(plan: CheckPlan, previous: Mapping[str, Any],
                     planned: Sequence[PlannedAction]) -> list[Event]:
     """Would* Events (dry run, paused), only for actions the previous status did not list."""
-    nodes = {n.name: n for n in plan.observed.nodes}
+    nodes = plan.observed.by_name
     before = {(a.get("node"), a.get("action")) for a in previous.get("plannedActions") or []}
     fresh: dict[str, list[PlannedAction]] = {}
     for action in planned:
@@ -477,7 +489,7 @@ def _planned_events(plan: CheckPlan, previous: Mapping[str, Any],
 def _disagreement_events(plan: CheckPlan, done: Outcomes) -> list[Event]:
     """A Warning on each node whose written result newly contradicts its prediction, and one
     on the check listing them: the model or the distro table is wrong there."""
-    nodes, name = {n.name: n for n in plan.observed.nodes}, plan.observed.check.name
+    nodes, name = plan.observed.by_name, plan.observed.check.name
     found = {w.node: w.disagreement for w in done.results
              if w.disagreement and w.disagreement != w.previous_disagreement}
     posted = [Event(DISAGREEMENT_REASON, warning=True, node=nodes[node], message=(
@@ -491,10 +503,6 @@ def _disagreement_events(plan: CheckPlan, done: Outcomes) -> list[Event]:
             f"{len(found)} nodes contradict the preflight prediction, so the model or the "
             f"distro table is wrong for them: {listed}{more}")))
     return posted
-
-
-def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
-    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
 
 
 def _status_decision(plan: CheckPlan, status: Mapping[str, Any], previous: Mapping[str, Any],
@@ -511,9 +519,9 @@ def _status_decision(plan: CheckPlan, status: Mapping[str, Any], previous: Mappi
     if status["phase"] != previous.get("phase"):
         found.append(Event(status["phase"], status["message"],
                            warning=status["phase"] == "Degraded"))
-    blocked = _condition(status, "RemediationBlocked")
+    blocked = condition_of(status, "RemediationBlocked")
     if (blocked.get("reason") == CLUSTER_UNHEALTHY
-            and _condition(previous, "RemediationBlocked").get("reason") != CLUSTER_UNHEALTHY):
+            and condition_of(previous, "RemediationBlocked").get("reason") != CLUSTER_UNHEALTHY):
         found.append(Event(CLUSTER_UNHEALTHY, str(blocked.get("message", "")), warning=True))
     return StatusDecision.WRITE, found
 
