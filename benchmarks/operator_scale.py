@@ -74,6 +74,7 @@ NODE_LABEL = "thpcheck-bench"
 CLIENT_QPS = ["--kube-api-qps=1000", "--kube-api-burst=2000"]
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"
 # kwok plays every node's kubelet on the same two cores as the whole control plane. A kubelet
 # renews its node Lease every 10 s (40 s leases); kwok's workers (4 by default) could not do
 # that for 5,000 nodes, and once kwok falls behind (a busy machine, bigger nodes), the node
@@ -514,6 +515,28 @@ def not_ready_events(api: Api, since: datetime) -> int:
                >= since)
 
 
+def operator_events(api: Api) -> int:
+    """How many Events the operator has posted (its source component; metadata only)."""
+    listing = api.call("GET", "/api/v1/namespaces/default/events?fieldSelector=source%3D"
+                       f"{names.MANAGER}", accept=METADATA_LIST)
+    return len(listing["items"])
+
+
+def wait_events_landed(api: Api, timeout: float, quiet: float = 15.0,
+                       poll: float = 3.0) -> tuple[float, int]:
+    """Wait until the operator's Event count stops growing (no new one for ``quiet``
+    seconds): Events are posted in the background, and a write not yet landed is not
+    counted. Returns (seconds from the call until the last one landed, how many)."""
+    started = time.monotonic()
+    count, grew = operator_events(api), started
+    while time.monotonic() - grew < quiet and time.monotonic() - started < timeout:
+        time.sleep(poll)
+        now = operator_events(api)
+        if now != count:
+            count, grew = now, time.monotonic()
+    return round(grew - started, 1), count
+
+
 def wait_status(api: Api, done: Callable[[Mapping[str, Any]], bool],
                 timeout: float) -> tuple[float | None, dict[str, Any]]:
     """Poll the ThpCheck's status until ``done(status)``; returns when that was seen (None on
@@ -684,7 +707,10 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
         first = min(injector.injected.values())
         complete, status = (wait_settled(api, nodes, not_ready, args.timeout) if faults
                             else wait_complete(api, nodes, args.timeout))
-        time.sleep(args.tail)  # Events are posted in the background; let them land
+        # Events are posted in the background: count the writes once they have all landed
+        doc["events_landed_after_complete_s"], doc["operator_events"] = wait_events_landed(
+            api, args.timeout)
+        time.sleep(args.tail)
         injector.stop.set()
         after = request_totals(api.text("/metrics"))
         until = datetime.now(UTC)
@@ -812,6 +838,8 @@ def print_summary(doc: Mapping[str, Any]) -> None:
     print(f"  operator writes per node: {doc['operator_writes_per_node']} "
           f"({doc['operator_writes']} writes); requests per node by verb: "
           f"{doc['operator_requests_per_node_by_verb']}")
+    print(f"  operator Events: {doc['operator_events']}, the last landed "
+          f"{doc['events_landed_after_complete_s']} s after the status was complete")
     print(f"  operator requests: {doc['operator_requests']}; list events: "
           f"{doc.get('operator_event_lists')}")
     print(f"  all clients, per node by verb: {doc['apiserver_requests_per_node_by_verb']}")
@@ -842,8 +870,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--not-ready", default="0%",
                         help="share of nodes that go NotReady as their check starts (e.g. 1%%)")
     parser.add_argument("--timeout", type=float, default=3600.0)
-    parser.add_argument("--tail", type=float, default=15.0,
-                        help="seconds to wait after completion before scraping metrics")
+    parser.add_argument("--tail", type=float, default=5.0,
+                        help="seconds to wait, once the operator's Events stop growing, before "
+                             "scraping metrics")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the clusters' files here (default: a temp dir, removed)")
     parser.add_argument("--operator-src", type=Path, default=REPO / "operator",

@@ -19,6 +19,7 @@ from benchmarks.operator_scale import (
     request_totals,
     running_status,
     terminated_status,
+    wait_events_landed,
 )
 from benchmarks.vm_cost import cost_steps, in_process_repro_s, summarise
 
@@ -125,3 +126,31 @@ def test_the_injected_fault_states_read_as_the_operator_expects() -> None:
     assert crashed.trouble.reason == "CrashLoopBackOff"
     running = agent_pod_view({**pod, **running_status(pod)})
     assert running.run is None and running.trouble is None and running.started_at
+
+
+class EventCounts:
+    """A fake ``Api`` whose operator-Event listing grows by the given counts, then stays."""
+
+    def __init__(self, counts: list[int]) -> None:
+        self.counts = counts
+        self.asked: list[str] = []
+
+    def call(self, method: str, path: str, body: object = None, content_type: str = "",
+             accept: str = "") -> dict[str, list[object]]:
+        self.asked.append(path)
+        count = self.counts.pop(0) if len(self.counts) > 1 else self.counts[0]
+        return {"items": [{}] * count}
+
+
+def test_the_writes_are_counted_once_the_operators_events_stop_growing() -> None:
+    api = EventCounts([10, 10, 40, 55, 55])
+    waited, landed = wait_events_landed(api, timeout=30, quiet=0.2, poll=0.01)  # type: ignore[arg-type]
+    assert landed == 55  # not 10: the Events still queued when the status completed
+    assert 0 <= waited < 5
+    assert all("fieldSelector=source%3Dthpcheck-operator" in p for p in api.asked)
+
+
+def test_waiting_for_events_gives_up_at_the_timeout() -> None:
+    grows = EventCounts(list(range(1000)))
+    _, landed = wait_events_landed(grows, timeout=0.1, quiet=1.0, poll=0.01)  # type: ignore[arg-type]
+    assert 0 < landed < 1000

@@ -35,6 +35,8 @@ from thpcheck.planning.remediation import NodeChange, event_reason, plan_cleanup
 log = structlog.get_logger("thpcheck.operator")
 # How often, until kopf's first event, the API is asked whether kopf has anything to handle.
 NOTHING_TO_HANDLE_RECHECK = 2.0
+# How long shutdown waits for submitted Events to be posted.
+EVENT_FLUSH_TIMEOUT = 5.0
 
 
 # -- wake-ups ------------------------------------------------------------------------------
@@ -92,7 +94,11 @@ async def start_node_watch(memo: kopf.Memo, **kwargs: Any) -> None:
     indexes propose), and a task marks the operator indexed if kopf has nothing to handle."""
     ctx = context_of(memo)
     ctx.kopf_indexes = {key: kwargs[key] for key in KOPF_INDEXES}  # live for the process
-    events.post_outside_kopf_with(ctx.kube.create_event)
+    poster = events.EventPoster(ctx.kube.create_event,
+                                workers=events.workers_for(ctx.settings.api_workers),
+                                dropped=ctx.metrics.events_dropped.inc)
+    ctx.metrics.events_pending.set_function(lambda: poster.pending)
+    events.install(poster)
 
     def changed() -> None:  # a node changed as a planner sees it (kopf's poke-node did this)
         ctx.triggers.poke_all()
@@ -113,6 +119,16 @@ def _background(ctx: OperatorContext, work: Coroutine[Any, Any, None]) -> None:
 
 async def stop_node_watch(memo: kopf.Memo, **_: Any) -> None:
     context_of(memo).nodes.stop()
+
+
+async def flush_events(**_: Any) -> None:
+    """Shutdown: let the Events already submitted land (a few seconds at most)."""
+    poster = events.installed()
+    if poster is None:
+        return
+    if not await poster.flush(EVENT_FLUSH_TIMEOUT):
+        log.warning("events not posted at shutdown", pending=poster.pending)
+    await poster.close()
 
 
 async def poke_for_result(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:

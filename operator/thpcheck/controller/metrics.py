@@ -79,6 +79,12 @@ class Metrics:
         self.leader = Gauge(
             "thpcheck_leader", "1 while this replica holds the operator's Lease and acts (always "
             "1 without leader election), 0 while it stands by.", registry=r)
+        self.events_pending = Gauge(
+            "thpcheck_events_pending", "Kubernetes Events submitted and not yet posted.",
+            registry=r)
+        self.events_dropped = Counter(
+            "thpcheck_events_dropped_total", "Kubernetes Events dropped because the backlog "
+            "was full (the API refused or stalled them).", registry=r)
         self.reconcile_seconds = Histogram(
             "thpcheck_reconcile_duration_seconds", "Time of one reconcile of a ThpCheck.",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60), registry=r)

@@ -81,7 +81,8 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
     config.persistence.diffbase_storage = CheckDiffBaseStorage(
         prefix=names.GROUP, key="last-handled-configuration")
-    # Events: only ours, plus kopf's warnings and errors (not one per handler success).
+    # Events: ours are posted by controller/events.py; kopf posts only its own warnings and
+    # errors (not one per handler success).
     config.posting.level = logging.WARNING
     config.posting.reporting_component = names.MANAGER
     config.posting.event_name_prefix = events.EVENT_NAME_PREFIX
@@ -102,6 +103,7 @@ def build_registry(settings: Settings, source: credentials.Source) -> kopf.Opera
     # Nodes: the operator's own lean watch, listed before kopf watches anything else.
     kopf.on.startup(id="watch-nodes", registry=registry)(handlers.start_node_watch)
     kopf.on.cleanup(id="stop-node-watch", registry=registry)(handlers.stop_node_watch)
+    kopf.on.cleanup(id="flush-events", registry=registry)(handlers.flush_events)
 
     # Indexes: what the planners read (small views, filled before any handler runs).
     kopf.index("v1", "pods", labels=AGENT_PODS, id=indexes.AGENT_PODS,

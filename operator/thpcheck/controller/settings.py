@@ -165,7 +165,7 @@ TABLE: tuple[Setting, ...] = (
             "wait for a terminated agent's message before an `error` result (see Results)",
             minimum=0.0, unit="s"),
     Setting("api_workers", _S + "API_WORKERS", _count, 16,
-            "concurrent API calls (and kopf's event posters)", minimum=1),
+            "concurrent API calls (Events take a quarter of them)", minimum=1),
     Setting("watch_server_timeout", _S + "WATCH_SERVER_TIMEOUT", _number, 300.0,
             "watch timeout asked of the server (kopf's and the node watch's)", minimum=1.0,
             unit="s"),
