@@ -34,6 +34,7 @@ from thpcheck.planning.checkplan import (
     finish_check,
     plan_check,
     plan_nodes,
+    routine,
 )
 from thpcheck.planning.remediation import ClusterLimits
 from thpcheck.planning.rollout import Step
@@ -165,13 +166,18 @@ def test_untrusted_results_are_reported_once_each_before_any_write() -> None:
 def test_a_written_result_that_changes_the_verdict_makes_one_event_per_node() -> None:
     plan, _, finish = reconcile(observe(TWO, pods=AFFECTED), SPEC)
     node_events = [e for e in finish.events if e.node is not None]
-    assert reasons(node_events) == [("n1", "VerdictChanged", True), ("n2", "VerdictChanged", False)]
+    # n2's first verdict is clean: routine, recorded by its label and result, no Event
+    assert reasons(node_events) == [("n1", "VerdictChanged", True)]
     assert node_events[0].message.startswith("ThpCheck weekly: verdict affected (was "
                                              "unchecked): /var/lib/thpcheck ext4 affected")
-    # A write that failed posts nothing for its node.
-    failed = Outcomes(results=[w for w in plan.results.writes if w.node == "n2"])
-    _, _, finish = reconcile(observe(TWO, pods=AFFECTED), SPEC, done=failed)
-    assert [e.node.name for e in finish.events if e.node] == ["n2"]
+    # A clean verdict that changes one the node had is news; a write that failed posts
+    # nothing for its node.
+    healed = Outcomes(results=[replace(w, previous_verdict="affected")
+                               for w in plan.results.writes if w.node == "n2"])
+    _, _, finish = reconcile(observe(TWO, pods=AFFECTED), SPEC, done=healed)
+    (n2,) = [e for e in finish.events if e.node]
+    assert (n2.node.name, n2.reason, n2.warning) == ("n2", "VerdictChanged", False)
+    assert n2.message.startswith("ThpCheck weekly: verdict not-affected (was affected): ")
     # An unchanged verdict posts nothing.
     again, _, finish = reconcile(observe(TWO, pods=AFFECTED, results=written_views(plan)),
                                  SPEC)
@@ -212,9 +218,8 @@ def test_an_applied_cordon_names_the_nodes_event_over_its_verdict_change() -> No
     assert n1.message.startswith("ThpCheck weekly: verdict affected (was unchecked): ")
     assert n1.message.endswith("; label: verdict affected, mitigated false; "
                                "cordon: affected and not mitigated")
-    # A label (a minor action) leaves the name to the verdict change.
-    (n2,) = [e for e in finish.events if e.node and e.node.name == "n2"]
-    assert (n2.reason, n2.warning) == ("VerdictChanged", False)
+    # n2's first, clean verdict and the labels that record it: no Event.
+    assert [e for e in finish.events if e.node and e.node.name == "n2"] == []
     assert finish.status["cordonedNodes"] == ["n1"]
 
 
@@ -222,7 +227,9 @@ def test_node_changes_that_failed_post_no_event_and_a_failed_budget_reports_stor
     plan, step, _ = reconcile(observe(TWO, pods=AFFECTED), CORDON)
     done = Outcomes(results=list(plan.results.writes), cordoned=step.stored)
     _, _, finish = reconcile(observe(TWO, pods=AFFECTED), CORDON, done=done)
-    assert [e.reason for e in finish.events if e.node] == ["VerdictChanged", "VerdictChanged"]
+    # n1's cordon was not stored, so it was not made: its Event is the verdict change alone
+    assert [(e.node.name, e.reason) for e in finish.events if e.node] == [
+        ("n1", "VerdictChanged")]
     assert finish.status["cordonedNodes"] == [] and finish.status["cordoned"] == 0
 
 
@@ -434,3 +441,15 @@ def test_a_write_that_met_a_concurrent_change_plans_again_at_once() -> None:
                              done=Outcomes(budget_failed=True, cordoned=step.stored))
     assert finish.replan
     assert not reconcile(observe(TWO, pods=AFFECTED), CORDON)[2].replan
+
+
+@pytest.mark.parametrize(("previous", "verdict", "quiet"), [
+    (None, "not-affected", True),  # a first, clean verdict: routine
+    (None, "affected", False), (None, "susceptible", False), (None, "unknown", False),
+    (None, "error", False),
+    ("affected", "not-affected", False),  # healed: news
+    ("unknown", "not-affected", False), ("not-affected", "susceptible", False),
+])
+def test_only_a_first_clean_verdict_is_routine(previous: str | None, verdict: str,
+                                               quiet: bool) -> None:
+    assert routine(previous, verdict) is quiet

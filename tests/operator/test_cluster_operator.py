@@ -287,7 +287,7 @@ def test_restarting_the_operator_mid_run_duplicates_and_loses_nothing(
     eventually(lambda: status_of(crds, name).get("checked") == 3, what="status after restart")
     everything = crds.api("GET", "/apis/thpcheck.io/v1alpha1/thpnoderesults")["items"]
     assert len([r for r in everything if r["status"]["check"] == name]) == 3
-    # Events are best effort: kill -9 may drop one kopf had queued but not yet posted (n0's);
+    # Events are best effort: kill -9 may drop one the operator had queued, not yet posted;
     # none is ever repeated, and the ones decided after the restart are all there.
     for n in (n1, n2):
         assert change_events(crds, n) == ["VerdictChanged"], n

@@ -441,9 +441,17 @@ def _forbidden_event(done: Outcomes, memory: CheckMemory) -> Event | None:
         "turn condition off"))
 
 
+def routine(previous_verdict: str | None, verdict: str) -> bool:
+    """A node's first verdict, clean: the label, the ThpNodeResult and the check's counts
+    record it, and an Event would be one more write per node of a healthy fleet (thousands
+    of Events no one reads at a first run). Anything else about a verdict is news."""
+    return previous_verdict is None and verdict == Verdict.NOT_AFFECTED.value
+
+
 def _node_events(plan: CheckPlan, done: Outcomes) -> list[Event]:
     """One Event per node whose verdict changed or that was changed, named after its most
-    important change (a verdict change outranks minor actions)."""
+    important change (a verdict change outranks minor actions); none for a ``routine`` first
+    verdict with no more than the minor actions that record it (its labels)."""
     nodes = plan.observed.by_name
     verdicts = {w.node: (w.previous_verdict, w.verdict.value, w.body["status"].get("message", ""))
                 for w in done.results if w.previous_verdict != w.verdict.value}
@@ -453,13 +461,16 @@ def _node_events(plan: CheckPlan, done: Outcomes) -> list[Event]:
         node = nodes.get(name)
         if node is None:
             continue
+        actions = applied.get(name, [])
+        if name in verdicts and routine(*verdicts[name][:2]) and (
+                not actions or event_reason(actions, applied=True) in MINOR_REASONS):
+            continue
         parts: list[str] = []
         reason, warning = "", False
         if name in verdicts:
             old, new, summary = verdicts[name]
             parts.append(f"verdict {new} (was {old or 'unchecked'}): {summary}")
             reason, warning = VERDICT_REASON, new in _WARNING_VERDICTS
-        actions = applied.get(name, [])
         if actions:
             parts.extend(f"{a.action.value.lower()}: {a.reason}" for a in actions)
             top = event_reason(actions, applied=True)
