@@ -515,6 +515,12 @@ def not_ready_events(api: Api, since: datetime) -> int:
                >= since)
 
 
+def token_seconds(timeout: float) -> int:
+    """How long the operator's token must last: start-up, injection, completion and the
+    Events each wait up to ``timeout``, plus an hour of margin."""
+    return int(4 * timeout) + 3600
+
+
 def operator_events(api: Api) -> int:
     """How many Events the operator has posted (its source component; metadata only)."""
     listing = api.call("GET", "/api/v1/namespaces/default/events?fieldSelector=source%3D"
@@ -652,17 +658,22 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
     cluster = Cluster(workdir / "cluster", nodes=0, extra_args=extra, timeout=300,
                       extra_env={k: {"GOMEMLIMIT": v} for k, v in GO_MEMORY_LIMITS.items()})
     operator: OperatorProcess | None = None
+    sampler: Sampler | None = None
     try:
         cluster.start()
         api = Api(cluster)
         install_crds(cluster)
         api.call("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                                  "metadata": {"name": NAMESPACE}})
-        kubeconfig = service_account_kubeconfig(cluster, NAMESPACE, workdir / "sa.kubeconfig")
         doc["nodes_ready_s"] = round(create_nodes(api, cluster, nodes, args.node_shape), 1)
         doc["node_json_bytes"] = len(json.dumps(api.call("GET", "/api/v1/nodes/bench-00000"),
                                                 separators=(",", ":")))
         message = real_result_message(workdir)
+        # The token is static in the file (a pod's is refreshed by the kubelet): minted now,
+        # after the nodes (15,000 take half an hour), and valid for every wait of the run.
+        # A token minted before the nodes expired mid-run at 15,000 nodes (401, operator gone).
+        kubeconfig = service_account_kubeconfig(cluster, NAMESPACE, workdir / "sa.kubeconfig",
+                                                seconds=token_seconds(args.timeout))
         env = {"KUBECONFIG": str(kubeconfig), "THPCHECK_STATUS_INTERVAL": "5",
                "THPCHECK_DEBOUNCE": "1", "THPCHECK_EMPTY_RESULT_GRACE": "3600",
                "PYTHONPATH": str(args.operator_src.resolve())}
@@ -767,6 +778,16 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
         doc["operator_metrics_writes"] = _operator_writes(operator.metrics())
         doc["operator_log_warnings"] = _log_warnings(operator.log)
         return doc
+    except BaseException as exc:  # keep what was measured: a long run is costly to repeat
+        doc["failed"] = f"{type(exc).__name__}: {exc}"
+        if sampler is not None:
+            doc["operator_rss_series"] = sampler.samples
+        if operator is not None:
+            doc["operator_log_tail"] = operator.tail(40)
+        partial = OUT / f"operator-scale-{args.node_shape}-{nodes}.failed.json"
+        partial.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        print(f"run failed ({doc['failed']}); what was measured: {partial}", file=sys.stderr)
+        raise
     finally:
         if operator is not None:
             operator.stop(timeout=60)

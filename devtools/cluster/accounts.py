@@ -80,14 +80,14 @@ def chart_rbac(cluster: Cluster, namespace: str, *values: str) -> list[dict[str,
 
 
 def service_account_kubeconfig(cluster: Cluster, namespace: str, path: Path,
-                               *values: str) -> Path:
-    """A kubeconfig with a bound token of the chart's ServiceAccount in ``namespace``,
-    holding the chart's rules (``values``: helm --set arguments) and no others; undo with
-    ``remove_chart_rbac``."""
+                               *values: str, seconds: int = 3600) -> Path:
+    """A kubeconfig with a bound token (valid ``seconds``) of the chart's ServiceAccount in
+    ``namespace``, holding the chart's rules (``values``: helm --set arguments) and no
+    others; undo with ``remove_chart_rbac``."""
     for item in chart_rbac(cluster, namespace, *values):
         where = item["metadata"].get("namespace", namespace)
         cluster.api("POST", _PATHS[item["kind"]].format(ns=where), item)
-    return token_kubeconfig(cluster, namespace, ACCOUNT, path)
+    return token_kubeconfig(cluster, namespace, ACCOUNT, path, seconds)
 
 
 def remove_chart_rbac(cluster: Cluster, namespace: str) -> None:
