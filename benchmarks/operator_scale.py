@@ -60,7 +60,13 @@ from urllib.parse import quote, urlencode
 from benchmarks import node_shapes
 from devtools.cluster.accounts import ACCOUNT, service_account_kubeconfig
 from devtools.cluster.harness import KWOK_ANNOTATION, Cluster
-from devtools.cluster.operator import CHECKS_PATH, OperatorProcess, install_crds, this_machine
+from devtools.cluster.operator import (
+    CHECKS_PATH,
+    OperatorProcess,
+    install_crds,
+    this_machine,
+    with_verdict,
+)
 from devtools.proc import WaitTimeout, wait_for
 from thpcheck.contract import names
 from thpcheck.model.report import compact
@@ -285,8 +291,9 @@ def audit_counts(path: Path, since: datetime, until: datetime | None = None,
 # -- the kubelet's part ------------------------------------------------------------------------
 
 
-def real_result_message(workdir: Path) -> str:
-    """One real compact result of this machine (prediction only: nothing written)."""
+def real_result_message(workdir: Path, verdict: str | None = None) -> str:
+    """One real compact result of this machine (prediction only: nothing written); with
+    ``verdict``, the same result saying that verdict instead (every node's Events, labels)."""
     scratch = workdir / "agent-scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     completed = subprocess.run(
@@ -295,7 +302,7 @@ def real_result_message(workdir: Path) -> str:
         env={**os.environ, "PYTHONPATH": str(REPO / "operator")})
     document = json.loads(completed.stdout)
     document["paths"][0]["path"] = "/var/lib/thpcheck"
-    return compact(document)
+    return with_verdict(document, verdict) if verdict else compact(document)
 
 
 def terminated_status(pod: Mapping[str, Any], message: str) -> dict[str, Any]:
@@ -668,7 +675,7 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
         doc["nodes_ready_s"] = round(create_nodes(api, cluster, nodes, args.node_shape), 1)
         doc["node_json_bytes"] = len(json.dumps(api.call("GET", "/api/v1/nodes/bench-00000"),
                                                 separators=(",", ":")))
-        message = real_result_message(workdir)
+        message = real_result_message(workdir, args.verdict)
         # The token is static in the file (a pod's is refreshed by the kubelet): minted now,
         # after the nodes (15,000 take half an hour), and valid for every wait of the run.
         # A token minted before the nodes expired mid-run at 15,000 nodes (401, operator gone).
@@ -890,6 +897,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of check pods that crash-loop instead of finishing (e.g. 2%%)")
     parser.add_argument("--not-ready", default="0%",
                         help="share of nodes that go NotReady as their check starts (e.g. 1%%)")
+    parser.add_argument("--verdict", choices=("unknown", "susceptible", "error"), default=None,
+                        help="every node's result says this instead of this machine's real "
+                        "verdict (a first verdict other than not-affected posts an Event per "
+                        "node; default: the real one)")
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--tail", type=float, default=5.0,
                         help="seconds to wait, once the operator's Events stop growing, before "

@@ -6,6 +6,7 @@ metrics and log. Used by the operator and preflight tests and by benchmarks/oper
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -14,10 +15,12 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devtools.cluster.harness import Cluster, free_ports
 from devtools.proc import die_with_parent, stop_process, tail, wait_for
 from thpcheck.contract import names
+from thpcheck.model.report import compact
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "charts" / "thp-checker" / "crds"
@@ -126,3 +129,15 @@ def wait_healthy(process: subprocess.Popen[bytes], port: int, timeout: float,
         return False
 
     wait_for(healthy, timeout, "operator liveness endpoint")
+
+
+def with_verdict(document: Mapping[str, Any], verdict: str) -> str:
+    """The compact result of a real agent document with every verdict set to ``verdict``."""
+    changed = json.loads(json.dumps(document))
+    changed["verdict"] = verdict
+    for path in changed["paths"]:
+        path["verdict"] = verdict
+        if verdict == "affected":
+            path["repro"].update(outcome="reproduced", iteration=0, bad_bytes=16384)
+            path["reason"] = "reproduced: 16384 appended bytes lost at iteration 0"
+    return compact(changed)

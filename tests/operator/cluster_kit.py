@@ -23,11 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from devtools.cluster.harness import Cluster
-from devtools.cluster.operator import CHECKS_PATH, REPO, RESULTS_PATH, OperatorProcess
+from devtools.cluster.operator import (
+    CHECKS_PATH,
+    REPO,
+    RESULTS_PATH,
+    OperatorProcess,
+    with_verdict,  # the tests import it from here
+)
 from devtools.proc import WaitTimeout, wait_for
 from tests.support.wait import eventually
 from thpcheck.contract import names
-from thpcheck.model.report import compact
 
 
 @dataclass
@@ -128,18 +133,6 @@ def check_events(cluster: Cluster, name: str) -> list[dict[str, Any]]:
         "GET", "/api/v1/namespaces/default/events?fieldSelector="
         f"involvedObject.kind={names.CHECK_KIND},involvedObject.name={name}")["items"]
     return items
-
-
-def with_verdict(document: Mapping[str, Any], verdict: str) -> str:
-    """The compact result of a real agent document with every verdict set to ``verdict``."""
-    changed = json.loads(json.dumps(document))
-    changed["verdict"] = verdict
-    for path in changed["paths"]:
-        path["verdict"] = verdict
-        if verdict == "affected":
-            path["repro"].update(outcome="reproduced", iteration=0, bad_bytes=16384)
-            path["reason"] = "reproduced: 16384 appended bytes lost at iteration 0"
-    return compact(changed)
 
 
 def results(cluster: Cluster, check: str) -> dict[str, dict[str, Any]]:
