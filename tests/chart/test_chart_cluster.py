@@ -21,7 +21,7 @@ import pytest
 
 from devtools.cluster.accounts import documents, token_kubeconfig
 from devtools.cluster.harness import Cluster
-from devtools.cluster.operator import CHECKS_PATH, RESULTS_PATH, this_machine
+from devtools.cluster.operator import CHECKS_PATH, RESULTS_PATH, this_machine, with_verdict
 from tests.chart.chart_kit import (
     ALL_VALUES,
     CLEANUP_SA,
@@ -40,7 +40,7 @@ from tests.chart.chart_kit import (
     node_marks,
     run_hook,
 )
-from tests.operator.cluster_kit import Kubelet, eventually, get_check, results, with_verdict
+from tests.operator.cluster_kit import Kubelet, eventually, get_check, results
 from thpcheck.contract import names
 
 pytestmark = pytest.mark.cluster

@@ -28,7 +28,7 @@ from devtools.cluster.operator import (
     REPO,
     RESULTS_PATH,
     OperatorProcess,
-    with_verdict,  # the tests import it from here
+    with_verdict,
 )
 from devtools.proc import WaitTimeout, wait_for
 from tests.support.wait import eventually

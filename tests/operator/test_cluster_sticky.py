@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from devtools.cluster.harness import Cluster
-from devtools.cluster.operator import OperatorProcess
-from tests.operator.cluster_kit import Kubelet, eventually, new_check, node, results, with_verdict
+from devtools.cluster.operator import OperatorProcess, with_verdict
+from tests.operator.cluster_kit import Kubelet, eventually, new_check, node, results
 from thpcheck.contract import names
 
 pytestmark = pytest.mark.cluster

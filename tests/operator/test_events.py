@@ -14,6 +14,9 @@ import pytest
 from thpcheck.contract import names
 from thpcheck.contract.views import NodeView
 from thpcheck.controller import events
+from thpcheck.controller.settings import Settings
+
+WORKERS = events.workers_for(Settings(namespace="ns").api_workers)  # the default: 4
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +59,7 @@ async def _settle() -> None:
 def test_an_event_is_posted_through_the_operators_client_with_kopfs_fields() -> None:
     async def scenario() -> Gated:
         post = Gated(open_=True)
-        events.install(events.EventPoster(post))
+        events.install(events.EventPoster(post, workers=WORKERS))
         events.on_node(NodeView("n1", uid="u-1"), reason="Uncordoned",
                        message="uncordon: ThpCheck gone no longer exists " + "x" * 2000)
         assert await events.installed().flush(5)  # type: ignore[union-attr]
@@ -78,12 +81,12 @@ def test_events_of_many_nodes_are_posted_several_at_once_not_one_object_at_a_tim
     each next Event starts as soon as one lands (no per-object idle wait)."""
     async def scenario() -> tuple[Gated, events.EventPoster]:
         post = Gated()
-        poster = events.EventPoster(post)
+        poster = events.EventPoster(post, workers=WORKERS)
         events.install(poster)
         for i in range(40):
             events.on_node(NodeView(f"n{i}"), reason="VerdictChanged", message="m")
         await _settle()
-        assert post.started == [f"n{i}" for i in range(events.WORKERS)]
+        assert post.started == [f"n{i}" for i in range(WORKERS)]
         assert poster.pending == 40
         post.gate.set()
         assert await poster.flush(5)
@@ -91,7 +94,7 @@ def test_events_of_many_nodes_are_posted_several_at_once_not_one_object_at_a_tim
         return post, poster
 
     post, poster = asyncio.run(scenario())
-    assert post.most_at_once == events.WORKERS
+    assert post.most_at_once == WORKERS
     # several in flight: landing order is not submission order (the timestamps keep it)
     assert sorted(e["involvedObject"]["name"] for e in post.posted) == sorted(
         f"n{i}" for i in range(40))
@@ -140,7 +143,7 @@ def test_a_failed_post_is_logged_and_the_next_events_still_go() -> None:
 
 def test_flush_says_when_events_are_still_pending() -> None:
     async def scenario() -> bool:
-        poster = events.EventPoster(Gated())
+        poster = events.EventPoster(Gated(), workers=WORKERS)
         poster.submit(events.event_body({"kind": "Node", "metadata": {"name": "n"}},
                                         type_="Normal", reason="R", message="m",
                                         now=datetime.now(UTC)))

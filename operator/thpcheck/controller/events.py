@@ -28,17 +28,18 @@ from thpcheck.contract.views import NodeView
 from thpcheck.planning.checkplan import Event
 
 MESSAGE_LIMIT = 1000
-# Events in flight at once: a quarter of the client's threads (settings.api_workers, 16 by
-# default), so result and node writes are never starved by Events.
-WORKERS = 4
+# Events in flight at once take a quarter of the client's threads (settings.api_workers), so
+# result and node writes are never starved by Events.
+API_SHARE = 4
+# Events waiting at most; past it the oldest is dropped. Normally the backlog is near empty
+# (a few requests at once outpace results); it fills only while the API refuses or stalls,
+# and then an unbounded one would grow by a node's Event per result. 5,000 bodies are ~15 MiB.
+BACKLOG = 5000
 
 
 def workers_for(api_workers: int) -> int:
-    return max(1, api_workers // 4)
-# Events waiting at most; past it the oldest is dropped. Normally the backlog is near empty
-# (4 requests at once outpace results); it fills only while the API refuses or stalls, and
-# then an unbounded one would grow by a node's Event per result. 5,000 bodies are ~15 MiB.
-BACKLOG = 5000
+    """How many Events an operator with ``api_workers`` client threads posts at once."""
+    return max(1, api_workers // API_SHARE)
 
 
 def node_reference(node: NodeView) -> dict[str, Any]:
@@ -58,7 +59,7 @@ class EventPoster:
     """Posts Event bodies with ``post``: at most ``workers`` at once, from a backlog of at
     most ``backlog`` (the oldest dropped past it). Create it inside the running loop."""
 
-    def __init__(self, post: Poster, *, workers: int = WORKERS, backlog: int = BACKLOG,
+    def __init__(self, post: Poster, *, workers: int, backlog: int = BACKLOG,
                  dropped: Callable[[], None] | None = None) -> None:
         self._post = post
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=backlog)

@@ -462,18 +462,17 @@ def _node_events(plan: CheckPlan, done: Outcomes) -> list[Event]:
         if node is None:
             continue
         actions = applied.get(name, [])
-        if name in verdicts and routine(*verdicts[name][:2]) and (
-                not actions or event_reason(actions, applied=True) in MINOR_REASONS):
-            continue
+        top = event_reason(actions, applied=True) if actions else None
         parts: list[str] = []
         reason, warning = "", False
         if name in verdicts:
             old, new, summary = verdicts[name]
+            if routine(old, new) and (top is None or top in MINOR_REASONS):
+                continue
             parts.append(f"verdict {new} (was {old or 'unchecked'}): {summary}")
             reason, warning = VERDICT_REASON, new in _WARNING_VERDICTS
-        if actions:
+        if top is not None:
             parts.extend(f"{a.action.value.lower()}: {a.reason}" for a in actions)
-            top = event_reason(actions, applied=True)
             if not reason or top not in MINOR_REASONS:
                 reason = top
         found.append(Event(reason, f"ThpCheck {plan.observed.check.name}: " + "; ".join(parts),
