@@ -145,6 +145,17 @@ def test_no_handler_writes_kopf_state_to_nodes_or_pods() -> None:
             handler.selector.any_name == names.CHECK_PLURAL), handler
 
 
+def test_kopf_watches_nothing_there_is_one_of_per_node() -> None:
+    """Nodes, pods and results (one or more per node: at 15,000 nodes a re-list of the check
+    pods alone took kopf 365 MiB) are the operator's lean watches; kopf watches the
+    ThpChecks and our DaemonSets, a few per cluster."""
+    registry = operator.build_registry(from_env({"THPCHECK_NAMESPACE": "ops"}), SOURCE)
+    handlers = [*registry._indexing.get_all_handlers(), *registry._watching.get_all_handlers(),
+                *registry._changing.get_all_handlers(), *registry._spawning.get_all_handlers()]
+    kinds = {handler.selector.plural or handler.selector.any_name for handler in handlers}
+    assert kinds == {names.CHECK_PLURAL, "daemonsets"}
+
+
 def test_kopf_diff_base_is_built_for_thpchecks_only() -> None:
     """kopf deep-copies every body into a diff base; only ThpChecks (daemon, clean-up) use it."""
     storage = operator.kopf_settings(from_env({"THPCHECK_NAMESPACE": "ops"})

@@ -122,6 +122,7 @@ class MitigationPodView:
     node: str
     ready: bool
     deleting: bool = False
+    uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ class ResultView:
     mismatch: str = ""  # its name, labels or annotations are not what the operator writes
     proof: Proof | None = None  # status.proof: affected proven on a kernel (planning.proof)
     filesystems: tuple[str, ...] = ()  # filesystems_of(status.paths)
+    uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -367,7 +369,8 @@ def mitigation_pod_view(body: Mapping[str, Any]) -> MitigationPodView:
     ready = any(c.get("type") == "Ready" and c.get("status") == "True"
                 for c in status.get("conditions") or [])
     return MitigationPodView(name=meta.get("name", ""), node=_pod_node(body), ready=ready,
-                             deleting=bool(meta.get("deletionTimestamp")))
+                             deleting=bool(meta.get("deletionTimestamp")),
+                             uid=meta.get("uid", ""))
 
 
 def _controller_uid(meta: Mapping[str, Any], check: str) -> str:
@@ -425,6 +428,7 @@ def result_view(body: Mapping[str, Any]) -> ResultView:
         mismatch=_result_mismatch(meta, status),
         proof=parse_proof(status.get("proof")),
         filesystems=filesystems_of(status.get("paths")),
+        uid=meta.get("uid", ""),
     )
 
 

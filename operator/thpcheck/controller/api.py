@@ -85,9 +85,15 @@ def _check_path(name: str) -> str:
     return f"{_checks_path()}/{quote(name, safe='')}"
 
 
+RESULTS_PATH = f"/apis/{names.GROUP}/{names.VERSION}/{names.RESULT_PLURAL}"
+
+
 def _result_path(name: str = "") -> str:
-    base = f"/apis/{names.GROUP}/{names.VERSION}/{names.RESULT_PLURAL}"
-    return f"{base}/{quote(name, safe='')}" if name else base
+    return f"{RESULTS_PATH}/{quote(name, safe='')}" if name else RESULTS_PATH
+
+
+def pods_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{quote(namespace, safe='')}/pods"
 
 
 def _daemonset_path(namespace: str, name: str = "") -> str:
@@ -333,7 +339,7 @@ class Kube:
         return await self.list_all(NODES_PATH, {"labelSelector": selector} if selector else None)
 
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        return await self.list_all(f"/api/v1/namespaces/{quote(namespace, safe='')}/pods",
+        return await self.list_all(pods_path(namespace),
                                    {"labelSelector": selector})
 
     # -- start-up ----------------------------------------------------------------------

@@ -14,9 +14,9 @@ from typing import Any
 from thpcheck.controller.api import Kube
 from thpcheck.controller.indexes import Indexes
 from thpcheck.controller.metrics import Metrics
-from thpcheck.controller.nodewatch import NodeWatch
 from thpcheck.controller.recent import RecentWrites
 from thpcheck.controller.settings import Settings
+from thpcheck.controller.watched import LeanWatches
 from thpcheck.planning.checkplan import CheckMemory
 from thpcheck.planning.hostpaths import MountEvents
 
@@ -70,18 +70,20 @@ class OperatorContext:
     # start for a missing hostPath), shared by all checks; one listing at a time.
     mount_events: dict[str, MountEvents] = field(default_factory=dict)
     mount_events_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # The views of all nodes (started by the start-up handler, before kopf watches anything).
-    nodes: NodeWatch = field(init=False)
-    # Tasks started from the node watch's callback (kept so they are not collected early).
+    # The views of all nodes, agent and mitigation pods and results (started by the start-up
+    # handler, before kopf watches anything).
+    watches: LeanWatches = field(init=False)
+    # Tasks started from the watches' callbacks (kept so they are not collected early).
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.nodes = NodeWatch(self.kube, server_timeout=self.settings.watch_server_timeout,
-                               client_timeout=self.settings.watch_client_timeout)
+        self.watches = LeanWatches.of(self.kube, self.settings.namespace,
+                                      server_timeout=self.settings.watch_server_timeout,
+                                      client_timeout=self.settings.watch_client_timeout)
 
     def indexes(self) -> Indexes:
-        """kopf's indexes and the node views, as the planners read them."""
-        return Indexes.of(self.kopf_indexes, self.nodes.views)
+        """The lean watches' views and kopf's indexes, as the planners read them."""
+        return Indexes.of(self.kopf_indexes, self.watches)
 
     def lock(self, check: str) -> asyncio.Lock:
         """Serialises a check's reconciles and its deletion clean-up."""

@@ -147,7 +147,7 @@ def _post(ref: Mapping[str, Any], *, warning: bool, reason: str, message: str) -
     poster = installed()
     if poster is None:
         raise LookupError(f"no Event poster installed to post {reason}: the operator installs "
-                          "one at start-up (controller/handlers.start_node_watch)")
+                          "one at start-up (controller/handlers.start_watches)")
     poster.submit(event_body(ref, type_="Warning" if warning else "Normal", reason=reason,
                              message=message, now=datetime.now(UTC)))
 

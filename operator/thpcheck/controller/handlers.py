@@ -17,7 +17,7 @@ import kopf
 import structlog
 
 from thpcheck.contract import names
-from thpcheck.contract.views import NodeView, annotated_check, node_view
+from thpcheck.contract.views import AgentPodView, NodeView, ResultView, annotated_check, node_view
 from thpcheck.controller import events
 from thpcheck.controller.api import ApiError
 from thpcheck.controller.context import OperatorContext, context_of
@@ -46,28 +46,18 @@ async def poke_for_check(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """A spec change (or any change) of a ThpCheck: re-plan it."""
     ctx = context_of(memo)
     ctx.triggers.poke(name)
-    kopf_indexed(ctx, Indexes.of(kwargs, ctx.nodes.views))
-
-
-async def poke_for_agent_pod(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    ctx = context_of(memo)
-    kopf_indexed(ctx, Indexes.of(kwargs, ctx.nodes.views))
-    check = annotated_check(body)
-    if check:
-        ctx.triggers.poke(check)
-    else:  # a deletion a re-list found (controller/kopf_relist.py) names no check
-        ctx.triggers.poke_all()
+    kopf_indexed(ctx, Indexes.of(kwargs, ctx.watches))
 
 
 async def poke_everyone(memo: kopf.Memo, **kwargs: Any) -> None:
-    """Nodes, mitigation pods and the shared DaemonSet matter to every check.
+    """The shared DaemonSet (like nodes and mitigation pods) matters to every check.
 
     With no ThpCheck left there is no daemon to poke, yet the shared mitigation DaemonSet may
     still exist for a node an admin labelled, and the restore DaemonSet until it confirmed the
     restore everywhere; once neither is needed, they are deleted here.
     """
     ctx = context_of(memo)
-    await _everyone(ctx, Indexes.of(kwargs, ctx.nodes.views))
+    await _everyone(ctx, Indexes.of(kwargs, ctx.watches))
 
 
 async def _everyone(ctx: OperatorContext, idx: Indexes) -> None:
@@ -84,14 +74,15 @@ async def tend_without_checks(ctx: OperatorContext, idx: Indexes) -> None:
         await manage_mitigation_daemonset(ctx, idx)
 
 
-# -- the node watch ------------------------------------------------------------------------
+# -- the lean watches ----------------------------------------------------------------------
 
 
-async def start_node_watch(memo: kopf.Memo, **kwargs: Any) -> None:
-    """Start-up: list every node, then keep watching them (``controller/nodewatch.py``).
-    kopf starts its watches only after this returns, so every handler sees all nodes. The
-    orphan sweep starts here (it needs the nodes, and confirms with the API what kopf's
-    indexes propose), and a task marks the operator indexed if kopf has nothing to handle."""
+async def start_watches(memo: kopf.Memo, **kwargs: Any) -> None:
+    """Start-up: list every node, agent and mitigation pod and result, then keep watching
+    them (``controller/leanwatch.py``). kopf starts its watches only after this returns, so
+    every handler sees them all. The orphan sweep starts here (it needs the nodes, and
+    confirms with the API what the indexes propose), and a task marks the operator indexed
+    if kopf has nothing to handle."""
     ctx = context_of(memo)
     ctx.kopf_indexes = {key: kwargs[key] for key in KOPF_INDEXES}  # live for the process
     poster = events.EventPoster(ctx.kube.create_event,
@@ -100,12 +91,22 @@ async def start_node_watch(memo: kopf.Memo, **kwargs: Any) -> None:
     ctx.metrics.events_pending.set_function(lambda: poster.pending)
     events.install(poster)
 
-    def changed() -> None:  # a node changed as a planner sees it (kopf's poke-node did this)
+    def everyone(_: object) -> None:  # a node or mitigation pod: every check may care
         ctx.triggers.poke_all()
         if ctx.indexed is not None:  # else kopf's indexes may not be filled yet
             _background(ctx, tend_without_checks(ctx, ctx.indexes()))
 
-    await ctx.nodes.start(on_change=changed)
+    def its_check(view: AgentPodView | ResultView | None) -> None:
+        if view is not None and view.check:
+            ctx.triggers.poke(view.check)
+        else:  # a listing changed the set
+            ctx.triggers.poke_all()
+
+    watches = ctx.watches
+    await asyncio.gather(watches.nodes.start(on_change=everyone),
+                         watches.agent_pods.start(on_change=its_check),
+                         watches.mitigation_pods.start(on_change=everyone),
+                         watches.results.start(on_change=its_check))
     start_sweeper(ctx)
     _background(ctx, indexed_when_nothing_to_handle(ctx))
 
@@ -117,8 +118,8 @@ def _background(ctx: OperatorContext, work: Coroutine[Any, Any, None]) -> None:
     task.add_done_callback(ctx.background.discard)
 
 
-async def stop_node_watch(memo: kopf.Memo, **_: Any) -> None:
-    context_of(memo).nodes.stop()
+async def stop_watches(memo: kopf.Memo, **_: Any) -> None:
+    context_of(memo).watches.stop()
 
 
 async def flush_events(**_: Any) -> None:
@@ -131,21 +132,11 @@ async def flush_events(**_: Any) -> None:
     await poster.close()
 
 
-async def poke_for_result(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    ctx = context_of(memo)
-    kopf_indexed(ctx, Indexes.of(kwargs, ctx.nodes.views))
-    check = (body.get("status") or {}).get("check")
-    if check:
-        ctx.triggers.poke(check)
-    else:  # a deletion a re-list found (controller/kopf_relist.py) has no status
-        ctx.triggers.poke_all()
-
-
 async def poke_for_daemonset(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     check = annotated_check(body)
     if check:
         ctx = context_of(memo)
-        kopf_indexed(ctx, Indexes.of(kwargs, ctx.nodes.views))
+        kopf_indexed(ctx, Indexes.of(kwargs, ctx.watches))
         ctx.triggers.poke(check)
     else:
         await poke_everyone(memo, **kwargs)
@@ -271,7 +262,7 @@ async def run_check(name: str, body: kopf.Body, memo: kopf.Memo,
         try:
             async with ctx.lock(name):
                 if not body.get("metadata", {}).get("deletionTimestamp"):
-                    await CheckReconciler(ctx, body, Indexes.of(kwargs, ctx.nodes.views),
+                    await CheckReconciler(ctx, body, Indexes.of(kwargs, ctx.watches),
                                           datetime.now(UTC)).run()
         except asyncio.CancelledError:
             raise
@@ -309,7 +300,7 @@ async def clean_up_check(name: str, body: kopf.Body, memo: kopf.Memo, retry: int
     refuses, a Warning Event and the CleanupBlocked condition name it and the API error, and
     the next attempt follows a backoff (planning.cleanup). There is no last attempt."""
     ctx = context_of(memo)
-    idx = Indexes.of(kwargs, ctx.nodes.views)
+    idx = Indexes.of(kwargs, ctx.watches)
     async with ctx.lock(name):
         nodes = {n.name: n for n in ctx.recent.overlay_nodes(idx.all_nodes())}
         changes = plan_cleanup(name, nodes.values())

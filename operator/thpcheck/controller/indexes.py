@@ -1,10 +1,11 @@
 """In-memory indexes of the objects the operator reads, kept current by watches.
 
-``kopf.index`` handlers store small views (``thpcheck.contract.views``), not bodies, and write
-nothing to the objects (unlike ``kopf.on.create``/``update``, which would annotate every Pod).
-kopf fills every index from the initial listing before any other handler runs, so a restarted
-operator plans from complete state. Nodes are not a kopf resource: the operator's own watch
-(``thpcheck.controller.nodewatch``) keeps their views, complete before kopf starts.
+Nodes, agent and mitigation pods and results (one or more per node) are the operator's own
+lean watches (``thpcheck.controller.leanwatch``, listed before kopf starts). ThpChecks and
+DaemonSets (a few per cluster) are kopf's: ``kopf.index`` handlers store small views
+(``thpcheck.contract.views``), not bodies, and write nothing to the objects. kopf fills every
+index from the initial listing before any other handler runs, so a restarted operator plans
+from complete state.
 """
 
 from __future__ import annotations
@@ -22,22 +23,17 @@ from thpcheck.contract.views import (
     MitigationPodView,
     NodeView,
     ResultView,
-    agent_pod_view,
     annotated_check,
     daemonset_view,
-    mitigation_pod_view,
-    result_view,
 )
+from thpcheck.controller.watched import LeanWatches
 
 T = TypeVar("T")
 
 # Index ids: kopf passes each index to handlers as a keyword argument of this name.
-AGENT_PODS = "agent_pods"
-MITIGATION_PODS = "mitigation_pods"
-RESULTS = "node_results"
 DAEMONSETS = "daemonsets"
 CHECKS = "check_summaries"
-KOPF_INDEXES = (AGENT_PODS, MITIGATION_PODS, RESULTS, DAEMONSETS, CHECKS)
+KOPF_INDEXES = (DAEMONSETS, CHECKS)
 
 
 @dataclass(frozen=True)
@@ -48,21 +44,6 @@ class CheckSummary:
     mitigate: bool
     deleting: bool
     cordoned: tuple[str, ...] = ()  # status.cordonedNodes (the cluster-wide cordon budget)
-
-
-async def index_agent_pod(body: kopf.Body, **_: Any) -> dict[str, AgentPodView]:
-    view = agent_pod_view(body)
-    return {view.check: view}
-
-
-async def index_mitigation_pod(body: kopf.Body, **_: Any) -> dict[str, MitigationPodView]:
-    view = mitigation_pod_view(body)
-    return {view.node: view} if view.node else {}
-
-
-async def index_result(body: kopf.Body, **_: Any) -> dict[str, ResultView]:
-    view = result_view(body)
-    return {view.check: view}
 
 
 async def index_daemonset(body: kopf.Body, **_: Any) -> dict[str, DaemonSetView]:
@@ -95,8 +76,8 @@ def _one(index: Mapping[str, Iterable[T]], key: str) -> T | None:
 
 @dataclass(frozen=True)
 class Indexes:
-    """Typed access to the kopf indexes a handler received as keyword arguments, and to the
-    node views."""
+    """Typed access to everything the planners read: the lean watches' views and kopf's
+    indexes (both live; a reconcile reads them between awaits)."""
 
     nodes: Mapping[str, NodeView]
     agent_pods: Mapping[str, Iterable[AgentPodView]]
@@ -106,9 +87,9 @@ class Indexes:
     checks: Mapping[str, Iterable[CheckSummary]]
 
     @classmethod
-    def of(cls, kwargs: Mapping[str, Any], nodes: Mapping[str, NodeView]) -> Indexes:
-        return cls(nodes, kwargs[AGENT_PODS], kwargs[MITIGATION_PODS], kwargs[RESULTS],
-                   kwargs[DAEMONSETS], kwargs[CHECKS])
+    def of(cls, kopf_indexes: Mapping[str, Any], lean: LeanWatches) -> Indexes:
+        return cls(lean.nodes.views, lean.agent_pods.grouped, lean.mitigation_pods.grouped,
+                   lean.results.grouped, kopf_indexes[DAEMONSETS], kopf_indexes[CHECKS])
 
     def counts(self) -> dict[str, int]:
         """How many objects of each kind are indexed."""

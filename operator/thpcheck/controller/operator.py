@@ -26,18 +26,12 @@ from thpcheck.controller import (
     kopf_relist,
     kopf_startup,
 )
-from thpcheck.controller.api import NODES_PATH, ApiError, Kube
+from thpcheck.controller.api import NODES_PATH, RESULTS_PATH, ApiError, Kube, pods_path
 from thpcheck.controller.context import MEMO_KEY, OperatorContext
 from thpcheck.controller.leader import Leadership, healthy_while_waiting
 from thpcheck.controller.metrics import Metrics
 from thpcheck.controller.settings import Settings
-from thpcheck.controller.watched import (
-    AGENT_PODS,
-    CHECKS,
-    MITIGATION_PODS,
-    OUR_DAEMONSETS,
-    RESULTS,
-)
+from thpcheck.controller.watched import CHECKS, OUR_DAEMONSETS
 
 log = structlog.get_logger("thpcheck.operator")
 
@@ -49,7 +43,8 @@ class CheckDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
     kopf builds it, a deep copy of the whole body, for every watch event of every watched
     kind, but only change handlers and daemons use it, and only ThpChecks have those: for
     nodes, pods, results and DaemonSets (index and event handlers only) the copy is thrown
-    away. At 5,000 nodes those copies were a fifth of the operator's CPU during a run.
+    away. At 5,000 nodes those copies were a fifth of the operator's CPU during a run (nodes,
+    pods and results have since left kopf for the operator's lean watches).
     """
 
     def build(self, *, body: kopf.Body,
@@ -66,10 +61,9 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     config.watching.server_timeout = int(settings.watch_server_timeout)  # an integer query
     config.watching.client_timeout = settings.watch_client_timeout
     config.watching.connect_timeout = 30
-    # Only our pods and DaemonSets, filtered by the API server. They are watched in our
-    # namespace only (kopf.run(namespaces=...)), so RBAC for them can be a namespaced Role;
-    # cluster-scoped kinds (nodes, ThpChecks, results) are watched cluster-wide regardless.
-    config.watching.label_selectors["v1", "pods"] = names.POD_ROLE_LABEL
+    # Only our DaemonSets, filtered by the API server, in our namespace only
+    # (kopf.run(namespaces=...)), so RBAC for them can be a namespaced Role; ThpChecks are
+    # watched cluster-wide. Nodes, pods and results are not kopf's (controller/watched.py).
     config.watching.label_selectors["apps", "daemonsets"] = f"{names.MANAGED_BY}={names.MANAGER}"
     # No runtime scanning of CRDs and namespaces: the CRDs are checked at start-up and the
     # namespace is fixed, so no cluster-wide list/watch of either is needed (smaller RBAC).
@@ -100,28 +94,19 @@ def build_registry(settings: Settings, source: credentials.Source) -> kopf.Opera
     kopf.on.startup(id="health", registry=registry)(health.start)
     kopf.on.cleanup(id="health", registry=registry)(health.stop)
 
-    # Nodes: the operator's own lean watch, listed before kopf watches anything else.
-    kopf.on.startup(id="watch-nodes", registry=registry)(handlers.start_node_watch)
-    kopf.on.cleanup(id="stop-node-watch", registry=registry)(handlers.stop_node_watch)
+    # Nodes, pods and results: the operator's own lean watches, listed before kopf watches
+    # anything else.
+    kopf.on.startup(id="watch", registry=registry)(handlers.start_watches)
+    kopf.on.cleanup(id="stop-watches", registry=registry)(handlers.stop_watches)
     kopf.on.cleanup(id="flush-events", registry=registry)(handlers.flush_events)
 
     # Indexes: what the planners read (small views, filled before any handler runs).
-    kopf.index("v1", "pods", labels=AGENT_PODS, id=indexes.AGENT_PODS,
-               registry=registry)(indexes.index_agent_pod)
-    kopf.index("v1", "pods", labels=MITIGATION_PODS, id=indexes.MITIGATION_PODS,
-               registry=registry)(indexes.index_mitigation_pod)
-    kopf.index(*RESULTS, id=indexes.RESULTS, registry=registry)(indexes.index_result)
     kopf.index("apps", "v1", "daemonsets", labels=OUR_DAEMONSETS, id=indexes.DAEMONSETS,
                registry=registry)(indexes.index_daemonset)
     kopf.index(*CHECKS, id=indexes.CHECKS, registry=registry)(indexes.index_check)
 
     # Wake-ups: watch events only poke the affected checks' daemons.
     kopf.on.event(*CHECKS, id="poke-check", registry=registry)(handlers.poke_for_check)
-    kopf.on.event("v1", "pods", labels=AGENT_PODS, id="poke-agent-pod",
-                  registry=registry)(handlers.poke_for_agent_pod)
-    kopf.on.event("v1", "pods", labels=MITIGATION_PODS, id="poke-mitigation-pod",
-                  registry=registry)(handlers.poke_everyone)
-    kopf.on.event(*RESULTS, id="poke-result", registry=registry)(handlers.poke_for_result)
     kopf.on.event("apps", "v1", "daemonsets", labels=OUR_DAEMONSETS, id="poke-daemonset",
                   registry=registry)(handlers.poke_for_daemonset)
 
@@ -157,9 +142,9 @@ def startup_probes(namespace: str) -> list[tuple[str, str]]:
     before kopf starts so that a denial is one line instead of a retrying watch."""
     return [
         ("list thpchecks", f"/apis/{names.GROUP}/{names.VERSION}/{names.CHECK_PLURAL}"),
-        ("list thpnoderesults", f"/apis/{names.GROUP}/{names.VERSION}/{names.RESULT_PLURAL}"),
+        ("list thpnoderesults", RESULTS_PATH),
         ("list nodes", NODES_PATH),
-        (f"list pods in namespace {namespace}", f"/api/v1/namespaces/{namespace}/pods"),
+        (f"list pods in namespace {namespace}", pods_path(namespace)),
         (f"list daemonsets in namespace {namespace}",
          f"/apis/apps/v1/namespaces/{namespace}/daemonsets"),
     ]

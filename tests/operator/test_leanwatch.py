@@ -1,6 +1,6 @@
-"""The operator's lean node watch: what it keeps of a node, and how listings and watch events
-change its views (the transport is scripted; tests/operator/test_cluster_nodewatch.py runs it
-against the real API server)."""
+"""The operator's lean watches: what they keep of a node, and how listings and watch events
+change their views and groups (the transport is scripted;
+tests/operator/test_cluster_leanwatch.py runs them against the real API server)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,23 @@ from typing import Any, ClassVar
 import pytest
 from benchmarks.node_shapes import realistic_node
 
-from tests.operator.factories import agent_pod, message, result
+from tests.operator.factories import agent_pod, message, pod_body, result
 from thpcheck.contract import names
 from thpcheck.contract.checkspec import Remediation, parse_spec
 from thpcheck.contract.refs import CheckRef
-from thpcheck.contract.views import NodeView, node_view
+from thpcheck.contract.views import (
+    AgentPodView,
+    MitigationPodView,
+    NodeView,
+    agent_pod_view,
+    node_view,
+    same_node,
+)
 from thpcheck.controller import events
 from thpcheck.controller.api import ApiError
-from thpcheck.controller.nodewatch import PAGE_SIZE, NodeViews, NodeWatch, lean_view
+from thpcheck.controller.leanwatch import PAGE_SIZE, LeanWatch, ViewSet
 from thpcheck.controller.recent import RecentWrites
+from thpcheck.controller.watched import NODES, agent_pods, lean_node_view, mitigation_pods
 from thpcheck.model.verdict import Verdict
 from thpcheck.planning.prediction import node_record, predict_view
 from thpcheck.planning.remediation import plan_cleanup, plan_remediation
@@ -80,12 +88,12 @@ def full_node() -> dict[str, Any]:
 
 
 def kept_by_the_watch(node: Mapping[str, Any]) -> NodeView:
-    """The view a running NodeWatch holds after listing ``node`` (its own parse, from the
+    """The view a running LeanWatch holds after listing ``node`` (its own parse, from the
     bytes the API server would send)."""
     page = {"kind": "NodeList", "metadata": {"resourceVersion": "9"},
             "items": [json.loads(json.dumps(node))]}
     transport = Scripted([page], [])
-    watch = NodeWatch(transport, backoff=(0.01,))
+    watch = LeanWatch(transport, NODES, backoff=(0.01,))
     try:
         asyncio.run(asyncio.wait_for(watch.start(), 10))
     finally:
@@ -186,19 +194,19 @@ def test_the_lean_view_drops_everything_else() -> None:
 
 
 def test_views_share_equal_strings() -> None:
-    a = lean_view(json.loads(json.dumps(full_node())))
-    b = lean_view(json.loads(json.dumps(full_node())))
+    a = lean_node_view(json.loads(json.dumps(full_node())))
+    b = lean_node_view(json.loads(json.dumps(full_node())))
     key_a = next(k for k in a.labels if k.startswith("cloud.google.com/gke-nodepool"))
     key_b = next(k for k in b.labels if k.startswith("cloud.google.com/gke-nodepool"))
     assert key_a is key_b and a.labels[key_a] is b.labels[key_b]
     assert a.kernel_version is b.kernel_version
 
 
-# -- NodeViews: listings replace, events change ----------------------------------------------
+# -- ViewSet: listings replace, events change ----------------------------------------------
 
 
 def test_a_listing_replaces_the_set() -> None:
-    state = NodeViews()
+    state = ViewSet(same_node)
     assert state.replace([node_view(body("a")), node_view(body("b"))]) is True
     assert state.synced
     views = state.views
@@ -209,7 +217,7 @@ def test_a_listing_replaces_the_set() -> None:
 
 
 def test_only_changes_a_planner_sees_count() -> None:
-    state = NodeViews()
+    state = ViewSet(same_node)
     state.replace([node_view(body("a"))])
     assert state.apply("MODIFIED", node_view(body("a", "2"))) is False  # a heartbeat
     assert state.views["a"].resource_version == "2"  # kept: the overlay compares versions
@@ -221,7 +229,7 @@ def test_only_changes_a_planner_sees_count() -> None:
     assert sorted(state.views) == ["a"]
 
 
-# -- NodeWatch on a scripted transport ----------------------------------------------------
+# -- LeanWatch on a scripted transport ----------------------------------------------------
 
 
 class Scripted:
@@ -234,16 +242,18 @@ class Scripted:
         self.lists: list[Mapping[str, str]] = []
         self.watches: list[Mapping[str, str]] = []
         self.release = threading.Event()
+        self.path = "/api/v1/nodes"
 
     def request_sync(self, verb: str, path: str, body: Any = None, content_type: str = "",
                      query: Mapping[str, str] | None = None, resource: str = "") -> Any:
-        assert (verb, path) == ("GET", "/api/v1/nodes")
+        assert (verb, path) == ("GET", self.path)
         self.lists.append(dict(query or {}))
         return self.pages.pop(0)
 
     @contextlib.contextmanager
     def stream_sync(self, path: str, query: Mapping[str, str],
                     read_timeout: float) -> Iterator[Iterator[bytes]]:
+        assert path == self.path
         self.watches.append(dict(query))
         if not self.streams:
             self.release.wait(30)
@@ -260,7 +270,7 @@ def page(*nodes: Mapping[str, Any], version: str = "10", token: str = "") -> dic
             "metadata": {"resourceVersion": version, "continue": token}}
 
 
-async def settled(watch: NodeWatch, transport: Scripted, watches: int) -> None:
+async def settled(watch: LeanWatch[NodeView], transport: Scripted, watches: int) -> None:
     for _ in range(500):
         if len(transport.watches) >= watches and not transport.streams:
             await asyncio.sleep(0.05)  # let the last events reach the loop
@@ -278,9 +288,9 @@ def test_pages_then_a_watch_from_the_listing() -> None:
           {"type": "MODIFIED", "object": body("c", "17")}]])
     changes: list[int] = []
 
-    async def scenario() -> NodeWatch:
-        watch = NodeWatch(transport, backoff=(0.01,))
-        await watch.start(on_change=lambda: changes.append(len(watch.views)))
+    async def scenario() -> LeanWatch[NodeView]:
+        watch = LeanWatch(transport, NODES, backoff=(0.01,))
+        await watch.start(on_change=lambda _: changes.append(len(watch.views)))
         assert {"a", "b"} <= set(watch.views)  # complete when start() returns
         await settled(watch, transport, 2)
         watch.stop()
@@ -309,9 +319,9 @@ def test_410_gone_relists_and_the_listing_replaces_the_set(gone: str) -> None:
                           page(body("a"), body("c"), version="950")], [expired])
     changes: list[list[str]] = []
 
-    async def scenario() -> NodeWatch:
-        watch = NodeWatch(transport, backoff=(0.01,))
-        await watch.start(on_change=lambda: changes.append(sorted(watch.views)))
+    async def scenario() -> LeanWatch[NodeView]:
+        watch = LeanWatch(transport, NODES, backoff=(0.01,))
+        await watch.start(on_change=lambda _: changes.append(sorted(watch.views)))
         await settled(watch, transport, 2)
         watch.stop()
         return watch
@@ -329,8 +339,8 @@ def test_a_broken_connection_resumes_without_a_listing() -> None:
                          [ApiError("WATCH", "/api/v1/nodes", 0, "ProtocolError", "reset"),
                           [{"type": "DELETED", "object": body("a", "14")}]])
 
-    async def scenario() -> NodeWatch:
-        watch = NodeWatch(transport, backoff=(0.01,))
+    async def scenario() -> LeanWatch[NodeView]:
+        watch = LeanWatch(transport, NODES, backoff=(0.01,))
         await watch.start()
         await settled(watch, transport, 3)
         watch.stop()
@@ -341,3 +351,66 @@ def test_a_broken_connection_resumes_without_a_listing() -> None:
     assert len(transport.lists) == 1
     assert [w["resourceVersion"] for w in transport.watches] == ["11", "11", "14"]
     assert not watch.views
+
+
+# -- pods and results: grouped as the planners read them ----------------------------------
+
+
+def test_groups_read_as_an_index_and_follow_every_change() -> None:
+    """Agent pods filed by check, as kopf's index filed them: a key holds its pods, a key
+    with no pod left is gone, a listing refiles everything, a deletion of another
+    incarnation of a name changes nothing."""
+    state: ViewSet[AgentPodView] = ViewSet(group=lambda view: view.check)
+    assert state.replace([agent_pod("a", "n1"), agent_pod("a", "n2"), agent_pod("b", "n1")])
+    assert sorted(state.grouped) == ["a", "b"]
+    assert sorted(p.node for p in state.grouped["a"]) == ["n1", "n2"]
+    finished = agent_pod("a", "n1", message())
+    assert state.apply("MODIFIED", finished) is True
+    assert list(state.grouped["a"]).count(finished) == 1 and len(state.grouped["a"]) == 2
+    assert state.apply("DELETED", agent_pod("b", "n1", uid="an-older-pod")) is False
+    assert state.apply("DELETED", agent_pod("b", "n1")) is True
+    assert "b" not in state.grouped and len(state.grouped) == 1
+    grouped = state.grouped
+    assert state.replace([agent_pod("c", "n3")]) is True
+    assert state.grouped is grouped and sorted(grouped) == ["c"]  # live: handlers hold it
+
+
+def test_mitigation_pods_without_a_node_are_not_filed() -> None:
+    state = ViewSet(group=mitigation_pods("ns").group)
+    state.replace([MitigationPodView("m1", "n1", ready=True, uid="1"),
+                   MitigationPodView("m2", "", ready=False, uid="2")])
+    assert sorted(state.views) == ["m1", "m2"] and list(state.grouped) == ["n1"]
+    state.apply("MODIFIED", MitigationPodView("m2", "n2", ready=False, uid="2"))
+    assert sorted(state.grouped) == ["n1", "n2"]
+
+
+def pod_page(*bodies: Mapping[str, Any], version: str = "10") -> dict[str, Any]:
+    return {"kind": "PodList", "items": list(bodies),
+            "metadata": {"resourceVersion": version, "continue": ""}}
+
+
+def test_the_agent_pod_watch_asks_for_its_pods_only_and_names_the_changed_pod() -> None:
+    """The API server filters by role label (list and watch), and ``on_change`` gets the
+    view that changed, so only its check's daemon is woken."""
+    kind = agent_pods("thp-checker")
+    first, done = pod_body("weekly", "n1", None), pod_body("weekly", "n1", message())
+    done["metadata"]["resourceVersion"] = "12"
+    transport = Scripted([pod_page(first)], [[{"type": "MODIFIED", "object": done}]])
+    transport.path = kind.path
+    changed: list[AgentPodView | None] = []
+
+    async def scenario() -> LeanWatch[AgentPodView]:
+        watch = LeanWatch(transport, kind, backoff=(0.01,))
+        await watch.start(on_change=changed.append)
+        await settled(watch, transport, 2)
+        watch.stop()
+        return watch
+
+    watch = asyncio.run(scenario())
+    transport.release.set()
+    wanted = f"{names.POD_ROLE_LABEL}={names.AGENT_ROLE}"
+    assert [q["labelSelector"] for q in transport.lists + transport.watches] == [wanted] * 3
+    assert [view.check if view else None for view in changed] == ["weekly"]
+    (pod,) = watch.grouped["weekly"]
+    assert pod.run is not None and pod.run.result is not None  # the finished run, parsed
+    assert pod == agent_pod_view(done)  # the view kopf's index kept, field for field
