@@ -58,6 +58,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from benchmarks import node_shapes
+from benchmarks.object_cost import object_cost
 from devtools.cluster.accounts import ACCOUNT, service_account_kubeconfig
 from devtools.cluster.harness import KWOK_ANNOTATION, Cluster
 from devtools.cluster.operator import (
@@ -69,6 +70,7 @@ from devtools.cluster.operator import (
 )
 from devtools.proc import WaitTimeout, wait_for
 from thpcheck.contract import names
+from thpcheck.controller.watched import NODES, RESULTS, agent_pods
 from thpcheck.model.report import compact
 
 REPO = Path(__file__).resolve().parents[1]
@@ -634,6 +636,20 @@ def server_cpu(cluster: Cluster) -> dict[str, float]:
     return cpu
 
 
+def object_costs(api: Api, sample: int = 100) -> dict[str, dict[str, float]]:
+    """What a node, a check pod and a result of this run cost as JSON, parsed whole (what
+    kopf holds per object) and as the view the operator keeps (``object_cost``)."""
+    pods = agent_pods(NAMESPACE)
+    kinds = {"node": NODES, "check pod": pods, "result": RESULTS}
+    costs = {}
+    for what, kind in kinds.items():
+        query = {"limit": str(sample), **({"labelSelector": kind.selector} if kind.selector
+                                           else {})}
+        items = api.call("GET", f"{kind.path}?{urlencode(query)}")["items"]
+        costs[what] = object_cost(items, kind.view)
+    return costs
+
+
 def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     audit = workdir / "audit.log"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -784,6 +800,7 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
             v: round(c / nodes, 3) for v, c in by_verb(everyone).items()}
         doc["operator_metrics_writes"] = _operator_writes(operator.metrics())
         doc["operator_log_warnings"] = _log_warnings(operator.log)
+        doc["per_object_kib"] = object_costs(api)
         return doc
     except BaseException as exc:  # keep what was measured: a long run is costly to repeat
         doc["failed"] = f"{type(exc).__name__}: {exc}"
@@ -873,6 +890,9 @@ def print_summary(doc: Mapping[str, Any]) -> None:
     print(f"  all clients, per node by verb: {doc['apiserver_requests_per_node_by_verb']}")
     print(f"  server CPU s in the run: {doc['server_cpu_s_run']}; peak RSS MiB "
           f"{doc['server_peak_rss_mib']}")
+    for what, cost in doc.get("per_object_kib", {}).items():
+        print(f"  a {what}: {cost.get('json_kib')} KiB of JSON, {cost.get('parsed_kib')} KiB "
+              f"parsed, {cost.get('view_kib')} KiB as the operator's view")
     if doc["injection_errors"] or doc["operator_log_warnings"]:
         print(f"  injection errors: {doc['injection_errors'][:3]}; operator warnings: "
               f"{doc['operator_log_warnings'][:3]}")

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.measure import measure
+from benchmarks.object_cost import object_cost
 from benchmarks.operator_scale import (
     OPERATOR_USER,
     audit_counts,
@@ -154,3 +155,15 @@ def test_waiting_for_events_gives_up_at_the_timeout() -> None:
     grows = EventCounts(list(range(1000)))
     _, landed = wait_events_landed(grows, timeout=0.1, quiet=1.0, poll=0.01)  # type: ignore[arg-type]
     assert 0 < landed < 1000
+
+
+def test_object_cost_tells_a_body_from_the_view_kept_of_it() -> None:
+    """A body whose view keeps one short field: parsed, it costs several times its JSON; the
+    view, a small fraction of either (what the lean watches save per object)."""
+    bodies = [{"metadata": {"name": f"n{i}", "managedFields": [{"f:x": {}} for _ in range(50)]},
+               "status": {"images": [{"names": [f"image-{i}-{j}" * 4]} for j in range(50)]}}
+              for i in range(200)]
+    cost = object_cost(bodies, lambda body: body["metadata"]["name"])
+    assert cost["objects"] == 200
+    assert cost["parsed_kib"] > cost["json_kib"] > 10 * cost["view_kib"] > 0
+    assert object_cost([], lambda body: body) == {}
