@@ -70,6 +70,7 @@ from devtools.cluster.operator import (
 )
 from devtools.proc import WaitTimeout, wait_for
 from thpcheck.contract import names
+from thpcheck.controller.leanwatch import Kind
 from thpcheck.controller.watched import NODES, RESULTS, agent_pods
 from thpcheck.model.report import compact
 
@@ -640,7 +641,7 @@ def object_costs(api: Api, sample: int = 100) -> dict[str, dict[str, float]]:
     """What a node, a check pod and a result of this run cost as JSON, parsed whole (what
     kopf holds per object) and as the view the operator keeps (``object_cost``)."""
     pods = agent_pods(NAMESPACE)
-    kinds = {"node": NODES, "check pod": pods, "result": RESULTS}
+    kinds: dict[str, Kind[Any]] = {"node": NODES, "check pod": pods, "result": RESULTS}
     costs = {}
     for what, kind in kinds.items():
         query = {"limit": str(sample), **({"labelSelector": kind.selector} if kind.selector
