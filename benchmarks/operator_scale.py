@@ -49,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -217,9 +218,10 @@ def proc_status_kib(pid: int, key: str) -> int:
 
 @dataclass
 class Sampler:
-    """Samples a process's RSS once a second in the background (a time series for the doc)."""
+    """Samples a process's RSS every ``interval`` seconds in the background (a time series)."""
 
     pid: int
+    interval: float = 1.0
     samples: list[tuple[float, int]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -229,7 +231,7 @@ class Sampler:
 
     def _run(self) -> None:
         started = time.monotonic()
-        while not self.stop.wait(1.0):
+        while not self.stop.wait(self.interval):
             with contextlib.suppress(OSError, ValueError):
                 self.samples.append((round(time.monotonic() - started, 1),
                                      proc_status_kib(self.pid, "VmRSS")))
@@ -260,6 +262,23 @@ def difference(after: Mapping[tuple[str, str], float],
                before: Mapping[tuple[str, str], float]) -> dict[tuple[str, str], int]:
     return {key: int(value - before.get(key, 0.0)) for key, value in after.items()
             if value - before.get(key, 0.0) > 0}
+
+
+def writes_of(counts: Mapping[tuple[str, str], int]) -> int:
+    """How many of ``counts`` are writes (create, update, patch, delete)."""
+    return sum(c for (verb, _), c in counts.items() if verb in WRITE_VERBS)
+
+
+def lists_of(counts: Mapping[tuple[str, str], int]) -> dict[str, int]:
+    """The list requests of ``counts`` by resource (a re-list lists each watched resource)."""
+    return {resource: c for (verb, resource), c in sorted(counts.items()) if verb == "list"}
+
+
+def peak_kib(samples: Iterable[tuple[float, int]], hwm_before: int, hwm_after: int) -> int:
+    """A phase's peak RSS: the highest sample, or the high-water mark if the phase raised it
+    (a peak between two samples)."""
+    peak = max((kib for _, kib in samples), default=0)
+    return max(peak, hwm_after) if hwm_after > hwm_before else peak
 
 
 def by_verb(counts: Mapping[tuple[str, str], int]) -> dict[str, int]:
@@ -591,15 +610,17 @@ def wait_settled(api: Api, count: int, not_ready: int,
     return wait_status(api, settled, timeout)
 
 
-def wait_watching(audit: Path, resource: str, since: datetime, timeout: float) -> None:
-    """Until the audit log shows the operator's first watch of ``resource`` (its listing of
-    them is complete: kopf and the node watch both list, then watch)."""
-    def watched() -> bool:
+def wait_requested(audit: Path, verb: str, resource: str, since: datetime,
+                   timeout: float) -> None:
+    """Until the audit log shows the operator's first ``verb`` of ``resource`` since ``since``
+    (a watch: its listing of them is complete, as kopf and the node watch both list, then
+    watch)."""
+    def requested() -> bool:
         with audit.open() as log:
             for line in log:
                 event = json.loads(line)
                 ref = event.get("objectRef") or {}
-                if (event["verb"] == "watch" and ref.get("resource") == resource
+                if (event["verb"] == verb and ref.get("resource") == resource
                         and event["user"]["username"] == OPERATOR_USER
                         and datetime.fromisoformat(event["requestReceivedTimestamp"]
                                                    .replace("Z", "+00:00")) >= since):
@@ -607,10 +628,10 @@ def wait_watching(audit: Path, resource: str, since: datetime, timeout: float) -
         return False
 
     try:
-        wait_for(watched, timeout, f"a watch of {resource}", interval=1.0,
+        wait_for(requested, timeout, f"a {verb} of {resource}", interval=1.0,
                  tolerate=(OSError, ValueError))
     except WaitTimeout:
-        raise RuntimeError(f"the operator did not watch {resource} within {timeout:.0f}s"
+        raise RuntimeError(f"the operator did not {verb} {resource} within {timeout:.0f}s"
                            ) from None
 
 
@@ -649,6 +670,102 @@ def object_costs(api: Api, sample: int = 100) -> dict[str, dict[str, float]]:
         items = api.call("GET", f"{kind.path}?{urlencode(query)}")["items"]
         costs[what] = object_cost(items, kind.view)
     return costs
+
+
+# -- the aftermath: the operator's memory when it lists everything again ----------------------
+
+# What the operator lists and watches that grows with the fleet: nodes, the check pods and the
+# ThpNodeResults.
+WATCHED = ("nodes", "pods", names.RESULT_PLURAL)
+
+
+def mib(kib: int) -> float:
+    return round(kib / 1024, 1)
+
+
+def is_healthy(operator: OperatorProcess) -> bool:
+    """The operator process runs and its liveness endpoint answers 200."""
+    if operator.process is None or operator.process.poll() is not None:
+        return False
+    url = f"http://127.0.0.1:{operator.health_port}/healthz"
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as reply:
+        return bool(reply.status == 200)
+    return False
+
+
+def after_phase(api: Api, operator: OperatorProcess, audit: Path, nodes: int,
+                since: datetime, log_after: int = 0) -> dict[str, Any]:
+    """What a phase left: the operator healthy, the ThpCheck still complete (checked == N), and
+    the operator's requests since ``since`` (writes ~0: nothing was left to do)."""
+    complete, status = wait_complete(api, nodes, 60)
+    counts = audit_counts(audit, since, datetime.now(UTC))
+    return {"healthy": is_healthy(operator), "still_complete": complete is not None,
+            "status": {k: status.get(k) for k in ("phase", "nodes", "checked")},
+            "lists": lists_of(counts), "writes": writes_of(counts),
+            "requests": {f"{v} {r}": c for (v, r), c in sorted(counts.items())},
+            "log_warnings": _log_warnings(operator.log, log_after)}
+
+
+def relist_phase(cluster: Cluster, api: Api, operator: OperatorProcess, audit: Path,
+                 nodes: int, timeout: float) -> dict[str, Any]:
+    """Every watch of the idle operator ends with 410 Gone and lists again, as after a
+    kube-apiserver restart that outlasts etcd's history (tests/operator/
+    test_cluster_watch_relist.py): paused, the API server restarted, one write and a
+    compaction up to it (every resourceVersion the operator holds is gone), resumed. Its RSS
+    sampled every 0.2 s from before the pause until it is idle again."""
+    assert operator.process is not None
+    pid = operator.process.pid
+    wait_idle(pid, time.monotonic(), timeout)
+    hwm_before, rss_before, cpu_before = (proc_status_kib(pid, "VmHWM"),
+                                          proc_status_kib(pid, "VmRSS"), proc_cpu_s(pid))
+    log_after = len(_log_lines(operator.log))
+    sampler = Sampler(pid, interval=0.2)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        cluster.restart_apiserver()
+        api.call("POST", f"/api/v1/namespaces/{NAMESPACE}/configmaps", {
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "relist-"}})
+        cluster.compact_etcd()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    resumed, resumed_at = time.monotonic(), datetime.now(UTC)
+    not_relisted = []
+    for resource in WATCHED:
+        try:
+            wait_requested(audit, "list", resource, resumed_at, min(timeout, 300))
+        except RuntimeError:
+            not_relisted.append(resource)
+    idle_s = wait_idle(pid, resumed, timeout)
+    sampler.stop.set()
+    hwm_after = proc_status_kib(pid, "VmHWM")
+    return {"rss_mib_before": mib(rss_before),
+            "peak_rss_mib": mib(peak_kib(sampler.samples, hwm_before, hwm_after)),
+            "hwm_mib_before": mib(hwm_before), "hwm_mib_after": mib(hwm_after),
+            "rss_mib_after": mib(proc_status_kib(pid, "VmRSS")),
+            "idle_after_s": round(idle_s, 1), "cpu_s": round(proc_cpu_s(pid) - cpu_before, 1),
+            "not_relisted": not_relisted,
+            **after_phase(api, operator, audit, nodes, resumed_at, log_after),
+            "rss_series": sampler.samples}
+
+
+def restart_phase(api: Api, operator: OperatorProcess, audit: Path, nodes: int,
+                  timeout: float) -> dict[str, Any]:
+    """The operator stopped and started again (same environment) with every check pod and
+    ThpNodeResult present: it lists them all and should find nothing to do."""
+    operator.stop(timeout=60)
+    launched, launched_at = time.monotonic(), datetime.now(UTC)
+    operator.start(timeout=900)
+    assert operator.process is not None
+    pid = operator.process.pid
+    healthy_s = time.monotonic() - launched
+    for resource in WATCHED:
+        wait_requested(audit, "watch", resource, launched_at, timeout)
+    idle_s = wait_idle(pid, launched, timeout)
+    return {"healthy_s": round(healthy_s, 1), "idle_after_s": round(idle_s, 1),
+            "cpu_s": round(proc_cpu_s(pid), 1),
+            "rss_mib_after": mib(proc_status_kib(pid, "VmRSS")),
+            "peak_rss_mib": mib(proc_status_kib(pid, "VmHWM")),
+            **after_phase(api, operator, audit, nodes, launched_at)}
 
 
 def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -713,7 +830,7 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
         # indexed: wait until the operator watches nodes (its listing is done: a process
         # waiting for a 100 MB list looks idle too) and then until it is idle, so the
         # start-up is not counted in the run.
-        wait_watching(audit, "nodes", launched_at, args.timeout)
+        wait_requested(audit, "watch", "nodes", launched_at, args.timeout)
         doc["operator_start_s"] = round(wait_idle(pid, launched, args.timeout), 1)
         doc["operator_start_cpu_s"] = round(proc_cpu_s(pid), 1)
         doc["operator_rss_mib_after_start"] = round(proc_status_kib(pid, "VmRSS") / 1024, 1)
@@ -790,7 +907,7 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
         doc["apiserver_requests_by_verb"] = by_verb(everyone)
         doc["operator_requests"] = {f"{v} {r}": c for (v, r), c in sorted(operator_own.items())}
         doc["operator_requests_by_verb"] = by_verb(operator_own)
-        writes = sum(c for (v, _), c in operator_own.items() if v in WRITE_VERBS)
+        writes = writes_of(operator_own)
         doc["operator_writes"] = writes
         doc["operator_writes_per_node"] = round(writes / nodes, 3)
         # The FailedMount check's reads (one list per namespace, not per stuck pod).
@@ -802,6 +919,10 @@ def run_one(nodes: int, args: argparse.Namespace, workdir: Path) -> dict[str, An
         doc["operator_metrics_writes"] = _operator_writes(operator.metrics())
         doc["operator_log_warnings"] = _log_warnings(operator.log)
         doc["per_object_kib"] = object_costs(api)
+        if args.aftermath:  # after every figure above: they are not affected
+            doc["relist"] = relist_phase(cluster, api, operator, audit, nodes, args.timeout)
+            doc["restart_with_everything"] = restart_phase(api, operator, audit, nodes,
+                                                           args.timeout)
         return doc
     except BaseException as exc:  # keep what was measured: a long run is costly to repeat
         doc["failed"] = f"{type(exc).__name__}: {exc}"
@@ -846,12 +967,18 @@ def _runs(metrics: str) -> dict[str, float]:
     return found
 
 
-def _log_warnings(log: Path) -> list[str]:
-    lines = []
+def _log_lines(log: Path) -> list[str]:
     with contextlib.suppress(OSError):
-        for line in log.read_text(errors="replace").splitlines():
-            if '"warning"' in line or '"error"' in line or "Forbidden" in line:
-                lines.append(line[:300])
+        return log.read_text(errors="replace").splitlines()
+    return []
+
+
+def _log_warnings(log: Path, after: int = 0) -> list[str]:
+    """The first warnings and errors of the operator's log, from line ``after`` on."""
+    lines = []
+    for line in _log_lines(log)[after:]:
+        if '"warning"' in line or '"error"' in line or "Forbidden" in line:
+            lines.append(line[:300])
     return lines[:20]
 
 
@@ -897,6 +1024,26 @@ def print_summary(doc: Mapping[str, Any]) -> None:
     if doc["injection_errors"] or doc["operator_log_warnings"]:
         print(f"  injection errors: {doc['injection_errors'][:3]}; operator warnings: "
               f"{doc['operator_log_warnings'][:3]}")
+    if "relist" in doc:
+        print_aftermath(doc)
+
+
+def print_aftermath(doc: Mapping[str, Any]) -> None:
+    relist, restart = doc["relist"], doc["restart_with_everything"]
+    print(f"  re-list (kube-apiserver restarted, etcd compacted): RSS {relist['rss_mib_before']}"
+          f" -> peak {relist['peak_rss_mib']} -> {relist['rss_mib_after']} MiB once idle "
+          f"({relist['idle_after_s']} s, {relist['cpu_s']} CPU s; VmHWM "
+          f"{relist['hwm_mib_before']} -> {relist['hwm_mib_after']} MiB); lists "
+          f"{relist['lists']}{'; NOT re-listed: ' if relist['not_relisted'] else ''}"
+          f"{relist['not_relisted'] or ''}")
+    for name, phase in (("re-list", relist), ("restart", restart)):
+        print(f"    after the {name}: healthy {phase['healthy']}, status {phase['status']} "
+              f"(still complete: {phase['still_complete']}), operator writes "
+              f"{phase['writes']}; warnings {phase['log_warnings'][:3]}")
+    print(f"  operator restarted with {doc['nodes']} check pods and results present: healthy in "
+          f"{restart['healthy_s']} s, idle after {restart['idle_after_s']} s and "
+          f"{restart['cpu_s']} CPU s; RSS then {restart['rss_mib_after']} MiB, peak "
+          f"{restart['peak_rss_mib']} MiB; lists {restart['lists']}")
 
 
 def _load(values: Iterable[float] | None) -> str:
@@ -931,6 +1078,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--operator-src", type=Path, default=REPO / "operator",
                         help="directory holding the thpcheck package the operator runs "
                         "(default: this tree's; another version for before/after figures)")
+    parser.add_argument("--aftermath", action="store_true",
+                        help="once the run is measured: force every watch of the operator to "
+                        "list again (kube-apiserver restarted, etcd compacted), then restart the "
+                        "operator with every check pod and result present; its memory, CPU and "
+                        "writes in each")
     parser.add_argument("--profile", action="store_true",
                         help="run the operator under cProfile (operator.prof in the work dir)")
     args = parser.parse_args(argv)

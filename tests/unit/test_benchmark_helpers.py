@@ -17,10 +17,13 @@ from benchmarks.operator_scale import (
     choose_faults,
     crash_loop_status,
     difference,
+    lists_of,
+    peak_kib,
     request_totals,
     running_status,
     terminated_status,
     wait_events_landed,
+    writes_of,
 )
 from benchmarks.vm_cost import cost_steps, in_process_repro_s, summarise
 
@@ -68,6 +71,23 @@ def test_audit_counts_each_operator_request_once_within_the_window(tmp_path: Pat
     since = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
     assert audit_counts(log, since) == {("watch", "pods"): 1, ("create", "events"): 1,
                                         ("patch", "thpchecks/status"): 1}
+
+
+def test_writes_and_lists_are_picked_out_of_the_operators_requests() -> None:
+    counts = {("patch", "thpchecks/status"): 2, ("create", "events"): 3, ("delete", "pods"): 1,
+              ("list", "pods"): 2, ("list", "nodes"): 3, ("watch", "pods"): 4, ("get", "x"): 9}
+    assert writes_of(counts) == 6
+    assert lists_of(counts) == {"nodes": 3, "pods": 2}
+    assert writes_of({("list", "pods"): 5}) == 0 and lists_of({}) == {}
+
+
+def test_a_phase_peak_is_the_top_sample_or_the_high_water_mark_it_raised() -> None:
+    samples = [(0.0, 100), (0.2, 300), (0.4, 150)]
+    # the process's peak was earlier (the high-water mark did not move): the samples say
+    assert peak_kib(samples, hwm_before=900, hwm_after=900) == 300
+    # the phase raised the high-water mark: its peak fell between two samples
+    assert peak_kib(samples, hwm_before=250, hwm_after=420) == 420
+    assert peak_kib([], hwm_before=10, hwm_after=10) == 0
 
 
 def test_terminated_status_writes_only_the_check_container() -> None:
