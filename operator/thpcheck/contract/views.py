@@ -1,8 +1,8 @@
 """Small, immutable views of the cluster objects the operator reads.
 
-The operator keeps these in memory (kopf indexes) instead of whole objects: at 5,000 nodes
-a full Node or Pod body is tens of kilobytes, a view a few hundred bytes. Parsing is pure, so
-the planners are tested on plain dicts.
+The operator keeps these in memory (its lean watches and kopf's indexes) instead of whole
+objects: a full Node or Pod body is tens of kilobytes parsed, a view one to three. Parsing
+is pure, so the planners are tested on plain dicts.
 """
 
 from __future__ import annotations

@@ -155,8 +155,8 @@ def kopf_indexed(ctx: OperatorContext, idx: Indexes, *, how: str = "first watch 
 
 
 async def indexed_when_nothing_to_handle(ctx: OperatorContext) -> None:
-    """A cluster holding nothing kopf handles (no ThpCheck, result, agent or mitigation pod,
-    or DaemonSet of ours: nodes come through the operator's own watch) gives kopf no event to
+    """A cluster holding nothing kopf handles (no ThpCheck or DaemonSet of ours: nodes, pods
+    and results come through the operator's own watches) gives kopf no event to
     run, so the first event never says its indexes are filled. Ask the API instead, until
     either happens: when no listing kopf fires on holds an item, kopf's indexes are as full as
     they get."""
