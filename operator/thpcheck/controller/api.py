@@ -77,12 +77,11 @@ class Conflict(ApiError):
     """409: AlreadyExists on create, a stale resourceVersion on update."""
 
 
-def _checks_path() -> str:
-    return f"/apis/{names.GROUP}/{names.VERSION}/{names.CHECK_PLURAL}"
+CHECKS_PATH = f"/apis/{names.GROUP}/{names.VERSION}/{names.CHECK_PLURAL}"
 
 
 def _check_path(name: str) -> str:
-    return f"{_checks_path()}/{quote(name, safe='')}"
+    return f"{CHECKS_PATH}/{quote(name, safe='')}"
 
 
 RESULTS_PATH = f"/apis/{names.GROUP}/{names.VERSION}/{names.RESULT_PLURAL}"
@@ -96,7 +95,7 @@ def pods_path(namespace: str) -> str:
     return f"/api/v1/namespaces/{quote(namespace, safe='')}/pods"
 
 
-def _daemonset_path(namespace: str, name: str = "") -> str:
+def daemonsets_path(namespace: str, name: str = "") -> str:
     base = f"/apis/apps/v1/namespaces/{quote(namespace, safe='')}/daemonsets"
     return f"{base}/{quote(name, safe='')}" if name else base
 
@@ -235,7 +234,7 @@ class Kube:
     async def check_names(self) -> set[str]:
         """The names of every ThpCheck the API holds now (deleting ones too); NotFound when
         the CRD is not installed."""
-        listed = await self.request("GET", _checks_path(), resource="thpchecks")
+        listed = await self.request("GET", CHECKS_PATH, resource="thpchecks")
         return {item["metadata"]["name"] for item in listed.get("items") or ()}
 
     async def delete_check(self, name: str) -> bool:
@@ -292,7 +291,7 @@ class Kube:
     # -- DaemonSets --------------------------------------------------------------------
 
     async def create_daemonset(self, body: Mapping[str, Any]) -> Any:
-        return await self.request("POST", _daemonset_path(body["metadata"]["namespace"]), body,
+        return await self.request("POST", daemonsets_path(body["metadata"]["namespace"]), body,
                                   resource="daemonsets")
 
     async def update_daemonset(self, body: Mapping[str, Any]) -> Any:
@@ -304,20 +303,20 @@ class Kube:
             {"op": "add", "path": "/spec/updateStrategy",
              "value": body["spec"]["updateStrategy"]},
         ]
-        return await self.request("PATCH", _daemonset_path(meta["namespace"], meta["name"]),
+        return await self.request("PATCH", daemonsets_path(meta["namespace"], meta["name"]),
                                   operations, JSON_PATCH, resource="daemonsets")
 
     async def get_daemonset(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The DaemonSet, or None when it does not exist."""
         try:
-            found: dict[str, Any] = await self.request("GET", _daemonset_path(namespace, name))
+            found: dict[str, Any] = await self.request("GET", daemonsets_path(namespace, name))
         except NotFound:
             return None
         return found
 
     async def delete_daemonset(self, namespace: str, name: str) -> None:
         with contextlib.suppress(NotFound):
-            await self.request("DELETE", _daemonset_path(namespace, name),
+            await self.request("DELETE", daemonsets_path(namespace, name),
                                {"propagationPolicy": "Background"}, resource="daemonsets")
 
     # -- Events ------------------------------------------------------------------------

@@ -26,7 +26,14 @@ from thpcheck.controller import (
     kopf_relist,
     kopf_startup,
 )
-from thpcheck.controller.api import NODES_PATH, RESULTS_PATH, ApiError, Kube, pods_path
+from thpcheck.controller.api import (
+    CHECKS_PATH,
+    NODES_PATH,
+    RESULTS_PATH,
+    ApiError,
+    Kube,
+    pods_path,
+)
 from thpcheck.controller.context import MEMO_KEY, OperatorContext
 from thpcheck.controller.leader import Leadership, healthy_while_waiting
 from thpcheck.controller.metrics import Metrics
@@ -141,7 +148,7 @@ def startup_probes(namespace: str) -> list[tuple[str, str]]:
     """(what, path) of one ``list`` per watched kind: the operator's first requests, made
     before kopf starts so that a denial is one line instead of a retrying watch."""
     return [
-        ("list thpchecks", f"/apis/{names.GROUP}/{names.VERSION}/{names.CHECK_PLURAL}"),
+        ("list thpchecks", CHECKS_PATH),
         ("list thpnoderesults", RESULTS_PATH),
         ("list nodes", NODES_PATH),
         (f"list pods in namespace {namespace}", pods_path(namespace)),

@@ -26,7 +26,13 @@ from thpcheck.contract.views import (
     result_view,
     same_node,
 )
-from thpcheck.controller.api import NODES_PATH, RESULTS_PATH, pods_path
+from thpcheck.controller.api import (
+    CHECKS_PATH,
+    NODES_PATH,
+    RESULTS_PATH,
+    daemonsets_path,
+    pods_path,
+)
 from thpcheck.controller.leanwatch import Kind, LeanWatch, Transport
 
 CHECKS = (names.GROUP, names.VERSION, names.CHECK_PLURAL)
@@ -94,10 +100,8 @@ def handled_listings(namespace: str) -> list[tuple[str, dict[str, str]]]:
     """(path, query) of one ``list`` (limit 1) per kind *and filter* that a kopf event handler
     fires on: if none lists an item, kopf will call no handler, so its indexes are as full
     (empty) as they will get without a new object."""
-    checks = f"/apis/{names.GROUP}/{names.VERSION}/{names.CHECK_PLURAL}"
-    daemonsets = f"/apis/apps/v1/namespaces/{namespace}/daemonsets"
     one = {"limit": "1"}
     return [
-        (checks, one),
-        (daemonsets, {**one, "labelSelector": selector(OUR_DAEMONSETS)}),
+        (CHECKS_PATH, one),
+        (daemonsets_path(namespace), {**one, "labelSelector": selector(OUR_DAEMONSETS)}),
     ]
