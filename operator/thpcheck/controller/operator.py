@@ -24,7 +24,6 @@ from thpcheck.controller import (
     health,
     indexes,
     kopf_relist,
-    kopf_startup,
 )
 from thpcheck.controller.api import (
     CHECKS_PATH,
@@ -191,12 +190,11 @@ def run(settings: Settings, kubeconfig: str | None = None) -> int:
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
     context = OperatorContext(settings=settings, kube=kube, metrics=metrics)
-    coalesced = kopf_startup.coalesce_barrier_wakeups()
     relist = kopf_relist.announce_relist_deletions()
     log.info("operator starting", namespace=settings.namespace, image=settings.agent_image,
              server=kube.server, credentials=source.description,
              metrics_port=settings.metrics_port, health_port=settings.health_port,
-             coalesced_startup_wakeups=coalesced, relist_deletions=relist)
+             relist_deletions=relist)
     leadership = None
     if settings.leader_election:
         leadership = Leadership(kube, metrics, namespace=settings.namespace,
