@@ -31,6 +31,7 @@ from thpcheck.controller.api import (
     RESULTS_PATH,
     ApiError,
     Kube,
+    daemonsets_path,
     pods_path,
 )
 from thpcheck.controller.context import MEMO_KEY, OperatorContext
@@ -151,8 +152,7 @@ def startup_probes(namespace: str) -> list[tuple[str, str]]:
         ("list thpnoderesults", RESULTS_PATH),
         ("list nodes", NODES_PATH),
         (f"list pods in namespace {namespace}", pods_path(namespace)),
-        (f"list daemonsets in namespace {namespace}",
-         f"/apis/apps/v1/namespaces/{namespace}/daemonsets"),
+        (f"list daemonsets in namespace {namespace}", daemonsets_path(namespace)),
     ]
 
 
